@@ -1,0 +1,765 @@
+//! The configuration file (SPEC §2.1): its TOML model, and resolution into [`Settings`].
+//!
+//! Parsing is strict — unknown keys are errors — because a misspelt security setting that
+//! is silently ignored is worse than a gateway that refuses to start. Sections that later
+//! features consume (store, audit, admin, oauth, catalogue, approvals) are modelled already
+//! so that a configuration written for them is validated today.
+
+use crate::grants::{GrantSpec, PolicyRef};
+use crate::time::parse_rfc3339;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toolgate_policy::{duration, Policy};
+
+/// `[gateway]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Address to listen on (default `127.0.0.1:8080`).
+    pub listen: Option<String>,
+    /// Embedded store directory (default `.toolgate`, relative to the config file).
+    pub data_dir: Option<PathBuf>,
+    /// Public URL, for OAuth metadata and approval links.
+    pub public_url: Option<String>,
+    /// How long a connection may take to send a whole request head.
+    pub header_read_timeout: Option<String>,
+    /// Host names accepted besides loopback.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body accepted, in bytes (default 4 MiB).
+    pub max_body_bytes: Option<usize>,
+    /// Largest request head accepted, in bytes (default 64 KiB).
+    pub max_header_bytes: Option<usize>,
+    /// TLS certificate chain (PEM) for serving HTTPS; not implemented yet, refused if set.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[store]`: cluster-mode backends (used by later features).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Redis for counters.
+    pub redis_url: Option<String>,
+    /// PostgreSQL for grants, audit, approvals.
+    pub postgres_url: Option<String>,
+}
+
+/// `[servers.<name>]`: one upstream, either `url` (HTTP) or `command` (stdio).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Streamable HTTP endpoint of an HTTP upstream.
+    pub url: Option<String>,
+    /// Headers injected into every upstream request; `${VAR}` is expanded.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per-request timeout (default 60s).
+    pub timeout: Option<String>,
+    /// Connect timeout for HTTP upstreams (default 10s).
+    pub connect_timeout: Option<String>,
+    /// Decisions computed and logged but not enforced.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Calls proceed when the counter store is unreachable (used with limits).
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Extra CA certificate (PEM) for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Program of a stdio upstream; `${VAR}` is expanded.
+    pub command: Option<String>,
+    /// Its arguments; `${VAR}` is expanded.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment for the child; `${VAR}` is expanded.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `[[grants]]`: a declarative grant.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSection {
+    /// Label, unique.
+    pub name: String,
+    /// Hex SHA-256 of the bearer token.
+    pub token_sha256: Option<String>,
+    /// The token in clear (development only; warned about).
+    pub token: Option<String>,
+    /// Policy file per server name.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PathBuf>,
+    /// More servers the grant may use (without a policy they answer "(no policy)").
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// RFC 3339 expiry.
+    pub expires: Option<String>,
+    /// Free text.
+    pub note: Option<String>,
+}
+
+/// `[audit]` (used by the audit log feature).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// `keys` or `full`.
+    pub capture: Option<String>,
+    /// Paths masked with `capture = "full"`.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// Days to keep records.
+    pub retain_days: Option<u32>,
+    /// `process` or `fsync`.
+    pub durability: Option<String>,
+}
+
+/// `[[admin.members]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminMember {
+    /// Who.
+    pub name: String,
+    /// `viewer`, `policy_manager` or `admin`.
+    pub role: String,
+    /// Hex SHA-256 of the member's token.
+    pub token_sha256: String,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Hex SHA-256 of the admin token.
+    pub token_sha256: Option<String>,
+    /// More members with roles.
+    #[serde(default)]
+    pub members: Vec<AdminMember>,
+}
+
+/// `[[oauth.claim_rules]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    /// Claim name.
+    pub claim: String,
+    /// Value to match.
+    pub value: String,
+    /// Grant whose policies apply.
+    pub grant: String,
+}
+
+/// `[oauth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OauthSection {
+    /// Expected issuer.
+    pub issuer: Option<String>,
+    /// JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL.
+    pub jwks_url: Option<String>,
+    /// Scopes every token needs.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claim-to-grant rules, first match wins.
+    #[serde(default)]
+    pub claim_rules: Vec<ClaimRule>,
+}
+
+/// `[catalogue]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueSection {
+    /// Hide and refuse tools flagged by the poisoning checks.
+    #[serde(default)]
+    pub withhold_flagged: bool,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsSection {
+    /// Webhook announcing new approval requests.
+    pub webhook_url: Option<String>,
+    /// HMAC secret for the webhook.
+    pub webhook_secret: Option<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[gateway]`.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// `[store]`.
+    pub store: Option<StoreSection>,
+    /// `[servers.*]`.
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerSection>,
+    /// `[[grants]]`.
+    #[serde(default)]
+    pub grants: Vec<GrantSection>,
+    /// `[audit]`.
+    pub audit: Option<AuditSection>,
+    /// `[admin]`.
+    pub admin: Option<AdminSection>,
+    /// `[oauth]`.
+    pub oauth: Option<OauthSection>,
+    /// `[catalogue]`.
+    pub catalogue: Option<CatalogueSection>,
+    /// `[approvals]`.
+    pub approvals: Option<ApprovalsSection>,
+}
+
+/// How to reach one upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamSpec {
+    /// Streamable HTTP.
+    Http {
+        /// Endpoint URL.
+        url: String,
+        /// Injected headers (already expanded).
+        headers: Vec<(String, String)>,
+        /// Extra CA file.
+        ca_file: Option<PathBuf>,
+        /// Connect timeout.
+        connect_timeout: Duration,
+    },
+    /// A child process speaking newline-delimited JSON-RPC.
+    Stdio {
+        /// Program.
+        command: String,
+        /// Arguments.
+        args: Vec<String>,
+        /// Extra environment.
+        env: Vec<(String, String)>,
+    },
+}
+
+/// One resolved upstream server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSpec {
+    /// Short name, the `<server>` of `/mcp/<server>`.
+    pub name: String,
+    /// How to reach it.
+    pub upstream: UpstreamSpec,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Decisions logged, not enforced.
+    pub shadow: bool,
+    /// Proceed when the counter store is down.
+    pub fail_open: bool,
+}
+
+/// Everything the running gateway needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Embedded store directory.
+    pub data_dir: PathBuf,
+    /// Host names accepted besides loopback.
+    pub allowed_hosts: Vec<String>,
+    /// Header-read timeout.
+    pub header_read_timeout: Duration,
+    /// Body size limit.
+    pub max_body_bytes: usize,
+    /// Header size limit.
+    pub max_header_bytes: usize,
+    /// Upstreams by name.
+    pub servers: Vec<ServerSpec>,
+    /// Declarative grants.
+    pub grants: Vec<GrantSpec>,
+    /// Warnings to log at start-up (e.g. clear-text tokens).
+    pub warnings: Vec<String>,
+}
+
+impl Settings {
+    /// Defaults for everything but servers and grants (used by quick mode and tests).
+    pub fn new(listen: SocketAddr) -> Self {
+        Settings {
+            listen,
+            data_dir: PathBuf::from(".toolgate"),
+            allowed_hosts: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            max_body_bytes: 4 << 20,
+            max_header_bytes: 64 << 10,
+            servers: Vec::new(),
+            grants: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// A configuration problem; every one found is reported, each naming file and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(e)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Expands `${VAR}` from the environment; an unset variable is an error naming it.
+pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated \"${{\" in {text:?}"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("invalid variable name {name:?} in {text:?}"));
+        }
+        let value =
+            lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Hex SHA-256 of a token, as stored in `token_sha256`.
+pub fn token_sha256_hex(token: &str) -> String {
+    to_hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// Lower-case hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// Loads a policy file, naming the file in every error.
+pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| vec![format!("{}: cannot read policy: {e}", path.display())])?;
+    let policy = Policy::from_json_bytes(&bytes).map_err(|errors| {
+        errors
+            .0
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect::<Vec<_>>()
+    })?;
+    Ok(PolicyRef {
+        id: path.display().to_string(),
+        version: to_hex(&Sha256::digest(&bytes))[..16].to_owned(),
+        policy: Arc::new(policy),
+    })
+}
+
+fn parse_duration_key(
+    file: &str,
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    errors: &mut Vec<String>,
+) -> Duration {
+    match value {
+        None => default,
+        Some(text) => duration::parse(text).unwrap_or_else(|e| {
+            errors.push(format!("{file}: {key}: {e}"));
+            default
+        }),
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![format!("{file}: cannot read: {e}")]))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    from_toml(&file, &text, &base, &env_lookup)
+}
+
+/// Validates configuration text; `base` resolves relative paths.
+pub fn from_toml(
+    file: &str,
+    text: &str,
+    base: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigErrors> {
+    let deserializer = toml::Deserializer::new(text);
+    let raw: ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_owned();
+        let location = inner
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigErrors(vec![format!("{file}: {path}: {message}{location}")])
+    })?;
+    resolve(file, raw, base, lookup)
+}
+
+fn resolve(
+    file: &str,
+    raw: ConfigFile,
+    base: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigErrors> {
+    let mut errors = Vec::new();
+    let listen_text = raw.gateway.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen = listen_text.parse().unwrap_or_else(|e| {
+        errors.push(format!(
+            "{file}: gateway.listen: {listen_text:?} is not an address (host:port): {e}"
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let mut settings = Settings::new(listen);
+    settings.data_dir = base.join(raw.gateway.data_dir.unwrap_or_else(|| ".toolgate".into()));
+    settings.allowed_hosts = raw.gateway.allowed_hosts;
+    settings.header_read_timeout = parse_duration_key(
+        file,
+        "gateway.header_read_timeout",
+        raw.gateway.header_read_timeout.as_deref(),
+        settings.header_read_timeout,
+        &mut errors,
+    );
+    if let Some(n) = raw.gateway.max_body_bytes {
+        settings.max_body_bytes = n;
+    }
+    if let Some(n) = raw.gateway.max_header_bytes {
+        if n < 8192 {
+            errors.push(format!(
+                "{file}: gateway.max_header_bytes: {n} is too small; expected at least 8192"
+            ));
+        }
+        settings.max_header_bytes = n.max(8192);
+    }
+    if raw.gateway.tls_cert.is_some() || raw.gateway.tls_key.is_some() {
+        errors.push(format!(
+            "{file}: gateway.tls_cert: serving TLS is not supported yet; terminate TLS in front of toolgate"
+        ));
+    }
+
+    for (name, server) in raw.servers {
+        let key = format!("servers.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            errors.push(format!(
+                "{file}: {key}: server names may use letters, digits, '-', '_' and '.' only"
+            ));
+        }
+        let timeout = parse_duration_key(
+            file,
+            &format!("{key}.timeout"),
+            server.timeout.as_deref(),
+            Duration::from_secs(60),
+            &mut errors,
+        );
+        let connect_timeout = parse_duration_key(
+            file,
+            &format!("{key}.connect_timeout"),
+            server.connect_timeout.as_deref(),
+            Duration::from_secs(10),
+            &mut errors,
+        );
+        let mut expand = |what: &str, value: &str| {
+            expand_env(value, lookup).unwrap_or_else(|e| {
+                errors.push(format!("{file}: {key}.{what}: {e}"));
+                String::new()
+            })
+        };
+        let upstream = match (&server.url, &server.command) {
+            (Some(url), None) => {
+                let headers = server
+                    .headers
+                    .iter()
+                    .map(|(h, v)| (h.clone(), expand(&format!("headers.{h}"), v)))
+                    .collect();
+                let url = expand("url", url);
+                UpstreamSpec::Http {
+                    url,
+                    headers,
+                    ca_file: server.ca_file.as_ref().map(|p| base.join(p)),
+                    connect_timeout,
+                }
+            }
+            (None, Some(command)) => {
+                let command = expand("command", command);
+                let args = server.args.iter().map(|a| expand("args", a)).collect();
+                let env = server
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), expand(&format!("env.{k}"), v)))
+                    .collect();
+                UpstreamSpec::Stdio { command, args, env }
+            }
+            _ => {
+                errors.push(format!(
+                    "{file}: {key}: set exactly one of `url` (HTTP upstream) and `command` (stdio upstream)"
+                ));
+                continue;
+            }
+        };
+        if let UpstreamSpec::Http { url, .. } = &upstream {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!(
+                    "{file}: {key}.url: {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        settings.servers.push(ServerSpec {
+            name,
+            upstream,
+            timeout,
+            shadow: server.shadow,
+            fail_open: server.fail_open,
+        });
+    }
+
+    let server_names: BTreeSet<&str> = settings.servers.iter().map(|s| s.name.as_str()).collect();
+    let mut grant_names = BTreeSet::new();
+    let mut grants = Vec::new();
+    for (index, grant) in raw.grants.into_iter().enumerate() {
+        let key = format!("grants[{index}]");
+        if !grant_names.insert(grant.name.clone()) {
+            errors.push(format!(
+                "{file}: {key}.name: grant {:?} is defined twice",
+                grant.name
+            ));
+        }
+        let token_sha256 = match (&grant.token_sha256, &grant.token) {
+            (Some(hex), None) => parse_hex32(hex).or_else(|| {
+                errors.push(format!(
+                    "{file}: {key}.token_sha256: expected 64 hex digits (the SHA-256 of the token)"
+                ));
+                None
+            }),
+            (None, Some(token)) => {
+                settings.warnings.push(format!(
+                    "{file}: {key}.token: grant {:?} has its token in clear text; use token_sha256 = \"{}\" outside development",
+                    grant.name,
+                    token_sha256_hex(token)
+                ));
+                parse_hex32(&token_sha256_hex(token))
+            }
+            _ => {
+                errors.push(format!(
+                    "{file}: {key}: set exactly one of `token_sha256` and `token`"
+                ));
+                None
+            }
+        };
+        let mut policies = BTreeMap::new();
+        for (server, policy_path) in &grant.policies {
+            if !server_names.contains(server.as_str()) {
+                errors.push(format!(
+                    "{file}: {key}.policies.{server}: no server named {server:?} is configured"
+                ));
+                continue;
+            }
+            match load_policy(&base.join(policy_path)) {
+                Ok(policy) => {
+                    policies.insert(server.clone(), policy);
+                }
+                Err(es) => errors.extend(es),
+            }
+        }
+        let mut servers: BTreeSet<String> = grant.policies.keys().cloned().collect();
+        for server in &grant.servers {
+            if !server_names.contains(server.as_str()) {
+                errors.push(format!(
+                    "{file}: {key}.servers: no server named {server:?} is configured"
+                ));
+            }
+            servers.insert(server.clone());
+        }
+        let expires = grant.expires.as_deref().and_then(|text| {
+            parse_rfc3339(text).or_else(|| {
+                errors.push(format!(
+                    "{file}: {key}.expires: {text:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z"
+                ));
+                None
+            })
+        });
+        if let Some(token_sha256) = token_sha256 {
+            grants.push(GrantSpec {
+                name: grant.name,
+                token_sha256,
+                policies,
+                servers,
+                expires_unix: expires,
+                note: grant.note,
+            });
+        }
+    }
+    settings.grants = grants;
+    if errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(name: &str) -> Option<String> {
+        (name == "KEY").then(|| "s3cret".to_owned())
+    }
+
+    fn load_text(text: &str) -> Result<Settings, ConfigErrors> {
+        let dir = std::env::temp_dir().join(format!("tg-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("p.json"), r#"{"version":"1","default":"allow"}"#).unwrap();
+        from_toml("toolgate.toml", text, &dir, &lookup)
+    }
+
+    #[test]
+    fn expands_environment_variables() {
+        assert_eq!(expand_env("a-${KEY}-b", &lookup).unwrap(), "a-s3cret-b");
+        assert!(expand_env("${NOPE}", &lookup)
+            .unwrap_err()
+            .contains("NOPE is not set"));
+        assert!(expand_env("${KEY", &lookup).is_err());
+    }
+
+    #[test]
+    fn a_full_config_resolves() {
+        let s = load_text(
+            r#"
+[gateway]
+listen = "127.0.0.1:9999"
+header_read_timeout = "5s"
+[servers.sendit]
+url = "http://127.0.0.1:9000/mcp"
+headers = { "X-Api-Key" = "${KEY}" }
+timeout = "30s"
+[servers.files]
+command = "npx"
+args = ["-y", "server"]
+[[grants]]
+name = "ci"
+token = "tg_dev"
+policies = { sendit = "p.json" }
+servers = ["files"]
+expires = "2027-01-01T00:00:00Z"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 9999);
+        assert_eq!(s.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(s.servers.len(), 2);
+        let sendit = s.servers.iter().find(|x| x.name == "sendit").unwrap();
+        assert_eq!(sendit.timeout, Duration::from_secs(30));
+        match &sendit.upstream {
+            UpstreamSpec::Http { headers, .. } => {
+                assert_eq!(
+                    headers,
+                    &vec![("X-Api-Key".to_owned(), "s3cret".to_owned())]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let grant = &s.grants[0];
+        assert_eq!(grant.servers.len(), 2);
+        assert!(grant.policies.contains_key("sendit"));
+        assert_eq!(grant.expires_unix, Some(1_798_761_600));
+        assert_eq!(s.warnings.len(), 1, "clear-text token warns");
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let e = load_text("[servers.a]\nurl = \"http://x/mcp\"\ntimeot = \"1s\"\n").unwrap_err();
+        assert!(e.0[0].contains("servers.a"), "{e}");
+        assert!(e.0[0].contains("timeot"), "{e}");
+        assert!(e.0[0].starts_with("toolgate.toml: "), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = load_text(
+            r#"
+[gateway]
+listen = "nowhere"
+[servers.a]
+url = "ftp://x"
+[servers.b]
+[[grants]]
+name = "g"
+token_sha256 = "abc"
+policies = { zzz = "p.json" }
+"#,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "gateway.listen",
+            "servers.a.url",
+            "servers.b: set exactly one",
+            "grants[0].token_sha256",
+            "grants[0].policies.zzz",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_broken_policy_stops_the_load_with_its_pointer() {
+        let dir = std::env::temp_dir().join(format!("tg-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bad.json"), r#"{"version":"2","default":"allow"}"#).unwrap();
+        let e = from_toml(
+            "c.toml",
+            "[servers.a]\nurl = \"http://x/mcp\"\n[[grants]]\nname = \"g\"\ntoken = \"t\"\npolicies = { a = \"bad.json\" }\n",
+            &dir,
+            &lookup,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bad.json: /version"), "{e}");
+    }
+}

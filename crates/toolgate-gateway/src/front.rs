@@ -1,0 +1,192 @@
+//! The front door: accepting connections, transport limits, routing, Host/Origin checks.
+
+use crate::body::{self, Body};
+use crate::error::GatewayError;
+use crate::Gateway;
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use toolgate_mcp::codes;
+
+/// How long in-flight requests may take to finish after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` turns true, then drains.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gw = Arc::clone(&gateway);
+                let service = service_fn(move |request| {
+                    let gw = Arc::clone(&gw);
+                    async move { Ok::<_, Infallible>(gw.route(request).await) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(gateway.settings.header_read_timeout)
+                    .max_buf_size(gateway.settings.max_header_bytes)
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "some connections were still open after {} s; closing them",
+            DRAIN.as_secs()
+        );
+    }
+}
+
+/// Whether a `Host` (or an Origin's authority) names this machine or an allowed host.
+pub fn host_allowed(authority: &str, allowed: &[String]) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        }
+    };
+    let host = host.to_ascii_lowercase();
+    if host == "localhost" {
+        return true;
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        if ip.is_loopback() {
+            return true;
+        }
+    }
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(&host))
+}
+
+/// Whether an `Origin` header value is acceptable (same rules as Host; `null` never is).
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https") && !rest.contains('/') && host_allowed(rest, allowed)
+}
+
+impl Gateway {
+    /// Routes one request; never fails (every problem becomes a response).
+    async fn route(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let forbidden = |what: String| {
+            GatewayError::client(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, what)
+                .into_response(serde_json::Value::Null)
+        };
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
+        match host {
+            Some(h) if host_allowed(h, &self.settings.allowed_hosts) => {}
+            Some(h) => return forbidden(format!("Host {h:?} is not allowed (DNS rebinding protection); add it to gateway.allowed_hosts")),
+            None => return forbidden("a Host header is required".into()),
+        }
+        if let Some(origin) = request.headers().get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !origin_allowed(origin, &self.settings.allowed_hosts) {
+                return forbidden(format!("Origin {origin:?} is not allowed"));
+            }
+        }
+        let path = request.uri().path().to_owned();
+        match path.as_str() {
+            "/healthz" => body::text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if self.ready() {
+                    body::text(StatusCode::OK, "ready\n")
+                } else {
+                    body::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "an upstream is not ready\n",
+                    )
+                }
+            }
+            _ => match path
+                .strip_prefix("/mcp/")
+                .map(|s| s.strip_suffix('/').unwrap_or(s))
+            {
+                Some(server) if !server.is_empty() && !server.contains('/') => {
+                    self.handle_mcp(server, request).await
+                }
+                _ => body::text(
+                    StatusCode::NOT_FOUND,
+                    "not found; MCP servers are at /mcp/<server>\n",
+                ),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_origins() {
+        let allowed = vec!["gw.example".to_owned()];
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:80",
+            "127.3.4.5",
+            "gw.example:443",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "10.0.0.1:80",
+            "gw.example.evil:80",
+            "[::2]:80",
+            "",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
+        assert!(origin_allowed("http://localhost:3000", &allowed));
+        assert!(origin_allowed("https://gw.example", &allowed));
+        for bad in [
+            "null",
+            "http://evil.example",
+            "file://x",
+            "http://localhost/x",
+        ] {
+            assert!(!origin_allowed(bad, &allowed), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Streamable HTTP upstreams: forwarding requests, and the gateway's own small MCP client
+//! used to learn an upstream's tool catalogue.
+
+use crate::config::UpstreamSpec;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use toolgate_mcp::{headers as mcp_headers, sse::SseDecoder, version};
+
+/// The HTTP client type shared by all HTTP upstreams.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Largest upstream body the gateway will buffer when it must read one whole (initialize,
+/// tools/list filtering, its own catalogue requests).
+pub const MAX_BUFFERED_RESPONSE: usize = 16 << 20;
+
+/// Client request headers that are part of the MCP transport and pass upstream. Everything
+/// else — `Authorization`, `Cookie`, `Origin`, `Host`, proxy headers — is dropped: an
+/// allow-list cannot leak a credential that nobody thought of.
+const FORWARDED: &[&str] = &[
+    "accept",
+    "content-type",
+    mcp_headers::MCP_PROTOCOL_VERSION,
+    mcp_headers::LAST_EVENT_ID,
+    mcp_headers::MCP_METHOD,
+    mcp_headers::MCP_NAME,
+    "user-agent",
+];
+
+/// One HTTP upstream.
+#[derive(Debug)]
+pub struct HttpUpstream {
+    /// Server name, for errors.
+    name: String,
+    /// Endpoint.
+    uri: Uri,
+    /// Injected headers (configured credentials).
+    inject: HeaderMap,
+    /// Per-request timeout.
+    timeout: Duration,
+    /// Connection pool.
+    client: HttpClient,
+}
+
+fn build_client(
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> Result<HttpClient, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match ca_file {
+        None => builder
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| format!("cannot load the system's root certificates: {e}"))?,
+        Some(path) => {
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let https = builder.https_or_http().enable_http1().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// Whether a response is an SSE stream.
+pub fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+impl HttpUpstream {
+    /// Builds the upstream from its configuration.
+    pub fn new(name: &str, spec: &UpstreamSpec, timeout: Duration) -> Result<Self, String> {
+        let UpstreamSpec::Http {
+            url,
+            headers,
+            ca_file,
+            connect_timeout,
+        } = spec
+        else {
+            return Err("not an HTTP upstream".into());
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("servers.{name}.url: {url:?} is not a URL: {e}"))?;
+        let mut inject = HeaderMap::new();
+        for (key, value) in headers {
+            let key = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|e| format!("servers.{name}.headers: bad header name {key:?}: {e}"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| format!("servers.{name}.headers.{key}: bad header value: {e}"))?;
+            inject.insert(key, value);
+        }
+        Ok(HttpUpstream {
+            name: name.to_owned(),
+            uri,
+            inject,
+            timeout,
+            client: build_client(ca_file.as_deref(), *connect_timeout)?,
+        })
+    }
+
+    /// Sends one request upstream. Only allow-listed client headers pass; the upstream
+    /// session id and the configured headers are set by the gateway. Times out waiting for
+    /// the response head after the server's timeout.
+    pub async fn send(
+        &self,
+        method: Method,
+        client_headers: &HeaderMap,
+        upstream_session: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(self.uri.clone())
+            .body(Full::new(body))
+            .map_err(|e| GatewayError::internal(format!("cannot build upstream request: {e}")))?;
+        let headers = request.headers_mut();
+        for (name, value) in client_headers {
+            let n = name.as_str();
+            if FORWARDED.contains(&n) || n.starts_with(mcp_headers::MCP_PARAM_PREFIX) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(session) = upstream_session {
+            if let Ok(v) = HeaderValue::from_str(session) {
+                headers.insert(mcp_headers::MCP_SESSION_ID, v);
+            }
+        }
+        for (name, value) in &self.inject {
+            headers.insert(name.clone(), value.clone());
+        }
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => Err(GatewayError::upstream(
+                &self.name,
+                format_args!("did not answer within {} s", self.timeout.as_secs_f64()),
+            )),
+            Ok(Err(e)) => {
+                let mut cause = String::new();
+                let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    cause = s.to_string();
+                    source = s.source();
+                }
+                Err(GatewayError::upstream(
+                    &self.name,
+                    format_args!(
+                        "is unreachable: {}",
+                        if cause.is_empty() {
+                            e.to_string()
+                        } else {
+                            cause
+                        }
+                    ),
+                ))
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Reads a whole response body (JSON or SSE) into the JSON-RPC messages it carries.
+    pub async fn read_messages(
+        &self,
+        response: Response<Incoming>,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let sse = is_sse(response.headers());
+        let collected = tokio::time::timeout(
+            self.timeout,
+            Limited::new(response.into_body(), MAX_BUFFERED_RESPONSE).collect(),
+        )
+        .await
+        .map_err(|_| {
+            GatewayError::upstream(
+                &self.name,
+                format_args!(
+                    "did not finish its response within {} s",
+                    self.timeout.as_secs_f64()
+                ),
+            )
+        })?
+        .map_err(|e| {
+            GatewayError::upstream(&self.name, format_args!("sent an unreadable response: {e}"))
+        })?;
+        let bytes = collected.to_bytes();
+        parse_messages(&self.name, sse, &bytes)
+    }
+
+    /// The upstream's complete tool list, fetched on a short-lived session of the gateway's
+    /// own (initialize, initialized, every page of tools/list, DELETE).
+    pub async fn fetch_tool_names(&self) -> Result<Vec<String>, GatewayError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion": version::LATEST, "capabilities": {},
+            "clientInfo": {"name": "toolgate-catalogue", "version": env!("CARGO_PKG_VERSION")}}});
+        let response = self
+            .send(Method::POST, &headers, None, Bytes::from(init.to_string()))
+            .await?;
+        if !response.status().is_success() {
+            return Err(GatewayError::upstream(
+                &self.name,
+                format_args!("refused initialize with HTTP {}", response.status()),
+            ));
+        }
+        let session = response
+            .headers()
+            .get(mcp_headers::MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let messages = self.read_messages(response).await?;
+        let negotiated = messages
+            .iter()
+            .find_map(|m| m.get("result")?.get("protocolVersion")?.as_str())
+            .unwrap_or(version::LATEST)
+            .to_owned();
+        if let Ok(v) = HeaderValue::from_str(&negotiated) {
+            headers.insert(mcp_headers::MCP_PROTOCOL_VERSION, v);
+        }
+        let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+        let _ = self
+            .send(
+                Method::POST,
+                &headers,
+                session.as_deref(),
+                Bytes::from(initialized.to_string()),
+            )
+            .await?;
+        let mut names = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for page in 1..=1000 {
+            let mut params = json!({});
+            if let Some(c) = &cursor {
+                params["cursor"] = c.clone();
+            }
+            let list = json!({"jsonrpc":"2.0","id":page,"method":"tools/list","params":params});
+            let response = self
+                .send(
+                    Method::POST,
+                    &headers,
+                    session.as_deref(),
+                    Bytes::from(list.to_string()),
+                )
+                .await?;
+            let messages = self.read_messages(response).await?;
+            let result = messages
+                .iter()
+                .find(|m| m.get("id") == Some(&json!(page)))
+                .and_then(|m| m.get("result"))
+                .ok_or_else(|| {
+                    GatewayError::upstream(&self.name, "answered tools/list without a result")
+                })?;
+            names.extend(
+                result
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned)),
+            );
+            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+            if cursor.is_none() {
+                break;
+            }
+        }
+        if session.is_some() {
+            let _ = self
+                .send(Method::DELETE, &headers, session.as_deref(), Bytes::new())
+                .await;
+        }
+        Ok(names)
+    }
+}
+
+/// Parses a buffered JSON or SSE body into JSON-RPC messages.
+pub fn parse_messages(server: &str, sse: bool, bytes: &[u8]) -> Result<Vec<Value>, GatewayError> {
+    let garbage = |e: &dyn std::fmt::Display| {
+        GatewayError::upstream(
+            server,
+            format_args!("sent a response that is not JSON-RPC: {e}"),
+        )
+    };
+    if sse {
+        let mut decoder = SseDecoder::new(MAX_BUFFERED_RESPONSE);
+        let events = decoder.push(bytes).map_err(|e| garbage(&e))?;
+        let mut out = Vec::new();
+        for event in events.into_iter().filter(|e| !e.data.trim().is_empty()) {
+            out.push(serde_json::from_str(&event.data).map_err(|e| garbage(&e))?);
+        }
+        Ok(out)
+    } else {
+        match serde_json::from_slice::<Value>(bytes).map_err(|e| garbage(&e))? {
+            Value::Array(items) => Ok(items),
+            other => Ok(vec![other]),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The running toolgate service.
+//!
+//! A request travels one straight line: [`front`] (transport limits, Host/Origin, routing)
+//! → [`grants`] (who is calling) → [`proxy`] (session, policy decision, forwarding) →
+//! [`http_upstream`] or [`stdio_upstream`] → the answer ([`answer`] when the gateway
+//! answers itself). Errors are [`error::GatewayError`] values, classified once where the
+//! request is answered.
+#![forbid(unsafe_code)]
+
+pub mod answer;
+pub mod body;
+pub mod catalogue;
+pub mod config;
+pub mod error;
+pub mod front;
+pub mod grants;
+pub mod http_upstream;
+mod proxy;
+pub mod session;
+pub mod stdio_upstream;
+pub mod time;
+
+use crate::catalogue::Catalogue;
+use crate::config::{ServerSpec, Settings, UpstreamSpec};
+use crate::grants::Grants;
+use crate::http_upstream::HttpUpstream;
+use crate::session::Sessions;
+use crate::stdio_upstream::StdioUpstream;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How a server is reached.
+#[derive(Debug)]
+pub enum Upstream {
+    /// Streamable HTTP.
+    Http(Arc<HttpUpstream>),
+    /// A supervised child process.
+    Stdio(Arc<StdioUpstream>),
+}
+
+/// One registered server at run time.
+#[derive(Debug)]
+pub struct Server {
+    /// Its configuration.
+    pub spec: ServerSpec,
+    /// Its connection.
+    pub upstream: Upstream,
+    /// Its tool names.
+    pub catalogue: Catalogue,
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Validated settings.
+    pub settings: Settings,
+    /// Grants by token.
+    grants: Grants,
+    /// Servers by name.
+    servers: HashMap<String, Arc<Server>>,
+    /// Client sessions.
+    sessions: Arc<Sessions>,
+}
+
+impl Gateway {
+    /// Whether every stdio upstream is up.
+    pub fn ready(&self) -> bool {
+        self.servers.values().all(|s| match &s.upstream {
+            Upstream::Stdio(up) => up.is_ready(),
+            Upstream::Http(_) => true,
+        })
+    }
+}
+
+/// A started gateway.
+pub struct Running {
+    /// The address it listens on (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// Turns true to stop.
+    shutdown: watch::Sender<bool>,
+    /// The server and upstream supervisor tasks.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, stops stdio children, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone). The `watch::Ref` that
+/// `wait_for` returns is dropped here so callers' futures stay `Send`.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Binds the listener, starts stdio children and serves.
+pub async fn start(settings: Settings) -> Result<Running, String> {
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sessions = Arc::new(Sessions::default());
+    let mut servers = HashMap::new();
+    let mut tasks = Vec::new();
+    for spec in &settings.servers {
+        let upstream = match &spec.upstream {
+            UpstreamSpec::Http { .. } => Upstream::Http(Arc::new(HttpUpstream::new(
+                &spec.name,
+                &spec.upstream,
+                spec.timeout,
+            )?)),
+            UpstreamSpec::Stdio { .. } => Upstream::Stdio(StdioUpstream::new(
+                &spec.name,
+                &spec.upstream,
+                spec.timeout,
+                Arc::clone(&sessions),
+            )?),
+        };
+        let server = Arc::new(Server {
+            spec: spec.clone(),
+            upstream,
+            catalogue: Catalogue::default(),
+        });
+        if let Upstream::Stdio(up) = &server.upstream {
+            tasks.push(tokio::spawn(Arc::clone(up).supervise(shutdown_rx.clone())));
+            let mut changed = up.tools_changed.subscribe();
+            let watched = Arc::clone(&server);
+            tokio::spawn(async move {
+                while changed.changed().await.is_ok() {
+                    watched.catalogue.invalidate();
+                }
+            });
+        }
+        servers.insert(spec.name.clone(), server);
+    }
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let grants = Grants::new(settings.grants.clone());
+    let gateway = Arc::new(Gateway {
+        settings,
+        grants,
+        servers,
+        sessions,
+    });
+    tasks.push(tokio::spawn(front::serve(gateway, listener, shutdown_rx)));
+    Ok(Running {
+        local_addr,
+        shutdown,
+        tasks,
+    })
+}

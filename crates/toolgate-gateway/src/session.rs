@@ -1,0 +1,278 @@
+//! Client sessions: which grant owns them, what was negotiated, and (for upstreams the
+//! gateway serves itself) the SSE streams with a replay log for `Last-Event-ID` resumption.
+
+use bytes::Bytes;
+use rand::RngCore;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use toolgate_mcp::sse;
+
+/// The GET stream's number; POST streams count up from 1.
+pub const GET_STREAM: u64 = 0;
+
+/// How many recent events a session keeps for resumption.
+const REPLAY_EVENTS: usize = 1024;
+
+/// One client session.
+#[derive(Debug)]
+pub struct Session {
+    /// The id the gateway minted and the client sends as `Mcp-Session-Id`.
+    pub id: String,
+    /// The grant that created it; no other grant may use it.
+    pub grant: String,
+    /// The server it belongs to.
+    pub server: String,
+    /// The negotiated protocol revision.
+    pub protocol_version: String,
+    /// The upstream's own session id (HTTP upstreams), never shown to the client.
+    pub upstream_session: Option<String>,
+    /// The capabilities the client declared at `initialize`.
+    pub client_capabilities: Value,
+    /// Streams and replay log (used where the gateway itself serves the session).
+    events: Mutex<EventLog>,
+}
+
+/// The SSE streams of a session.
+#[derive(Debug, Default)]
+struct EventLog {
+    /// Live streams by number.
+    streams: HashMap<u64, StreamSlot>,
+    /// Recent events: (stream, seq, encoded event).
+    log: VecDeque<(u64, u64, Bytes)>,
+    /// Next POST stream number.
+    next_stream: u64,
+}
+
+/// One SSE stream of a session.
+#[derive(Debug, Default)]
+struct StreamSlot {
+    /// The connected client, if any (None after a disconnect until it resumes).
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    /// Sequence number of the next event.
+    next_seq: u64,
+    /// The stream has delivered its final message.
+    closed: bool,
+}
+
+impl Session {
+    /// A new session with a fresh random id.
+    pub fn new(
+        grant: &str,
+        server: &str,
+        protocol_version: &str,
+        upstream_session: Option<String>,
+        client_capabilities: Value,
+    ) -> Session {
+        let mut raw = [0u8; 16];
+        rand::rng().fill_bytes(&mut raw);
+        let mut log = EventLog {
+            next_stream: 1,
+            ..EventLog::default()
+        };
+        log.streams.insert(GET_STREAM, StreamSlot::default());
+        Session {
+            id: format!("tgs-{}", crate::config::to_hex(&raw)),
+            grant: grant.to_owned(),
+            server: server.to_owned(),
+            protocol_version: protocol_version.to_owned(),
+            upstream_session,
+            client_capabilities,
+            events: Mutex::new(log),
+        }
+    }
+
+    /// Whether the client declared `capability` (`elicitation`, `sampling`, `roots`).
+    pub fn has_capability(&self, capability: &str) -> bool {
+        self.client_capabilities
+            .get(capability)
+            .is_some_and(|v| !v.is_null())
+    }
+
+    /// Opens a POST response stream; returns its number and the body's receiver.
+    pub fn open_stream(&self) -> (u64, mpsc::UnboundedReceiver<Bytes>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let number = log.next_stream;
+        log.next_stream += 1;
+        log.streams.insert(
+            number,
+            StreamSlot {
+                tx: Some(tx),
+                ..StreamSlot::default()
+            },
+        );
+        (number, rx)
+    }
+
+    /// Sends `message` on `stream` if it is still open, else on the GET stream.
+    /// Every event is logged so a client that lost its connection can resume.
+    pub fn push(&self, stream: Option<u64>, message: &Value) {
+        let json = message.to_string();
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let number = match stream {
+            Some(n) if log.streams.get(&n).is_some_and(|s| !s.closed) => n,
+            _ => GET_STREAM,
+        };
+        let Some(slot) = log.streams.get_mut(&number) else {
+            return;
+        };
+        let seq = slot.next_seq;
+        slot.next_seq += 1;
+        let event = sse::encode_message(Some(&format!("{number}-{seq}")), &json);
+        if let Some(tx) = &slot.tx {
+            if tx.send(event.clone()).is_err() {
+                slot.tx = None;
+            }
+        }
+        log.log.push_back((number, seq, event));
+        if log.log.len() > REPLAY_EVENTS {
+            log.log.pop_front();
+        }
+    }
+
+    /// Marks a POST stream complete: its response ends after what was sent.
+    pub fn close_stream(&self, stream: u64) {
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = log.streams.get_mut(&stream) {
+            slot.closed = true;
+            slot.tx = None;
+        }
+        // Keep closed streams only as long as their events can still be replayed.
+        let live: std::collections::HashSet<u64> = log.log.iter().map(|e| e.0).collect();
+        log.streams
+            .retain(|n, s| *n == GET_STREAM || !s.closed || live.contains(n));
+    }
+
+    /// Attaches a GET request: replays what followed `last_event_id` on its stream and
+    /// continues that stream (or the GET stream) live.
+    pub fn attach(&self, last_event_id: Option<&str>) -> mpsc::UnboundedReceiver<Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let resume = last_event_id.and_then(|id| {
+            let (stream, seq) = id.split_once('-')?;
+            Some((stream.parse::<u64>().ok()?, seq.parse::<u64>().ok()?))
+        });
+        let (stream, after) = match resume {
+            Some((stream, seq)) if log.streams.contains_key(&stream) => (stream, Some(seq)),
+            _ => (GET_STREAM, None),
+        };
+        if let Some(after) = after {
+            for (_, _, event) in log.log.iter().filter(|e| e.0 == stream && e.1 > after) {
+                let _ = tx.send(event.clone());
+            }
+        }
+        if let Some(slot) = log.streams.get_mut(&stream) {
+            if !slot.closed {
+                slot.tx = Some(tx);
+            }
+        }
+        rx
+    }
+}
+
+/// All sessions of the gateway.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// Sessions by id.
+    by_id: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Sessions {
+    /// Registers a session.
+    pub fn insert(&self, session: Session) -> Arc<Session> {
+        let session = Arc::new(session);
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.id.clone(), Arc::clone(&session));
+        session
+    }
+
+    /// The session `id`, if it exists and belongs to `grant` on `server`. A session of
+    /// another grant is reported as absent, so ids cannot be probed across grants.
+    pub fn get(&self, id: &str, grant: &str, server: &str) -> Option<Arc<Session>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .filter(|s| s.grant == grant && s.server == server)
+            .cloned()
+    }
+
+    /// Ends a session.
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+    }
+
+    /// Every session on `server` (for broadcasting upstream notifications).
+    pub fn on_server(&self, server: &str) -> Vec<Arc<Session>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.server == server)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            out.push(String::from_utf8(b.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn sessions_are_bound_to_their_grant_and_server() {
+        let sessions = Sessions::default();
+        let s = sessions.insert(Session::new("g", "a", "2025-11-25", None, json!({})));
+        assert!(sessions.get(&s.id, "g", "a").is_some());
+        assert!(sessions.get(&s.id, "other", "a").is_none());
+        assert!(sessions.get(&s.id, "g", "b").is_none());
+        assert!(s.id.starts_with("tgs-") && s.id.len() == 36);
+    }
+
+    #[test]
+    fn a_disconnected_post_stream_resumes_from_the_last_event_id() {
+        let s = Session::new("g", "a", "2025-11-25", None, json!({}));
+        let (n, rx) = s.open_stream();
+        s.push(Some(n), &json!({"m": 1}));
+        drop(rx); // the client goes away
+        s.push(Some(n), &json!({"m": 2}));
+        s.push(Some(n), &json!({"m": 3}));
+        let mut resumed = s.attach(Some(&format!("{n}-0")));
+        let events = drain(&mut resumed);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events[0].contains("\"m\":2") && events[0].contains(&format!("id: {n}-1")));
+        s.push(Some(n), &json!({"m": 4}));
+        assert_eq!(
+            drain(&mut resumed).len(),
+            1,
+            "the resumed stream continues live"
+        );
+    }
+
+    #[test]
+    fn messages_for_a_closed_stream_go_to_the_get_stream() {
+        let s = Session::new("g", "a", "2025-11-25", None, json!({}));
+        let mut get = s.attach(None);
+        let (n, _rx) = s.open_stream();
+        s.close_stream(n);
+        s.push(Some(n), &json!({"late": true}));
+        let events = drain(&mut get);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].contains("id: 0-0"));
+    }
+}

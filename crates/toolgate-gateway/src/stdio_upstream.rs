@@ -1,0 +1,647 @@
+//! Stdio upstreams: one supervised child process per server, shared by every client.
+//!
+//! The gateway is the child's only MCP client. It initializes the child once, declaring the
+//! capabilities its clients may use, and multiplexes client sessions onto it: request ids
+//! and progress tokens are replaced with gateway-unique ones on the way in and restored on
+//! the way out, so no client ever sees another's messages. Requests the child sends to a
+//! client (elicitation, sampling, roots) go to the client whose call is in flight — stdio
+//! carries no other hint of who they are for — and are refused with a JSON-RPC error when
+//! that client lacks the capability.
+
+use crate::config::UpstreamSpec;
+use crate::error::GatewayError;
+use crate::session::{Session, Sessions};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use toolgate_mcp::stdio::{Frame, LineFramer};
+use toolgate_mcp::{codes, jsonrpc, version, Kind, Message};
+
+/// Longest line accepted from a child.
+const MAX_LINE: usize = 16 << 20;
+/// First restart delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest restart delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A child that ran this long is considered healthy; its next crash restarts quickly again.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How long a child may take to exit after its stdin is closed before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// A request the gateway sent to the child and is waiting for.
+struct Pending {
+    /// The client session it belongs to (None: the gateway's own request).
+    session: Option<Arc<Session>>,
+    /// The id the client used, restored on the response.
+    client_id: Value,
+    /// Where the response goes.
+    reply: oneshot::Sender<Value>,
+    /// The client's POST stream for this request, if it is streamed.
+    stream: Option<u64>,
+    /// The rewritten progress token, removed with the request.
+    progress_key: Option<String>,
+    /// Arrival order, to pick the most recent call for server-to-client requests.
+    seq: u64,
+}
+
+/// Where a progress token leads back to.
+struct ProgressRoute {
+    /// The session that asked for progress.
+    session: Arc<Session>,
+    /// The token the client chose.
+    client_token: Value,
+    /// Its request's stream.
+    stream: Option<u64>,
+}
+
+/// A server-to-client request waiting for the client's answer.
+struct ServerRequestRoute {
+    /// The session asked.
+    session_id: String,
+    /// The id the child used.
+    upstream_id: Value,
+}
+
+/// Mutable state of the multiplexer.
+#[derive(Default)]
+struct Mux {
+    /// Sends lines to the running child's stdin.
+    stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Next id / token number.
+    next: u64,
+    /// Requests in flight, by the numeric id the child sees.
+    pending: HashMap<u64, Pending>,
+    /// Progress tokens in flight, by the token the child sees.
+    progress: HashMap<String, ProgressRoute>,
+    /// Child-to-client requests in flight, by the id the client sees.
+    server_requests: HashMap<String, ServerRequestRoute>,
+}
+
+/// One stdio upstream.
+pub struct StdioUpstream {
+    /// Server name.
+    name: String,
+    /// Program.
+    command: String,
+    /// Arguments.
+    args: Vec<String>,
+    /// Extra environment.
+    env: Vec<(String, String)>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Multiplexer state.
+    mux: Mutex<Mux>,
+    /// The child's InitializeResult while it is up and initialized; None otherwise.
+    ready: watch::Sender<Option<Arc<Value>>>,
+    /// Sessions, for broadcasting notifications.
+    sessions: Arc<Sessions>,
+    /// Bumped when the child announces a changed tool list (the catalogue refetches).
+    pub tools_changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for StdioUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioUpstream")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl StdioUpstream {
+    /// Builds the upstream; [`StdioUpstream::supervise`] starts it.
+    pub fn new(
+        name: &str,
+        spec: &UpstreamSpec,
+        timeout: Duration,
+        sessions: Arc<Sessions>,
+    ) -> Result<Arc<Self>, String> {
+        let UpstreamSpec::Stdio { command, args, env } = spec else {
+            return Err("not a stdio upstream".into());
+        };
+        Ok(Arc::new(StdioUpstream {
+            name: name.to_owned(),
+            command: command.clone(),
+            args: args.clone(),
+            env: env.clone(),
+            timeout,
+            mux: Mutex::new(Mux::default()),
+            ready: watch::channel(None).0,
+            sessions,
+            tools_changed: watch::channel(0).0,
+        }))
+    }
+
+    fn mux(&self) -> std::sync::MutexGuard<'_, Mux> {
+        self.mux.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the child is up and initialized.
+    pub fn is_ready(&self) -> bool {
+        self.ready.borrow().is_some()
+    }
+
+    /// The child's InitializeResult, waiting up to the timeout for it to come up.
+    pub async fn initialize_result(&self) -> Result<Arc<Value>, GatewayError> {
+        let mut rx = self.ready.subscribe();
+        let wait = async move { rx.wait_for(Option::is_some).await.map(|v| v.clone()) };
+        match tokio::time::timeout(self.timeout, wait).await {
+            Ok(Ok(Some(v))) => Ok(v),
+            _ => Err(GatewayError::upstream(
+                &self.name,
+                "is not running (the child process has not come up)",
+            )),
+        }
+    }
+
+    /// Runs the child until `shutdown` turns true, restarting it with back-off.
+    pub async fn supervise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            match self.run_child(&mut shutdown).await {
+                Ok(status) => tracing::warn!(server = %self.name, %status, "stdio upstream exited"),
+                Err(e) => tracing::error!(server = %self.name, error = %e, "stdio upstream failed"),
+            }
+            self.fail_all("exited");
+            if *shutdown.borrow() {
+                return;
+            }
+            if started.elapsed() > STABLE_AFTER {
+                backoff = MIN_BACKOFF;
+            }
+            tracing::info!(server = %self.name, delay_ms = backoff.as_millis() as u64, "restarting stdio upstream");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One life of the child: spawn, initialize, serve until it exits or shutdown.
+    async fn run_child(
+        self: &Arc<Self>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<String, String> {
+        let mut child: Child = Command::new(&self.command)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", self.command))?;
+        tracing::info!(server = %self.name, pid = child.id(), command = %self.command, "stdio upstream started");
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = child.stdout.take().ok_or("no stdout")?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        self.mux().stdin = Some(tx);
+        tokio::spawn(async move {
+            while let Some(mut line) = rx.recv().await {
+                line.push(b'\n');
+                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+            // Dropping stdin closes the child's input: the polite way to ask it to exit.
+        });
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(server = %name, "stderr: {line}");
+            }
+        });
+        let me = Arc::clone(self);
+        let reader = tokio::spawn(async move {
+            let mut framer = LineFramer::new(MAX_LINE);
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match stdout.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                for frame in framer.push(&buf[..n]) {
+                    match frame {
+                        Frame::Line(line) => me.on_line(&line),
+                        Frame::TooLong => {
+                            tracing::warn!(server = %me.name, "dropped a line longer than {MAX_LINE} bytes")
+                        }
+                    }
+                }
+            }
+        });
+
+        let me = Arc::clone(self);
+        let init = async move {
+            let params = json!({
+                "protocolVersion": version::LATEST,
+                "capabilities": {"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}},
+                "clientInfo": {"name": "toolgate", "version": env!("CARGO_PKG_VERSION")}
+            });
+            let result = me.request_own("initialize", params).await?;
+            me.notify_own("notifications/initialized");
+            me.ready.send_replace(Some(Arc::new(result)));
+            me.tools_changed.send_modify(|n| *n += 1);
+            tracing::info!(server = %me.name, "stdio upstream initialized");
+            Ok::<(), GatewayError>(())
+        };
+        let initialized = tokio::select! {
+            r = init => r,
+            status = child.wait() => return Ok(describe(status)),
+            _ = crate::stopped(shutdown) => Ok(()),
+        };
+        if let Err(e) = initialized {
+            self.stop(&mut child).await;
+            return Err(format!("initialize failed: {e}"));
+        }
+        let outcome = tokio::select! {
+            status = child.wait() => describe(status),
+            _ = crate::stopped(shutdown) => {
+                self.stop(&mut child).await;
+                "stopped".to_owned()
+            }
+        };
+        reader.abort();
+        self.ready.send_replace(None);
+        Ok(outcome)
+    }
+
+    /// Closes stdin, waits a little, then kills.
+    async fn stop(&self, child: &mut Child) {
+        self.mux().stdin = None;
+        if tokio::time::timeout(EXIT_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        let _ = child.wait().await;
+    }
+
+    /// Fails every in-flight request (the child is gone) so no caller hangs.
+    fn fail_all(&self, what: &str) {
+        self.ready.send_replace(None);
+        let pending: Vec<Pending> = {
+            let mut mux = self.mux();
+            mux.stdin = None;
+            mux.progress.clear();
+            mux.server_requests.clear();
+            mux.pending.drain().map(|(_, p)| p).collect()
+        };
+        for p in pending {
+            let error = GatewayError::upstream(&self.name, what);
+            let _ = p.reply.send(error.to_jsonrpc(p.client_id));
+        }
+    }
+
+    fn write<T: serde::Serialize>(&self, mux: &Mux, message: &T) -> bool {
+        match &mux.stdin {
+            Some(tx) => tx
+                .send(serde_json::to_vec(message).unwrap_or_default())
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends a request of the gateway's own and waits for its result.
+    async fn request_own(&self, method: &str, params: Value) -> Result<Value, GatewayError> {
+        let message = json!({"jsonrpc": "2.0", "id": 0, "method": method, "params": params});
+        let message =
+            Message::from_value(message).map_err(|e| GatewayError::internal(e.message))?;
+        let response = self.request(None, message, None).await?;
+        if let Some(error) = response.get("error") {
+            return Err(GatewayError::upstream(
+                &self.name,
+                format_args!("answered {method} with an error: {error}"),
+            ));
+        }
+        response.get("result").cloned().ok_or_else(|| {
+            GatewayError::upstream(
+                &self.name,
+                format_args!("answered {method} without a result"),
+            )
+        })
+    }
+
+    fn notify_own(&self, method: &str) {
+        let mux = self.mux();
+        self.write(&mux, &json!({"jsonrpc": "2.0", "method": method}));
+    }
+
+    /// Sends a client's (or the gateway's) request to the child and waits for the answer,
+    /// with the client's id (and progress token) restored. On timeout the child is told to
+    /// cancel and the caller gets a JSON-RPC error naming the server.
+    pub async fn request(
+        &self,
+        session: Option<&Arc<Session>>,
+        mut message: Message,
+        stream: Option<u64>,
+    ) -> Result<Value, GatewayError> {
+        let client_id = message.id().cloned().unwrap_or(Value::Null);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let upstream_id = {
+            let mut mux = self.mux();
+            if mux.stdin.is_none() {
+                return Err(GatewayError::upstream(
+                    &self.name,
+                    "is not running (the child process is restarting)",
+                ));
+            }
+            mux.next += 1;
+            let id = mux.next;
+            message.set_id(json!(id));
+            let mut progress_key = None;
+            if let (Some(session), Some(token)) = (session, message.progress_token().cloned()) {
+                let key = format!("tgp-{id}");
+                message.set_progress_token(json!(key));
+                mux.progress.insert(
+                    key.clone(),
+                    ProgressRoute {
+                        session: Arc::clone(session),
+                        client_token: token,
+                        stream,
+                    },
+                );
+                progress_key = Some(key);
+            }
+            mux.pending.insert(
+                id,
+                Pending {
+                    session: session.cloned(),
+                    client_id: client_id.clone(),
+                    reply: reply_tx,
+                    stream,
+                    progress_key,
+                    seq: id,
+                },
+            );
+            self.write(&mux, message.as_map());
+            id
+        };
+        match tokio::time::timeout(self.timeout, reply_rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(GatewayError::upstream(&self.name, "dropped the request")),
+            Err(_) => {
+                let mut mux = self.mux();
+                if let Some(p) = mux.pending.remove(&upstream_id) {
+                    if let Some(key) = p.progress_key {
+                        mux.progress.remove(&key);
+                    }
+                }
+                self.write(
+                    &mux,
+                    &json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+                    "params":{"requestId": upstream_id, "reason": "toolgate: request timed out"}}),
+                );
+                Err(GatewayError::upstream(
+                    &self.name,
+                    format_args!("did not answer within {} s", self.timeout.as_secs_f64()),
+                ))
+            }
+        }
+    }
+
+    /// Forwards a client notification (`notifications/cancelled` is remapped).
+    pub fn notify(&self, session: &Session, mut message: Message) {
+        let mut mux = self.mux();
+        if message.method() == Some("notifications/cancelled") {
+            let wanted = message.params().and_then(|p| p.get("requestId")).cloned();
+            let found = mux
+                .pending
+                .iter()
+                .find(|(_, p)| {
+                    p.session.as_ref().is_some_and(|s| s.id == session.id)
+                        && Some(&p.client_id) == wanted.as_ref()
+                })
+                .map(|(id, _)| *id);
+            let Some(upstream_id) = found else { return };
+            if let Some(p) = mux.pending.remove(&upstream_id) {
+                if let Some(key) = p.progress_key {
+                    mux.progress.remove(&key);
+                }
+                // Dropping `p.reply` ends the client's stream without a response, as
+                // cancellation requires.
+            }
+            if let Some(params) = message.params_object_mut() {
+                params.insert("requestId".into(), json!(upstream_id));
+            }
+        }
+        self.write(&mux, message.as_map());
+    }
+
+    /// Forwards a client's answer to a child-to-client request, restoring the child's id.
+    /// Returns false when no such request is pending for this session.
+    pub fn answer(&self, session: &Session, mut message: Message) -> bool {
+        let key = message.id().map(id_key).unwrap_or_default();
+        let mut mux = self.mux();
+        let Some(route) = mux.server_requests.remove(&key) else {
+            return false;
+        };
+        if route.session_id != session.id {
+            mux.server_requests.insert(key, route);
+            return false;
+        }
+        message.set_id(route.upstream_id);
+        self.write(&mux, message.as_map())
+    }
+
+    /// Handles one line from the child.
+    fn on_line(&self, line: &[u8]) {
+        let message = match serde_json::from_slice::<Value>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|v| Message::from_value(v).map_err(|e| e.message))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(server = %self.name, error = %e, "ignored a line that is not JSON-RPC");
+                return;
+            }
+        };
+        match message.kind() {
+            Kind::Response => self.on_response(message),
+            Kind::Request => self.on_server_request(message),
+            Kind::Notification => self.on_notification(message),
+        }
+    }
+
+    fn on_response(&self, mut message: Message) {
+        let Some(id) = message.id().and_then(Value::as_u64) else {
+            return;
+        };
+        let pending = {
+            let mut mux = self.mux();
+            let p = mux.pending.remove(&id);
+            if let Some(key) = p.as_ref().and_then(|p| p.progress_key.clone()) {
+                mux.progress.remove(&key);
+            }
+            p
+        };
+        if let Some(p) = pending {
+            message.set_id(p.client_id);
+            let _ = p.reply.send(message.into_value());
+        }
+    }
+
+    fn on_server_request(&self, message: Message) {
+        let id = message.id().cloned().unwrap_or(Value::Null);
+        let method = message.method().unwrap_or_default().to_owned();
+        if method == "ping" {
+            let mux = self.mux();
+            self.write(&mux, &jsonrpc::result_response(id, json!({})));
+            return;
+        }
+        let capability = match method.as_str() {
+            "elicitation/create" => Some("elicitation"),
+            "sampling/createMessage" => Some("sampling"),
+            "roots/list" => Some("roots"),
+            _ => None,
+        };
+        let mut mux = self.mux();
+        // The most recent call in flight names the client this request is about.
+        let target = mux
+            .pending
+            .values()
+            .filter(|p| p.session.is_some())
+            .max_by_key(|p| p.seq)
+            .map(|p| (Arc::clone(p.session.as_ref().expect("filtered")), p.stream));
+        let refusal = match &target {
+            None => Some(format!(
+                "no client of toolgate has a call in flight to answer {method}"
+            )),
+            Some((session, _)) => capability
+                .filter(|c| !session.has_capability(c))
+                .map(|c| format!("the client did not declare the {c} capability")),
+        };
+        if let Some(reason) = refusal {
+            self.write(
+                &mux,
+                &jsonrpc::error_response(id, codes::METHOD_NOT_FOUND, &reason, None),
+            );
+            return;
+        }
+        let (session, stream) = target.expect("checked");
+        mux.next += 1;
+        let client_id = format!("tg-{}", mux.next);
+        mux.server_requests.insert(
+            client_id.clone(),
+            ServerRequestRoute {
+                session_id: session.id.clone(),
+                upstream_id: id,
+            },
+        );
+        drop(mux);
+        let mut message = message;
+        message.set_id(json!(client_id));
+        session.push(stream, &message.into_value());
+    }
+
+    fn on_notification(&self, mut message: Message) {
+        match message.method() {
+            Some("notifications/progress") => {
+                let key = message
+                    .params()
+                    .and_then(|p| p.get("progressToken"))
+                    .map(id_key)
+                    .unwrap_or_default();
+                let route = self
+                    .mux()
+                    .progress
+                    .get(&key)
+                    .map(|r| (Arc::clone(&r.session), r.client_token.clone(), r.stream));
+                if let Some((session, token, stream)) = route {
+                    if let Some(params) = message.params_object_mut() {
+                        params.insert("progressToken".into(), token);
+                    }
+                    session.push(stream, &message.into_value());
+                }
+            }
+            Some("notifications/cancelled") => {
+                // The child gave up on one of its own requests to a client.
+                let key = message.params().and_then(|p| p.get("requestId")).cloned();
+                let mut mux = self.mux();
+                let found = mux
+                    .server_requests
+                    .iter()
+                    .find(|(_, r)| Some(&r.upstream_id) == key.as_ref())
+                    .map(|(k, r)| (k.clone(), r.session_id.clone()));
+                if let Some((client_id, session_id)) = found {
+                    mux.server_requests.remove(&client_id);
+                    drop(mux);
+                    if let Some(params) = message.params_object_mut() {
+                        params.insert("requestId".into(), json!(client_id));
+                    }
+                    if let Some(session) = self
+                        .sessions
+                        .on_server(&self.name)
+                        .into_iter()
+                        .find(|s| s.id == session_id)
+                    {
+                        session.push(None, &message.into_value());
+                    }
+                }
+            }
+            method => {
+                if method == Some("notifications/tools/list_changed") {
+                    self.tools_changed.send_modify(|n| *n += 1);
+                }
+                let value = message.into_value();
+                for session in self.sessions.on_server(&self.name) {
+                    session.push(None, &value);
+                }
+            }
+        }
+    }
+}
+
+/// A stable map key for an id or token of any JSON type.
+fn id_key(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+impl StdioUpstream {
+    /// The child's complete tool list (every page), asked on the gateway's own behalf.
+    pub async fn fetch_tool_names(&self) -> Result<Vec<String>, GatewayError> {
+        let mut names = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..1000 {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let result = self.request_own("tools/list", params).await?;
+            names.extend(
+                result
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned)),
+            );
+            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(names)
+    }
+}

@@ -1,0 +1,246 @@
+//! `toolgate`: the command line. Thin by design — parsing, wiring, printing; the work
+//! happens in `toolgate-gateway` and `toolgate-policy`.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use toolgate_gateway::config::{self, ServerSpec, Settings, UpstreamSpec};
+use toolgate_gateway::grants;
+
+/// A policy gateway for the Model Context Protocol.
+#[derive(Parser)]
+#[command(name = "toolgate", version, about)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Work with policy documents.
+    Policy {
+        /// What to do with policies.
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+/// `toolgate serve`.
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (default: toolgate.toml in the working directory).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the configuration's data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Quick mode: the policy for the single server `default`.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Quick mode: the Streamable HTTP URL of the upstream.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Listen address (quick mode default 127.0.0.1:8080; overrides the config).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Quick mode: per-request upstream timeout.
+    #[arg(long, default_value = "60s")]
+    timeout: String,
+    /// Quick mode: the stdio upstream command and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// `toolgate policy …`.
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files, reporting every error with its JSON Pointer.
+    Check {
+        /// Policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Policy {
+            command: PolicyCommand::Check { files },
+        } => policy_check(&files),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn policy_check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match config::load_policy(file) {
+            Ok(p) => println!("{}: ok (version {})", file.display(), p.version),
+            Err(errors) => {
+                ok = false;
+                for e in errors {
+                    println!("{e}");
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Builds the settings of quick mode: one server `default`, one freshly minted grant.
+fn quick_settings(args: &ServeArgs, policy: &std::path::Path) -> Result<(Settings, String), String> {
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let mut settings = Settings::new(listen);
+    if let Some(dir) = &args.data_dir {
+        settings.data_dir = dir.clone();
+    }
+    let timeout =
+        toolgate_policy::duration::parse(&args.timeout).map_err(|e| format!("--timeout: {e}"))?;
+    let upstream = match (&args.upstream, args.command.split_first()) {
+        (Some(url), None) => UpstreamSpec::Http {
+            url: url.clone(),
+            headers: Vec::new(),
+            ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+        },
+        (None, Some((command, rest))) => UpstreamSpec::Stdio {
+            command: command.clone(),
+            args: rest.to_vec(),
+            env: Vec::new(),
+        },
+        _ => {
+            return Err(
+                "quick mode needs exactly one of --upstream URL and -- COMMAND ARGS…".into(),
+            )
+        }
+    };
+    settings.servers.push(ServerSpec {
+        name: "default".into(),
+        upstream,
+        timeout,
+        shadow: false,
+        fail_open: false,
+    });
+    let policy = config::load_policy(policy).map_err(|errors| errors.join("\n"))?;
+    let token = grants::mint_token();
+    settings
+        .grants
+        .push(grants::quick_grant("quick", &token, "default", policy));
+    Ok((settings, token))
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging();
+    let quick = args.policy.clone();
+    let prepared = match &quick {
+        Some(policy) => quick_settings(&args, policy).map(|(s, t)| (s, Some(t))),
+        None => {
+            if args.upstream.is_some() || !args.command.is_empty() {
+                Err("--upstream and -- COMMAND need --policy (quick mode); with a config file, configure [servers] instead".to_owned())
+            } else {
+                let path = args
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("toolgate.toml"));
+                config::load(&path)
+                    .map(|mut s| {
+                        if let Some(listen) = args.listen {
+                            s.listen = listen;
+                        }
+                        if let Some(dir) = &args.data_dir {
+                            s.data_dir = dir.clone();
+                        }
+                        (s, None)
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let (settings, token) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("toolgate: configuration rejected:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("toolgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let servers: Vec<String> = settings.servers.iter().map(|s| s.name.clone()).collect();
+        let running = match toolgate_gateway::start(settings).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("toolgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = running.local_addr;
+        let mut out = std::io::stdout().lock();
+        for name in &servers {
+            let _ = writeln!(out, "url: http://{addr}/mcp/{name}");
+        }
+        if let Some(token) = token {
+            let _ = writeln!(out, "token: {token}");
+        }
+        let _ = out.flush();
+        drop(out);
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
