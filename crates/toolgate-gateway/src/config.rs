@@ -33,6 +33,8 @@ pub struct GatewaySection {
     pub allowed_hosts: Vec<String>,
     /// Largest request body accepted, in bytes (default 4 MiB).
     pub max_body_bytes: Option<usize>,
+    /// A session unused this long (no request, no open stream) is closed (default 1h).
+    pub session_idle_timeout: Option<String>,
     /// Largest request head accepted, in bytes (default 64 KiB).
     pub max_header_bytes: Option<usize>,
     /// TLS certificate chain (PEM) for serving HTTPS; not implemented yet, refused if set.
@@ -273,6 +275,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Header size limit.
     pub max_header_bytes: usize,
+    /// Idle sessions are closed after this long.
+    pub session_idle_timeout: Duration,
     /// Upstreams by name.
     pub servers: Vec<ServerSpec>,
     /// Declarative grants.
@@ -291,6 +295,7 @@ impl Settings {
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 4 << 20,
             max_header_bytes: 64 << 10,
+            session_idle_timeout: Duration::from_secs(3600),
             servers: Vec::new(),
             grants: Vec::new(),
             warnings: Vec::new(),
@@ -462,6 +467,13 @@ fn resolve(
         "gateway.header_read_timeout",
         raw.gateway.header_read_timeout.as_deref(),
         settings.header_read_timeout,
+        &mut errors,
+    );
+    settings.session_idle_timeout = parse_duration_key(
+        file,
+        "gateway.session_idle_timeout",
+        raw.gateway.session_idle_timeout.as_deref(),
+        settings.session_idle_timeout,
         &mut errors,
     );
     if let Some(n) = raw.gateway.max_body_bytes {

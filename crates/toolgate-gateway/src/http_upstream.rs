@@ -186,6 +186,24 @@ impl HttpUpstream {
         }
     }
 
+    /// Ends an upstream session of ours (best effort: an upstream that is gone has no
+    /// session to free).
+    pub async fn end_session(&self, upstream_session: &str) {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        let _ = self
+            .send(
+                Method::DELETE,
+                &headers,
+                Some(upstream_session),
+                Bytes::new(),
+            )
+            .await;
+    }
+
     /// Reads a whole response body (JSON or SSE) into the JSON-RPC messages it carries.
     pub async fn read_messages(
         &self,

@@ -29,6 +29,7 @@ use crate::stdio_upstream::StdioUpstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -102,6 +103,32 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// Closes idle sessions now and then; for HTTP upstreams the upstream session is ended too,
+/// so abandoned clients do not pin resources on either side.
+async fn expire_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let limit = gateway.settings.session_idle_timeout;
+    let period = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        for session in gateway.sessions.expire_idle(limit) {
+            tracing::info!(session = %session.id, server = %session.server, "session closed after {} s idle", limit.as_secs());
+            let Some(server) = gateway.servers.get(&session.server) else {
+                continue;
+            };
+            if let (Upstream::Http(up), Some(upstream_session)) =
+                (&server.upstream, &session.upstream_session)
+            {
+                let up = Arc::clone(up);
+                let upstream_session = upstream_session.clone();
+                tokio::spawn(async move { up.end_session(&upstream_session).await });
+            }
+        }
+    }
+}
+
 /// Binds the listener, starts stdio children and serves.
 pub async fn start(settings: Settings) -> Result<Running, String> {
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -150,6 +177,10 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         servers,
         sessions,
     });
+    tasks.push(tokio::spawn(expire_sessions(
+        Arc::clone(&gateway),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(front::serve(gateway, listener, shutdown_rx)));
     Ok(Running {
         local_addr,

@@ -6,6 +6,7 @@ use rand::RngCore;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use toolgate_mcp::sse;
 
@@ -32,6 +33,8 @@ pub struct Session {
     pub client_capabilities: Value,
     /// Streams and replay log (used where the gateway itself serves the session).
     events: Mutex<EventLog>,
+    /// When the client last sent a request on this session.
+    last_active: Mutex<Instant>,
 }
 
 /// The SSE streams of a session.
@@ -80,7 +83,32 @@ impl Session {
             upstream_session,
             client_capabilities,
             events: Mutex::new(log),
+            last_active: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Records activity (every request that names the session).
+    pub fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Whether the session has been unused for longer than `limit`. A client that holds a
+    /// stream open is using the session even while it sends nothing.
+    pub fn idle_longer_than(&self, limit: Duration) -> bool {
+        let idle = self
+            .last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            > limit;
+        idle && !self.has_listener()
+    }
+
+    fn has_listener(&self) -> bool {
+        let log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        log.streams
+            .values()
+            .any(|s| s.tx.as_ref().is_some_and(|tx| !tx.is_closed()))
     }
 
     /// Whether the client declared `capability` (`elicitation`, `sampling`, `roots`).
@@ -198,7 +226,19 @@ impl Sessions {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .filter(|s| s.grant == grant && s.server == server)
+            .inspect(|s| s.touch())
             .cloned()
+    }
+
+    /// Removes and returns every session idle for longer than `limit`.
+    pub fn expire_idle(&self, limit: Duration) -> Vec<Arc<Session>> {
+        let mut by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        let expired: Vec<String> = by_id
+            .values()
+            .filter(|s| s.idle_longer_than(limit))
+            .map(|s| s.id.clone())
+            .collect();
+        expired.iter().filter_map(|id| by_id.remove(id)).collect()
     }
 
     /// Ends a session.
@@ -242,6 +282,19 @@ mod tests {
         assert!(sessions.get(&s.id, "other", "a").is_none());
         assert!(sessions.get(&s.id, "g", "b").is_none());
         assert!(s.id.starts_with("tgs-") && s.id.len() == 36);
+    }
+
+    #[test]
+    fn idle_sessions_expire_unless_a_stream_is_attached() {
+        let sessions = Sessions::default();
+        let idle = sessions.insert(Session::new("g", "a", "2025-11-25", None, json!({})));
+        let listening = sessions.insert(Session::new("g", "a", "2025-11-25", None, json!({})));
+        let _rx = listening.attach(None);
+        std::thread::sleep(Duration::from_millis(20));
+        let expired = sessions.expire_idle(Duration::from_millis(10));
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].id, idle.id);
+        assert!(sessions.get(&listening.id, "g", "a").is_some());
     }
 
     #[test]

@@ -87,10 +87,7 @@ fn positive_duration(v: &Value, at: &Pointer, errs: &mut Errors) -> Option<u64> 
     let Value::String(s) = v else {
         errs.push(
             at,
-            format!(
-                "expected a duration such as \"30m\", found {}",
-                describe(v)
-            ),
+            format!("expected a duration such as \"30m\", found {}", describe(v)),
         );
         return None;
     };
@@ -117,7 +114,10 @@ mod tests {
         let s = compile(&v, &Pointer::root().key("approval"), &mut errs);
         (
             s,
-            errs.into_inner().into_iter().map(|e| e.to_string()).collect(),
+            errs.into_inner()
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect(),
         )
     }
 
@@ -158,14 +158,38 @@ mod tests {
     fn rejected() {
         let cases = [
             (json!("30m"), "/approval: expected an object"),
-            (json!({"timeout": 30}), "/approval/timeout: expected a duration"),
-            (json!({"timeout": "0s"}), "/approval/timeout: the duration must be longer than 0"),
-            (json!({"timeout": "soon"}), "/approval/timeout: invalid duration \"soon\""),
-            (json!({"reuse": "twice"}), "/approval/reuse: invalid duration \"twice\""),
-            (json!({"reuse": 3}), "/approval/reuse: expected \"once\" or a duration"),
-            (json!({"reuse": "once", "for": "1h"}), "/approval: use either"),
-            (json!({"for": "0ms"}), "/approval/for: the duration must be longer than 0"),
-            (json!({"timout": "1m"}), "/approval/timout: unknown field \"timout\"; did you mean \"timeout\"?"),
+            (
+                json!({"timeout": 30}),
+                "/approval/timeout: expected a duration",
+            ),
+            (
+                json!({"timeout": "0s"}),
+                "/approval/timeout: the duration must be longer than 0",
+            ),
+            (
+                json!({"timeout": "soon"}),
+                "/approval/timeout: invalid duration \"soon\"",
+            ),
+            (
+                json!({"reuse": "twice"}),
+                "/approval/reuse: invalid duration \"twice\"",
+            ),
+            (
+                json!({"reuse": 3}),
+                "/approval/reuse: expected \"once\" or a duration",
+            ),
+            (
+                json!({"reuse": "once", "for": "1h"}),
+                "/approval: use either",
+            ),
+            (
+                json!({"for": "0ms"}),
+                "/approval/for: the duration must be longer than 0",
+            ),
+            (
+                json!({"timout": "1m"}),
+                "/approval/timout: unknown field \"timout\"; did you mean \"timeout\"?",
+            ),
         ];
         for (input, want) in cases {
             let (_, errs) = run(input.clone());

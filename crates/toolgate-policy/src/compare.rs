@@ -32,8 +32,7 @@ pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
@@ -63,18 +62,29 @@ mod tests {
             (json!(1), json!(1.0), Some(Ordering::Equal)),
             (json!(-1), json!(1), Some(Ordering::Less)),
             (json!(u64::MAX), json!(-1), Some(Ordering::Greater)),
-            (json!(9007199254740993_u64), json!(9007199254740992_u64), Some(Ordering::Greater)),
+            (
+                json!(9007199254740993_u64),
+                json!(9007199254740992_u64),
+                Some(Ordering::Greater),
+            ),
             (json!(0.5), json!(1), Some(Ordering::Less)),
             (json!(-0.0), json!(0), Some(Ordering::Equal)),
         ];
         for (a, b, want) in cases {
-            assert_eq!(cmp_numbers(&n(a.clone()), &n(b.clone())), want, "{a} vs {b}");
+            assert_eq!(
+                cmp_numbers(&n(a.clone()), &n(b.clone())),
+                want,
+                "{a} vs {b}"
+            );
         }
     }
 
     #[test]
     fn deep_equality() {
-        assert!(json_eq(&json!({"a": [1, {"b": 2.0}]}), &json!({"a": [1.0, {"b": 2}]})));
+        assert!(json_eq(
+            &json!({"a": [1, {"b": 2.0}]}),
+            &json!({"a": [1.0, {"b": 2}]})
+        ));
         assert!(json_eq(&json!({"a": 1, "b": 2}), &json!({"b": 2, "a": 1})));
         assert!(!json_eq(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
         assert!(!json_eq(&json!([1, 2]), &json!([1, 2, 3])));

@@ -8,10 +8,10 @@ use serde_json::{Map, Value};
 use crate::approval::{self, ApprovalSettings};
 use crate::error::{describe, show, Errors, Pointer, PolicyError};
 use crate::fields::{check_keys, expect_array, expect_object, expect_string};
-use crate::glob::{is_glob, tool_name_glob, NameSet};
+use crate::glob::{is_glob, NameGlob, NameSet};
 use crate::limits::{compile_limits, Limit};
 use crate::policy::{Policy, ToolRules};
-use crate::predicate::{compile_list, Predicate, Section};
+use crate::predicate::{compile_list, on_deny, Predicate, Section};
 use crate::schema::Schema;
 
 const TOP_KEYS: [&str; 7] = [
@@ -62,12 +62,24 @@ impl Rules {
     ) -> Rules {
         let mut rules = Rules::default();
         if let Some(v) = obj.get("require") {
-            rules.require =
-                compile_list(v, &at.key("require"), Section::Require, rule_base, on_deny, errs);
+            rules.require = compile_list(
+                v,
+                &at.key("require"),
+                Section::Require,
+                rule_base,
+                on_deny,
+                errs,
+            );
         }
         if let Some(v) = obj.get("deny_if") {
-            rules.deny_if =
-                compile_list(v, &at.key("deny_if"), Section::DenyIf, rule_base, on_deny, errs);
+            rules.deny_if = compile_list(
+                v,
+                &at.key("deny_if"),
+                Section::DenyIf,
+                rule_base,
+                on_deny,
+                errs,
+            );
         }
         if let Some(v) = obj.get("limits") {
             rules.limits = compile_limits(v, &at.key("limits"), rule_base, errs);
@@ -121,11 +133,23 @@ pub(crate) fn compile(doc: &Value) -> Result<Policy, Vec<PolicyError>> {
         }
     };
     if !missing.is_empty() {
-        let noun = if missing.len() == 1 { "field" } else { "fields" };
-        errs.push(&root, format!("missing required {noun} {}", missing.join(", ")));
+        let noun = if missing.len() == 1 {
+            "field"
+        } else {
+            "fields"
+        };
+        errs.push(
+            &root,
+            format!("missing required {noun} {}", missing.join(", ")),
+        );
     }
     if let Some(v) = obj.get("description") {
-        expect_string(v, &root.key("description"), "a description (a string)", &mut errs);
+        expect_string(
+            v,
+            &root.key("description"),
+            "a description (a string)",
+            &mut errs,
+        );
     }
     let shadow = match obj.get("shadow") {
         None => false,
@@ -148,7 +172,12 @@ pub(crate) fn compile(doc: &Value) -> Result<Policy, Vec<PolicyError>> {
         None => Rules::default(),
         Some(v) => {
             let at = root.key("all_tools");
-            match expect_object(v, &at, "an object ({\"limits\", \"require\", \"deny_if\"})", &mut errs) {
+            match expect_object(
+                v,
+                &at,
+                "an object ({\"limits\", \"require\", \"deny_if\"})",
+                &mut errs,
+            ) {
                 None => Rules::default(),
                 Some(section) => {
                     check_keys(section, &at, &ALL_TOOLS_KEYS, &[], &mut errs);
@@ -172,7 +201,7 @@ pub(crate) fn compile(doc: &Value) -> Result<Policy, Vec<PolicyError>> {
                     continue;
                 }
                 let matcher = if is_glob(key) {
-                    match tool_name_glob(key) {
+                    match NameGlob::new(key) {
                         Ok(m) => Some(m),
                         Err(e) => {
                             errs.push(&at, e);
@@ -187,11 +216,11 @@ pub(crate) fn compile(doc: &Value) -> Result<Policy, Vec<PolicyError>> {
                 };
                 let index = tools.len();
                 tools.push(tool);
-                match matcher {
-                    Some(m) => globs.push((m, index)),
-                    None => {
-                        exact.insert(key.clone(), index);
-                    }
+                // A glob key also matches its own literal text as an exact key: a tool really
+                // named "what?" is governed by the "what?" entry, not by an earlier glob.
+                exact.insert(key.clone(), index);
+                if let Some(m) = matcher {
+                    globs.push((m, index));
                 }
             }
         }
@@ -224,7 +253,7 @@ fn compile_hide(value: &Value, at: &Pointer, errs: &mut Errors) -> NameSet {
         if name.is_empty() {
             errs.push(&at, "a tool name must not be empty");
         } else if is_glob(name) {
-            match tool_name_glob(name) {
+            match NameGlob::new(name) {
                 Ok(_) => names.push(name),
                 Err(e) => errs.push(&at, e),
             }
@@ -236,11 +265,6 @@ fn compile_hide(value: &Value, at: &Pointer, errs: &mut Errors) -> NameSet {
         errs.push(at, e);
         NameSet::default()
     })
-}
-
-fn on_deny<'a>(obj: &'a Map<String, Value>, at: &Pointer, errs: &mut Errors) -> Option<&'a str> {
-    obj.get("on_deny")
-        .and_then(|v| expect_string(v, &at.key("on_deny"), "a message (a string)", errs))
 }
 
 fn compile_tool(key: &str, value: &Value, at: &Pointer, errs: &mut Errors) -> Option<ToolRules> {
@@ -261,7 +285,10 @@ fn compile_tool(key: &str, value: &Value, at: &Pointer, errs: &mut Errors) -> Op
         Some(v) => {
             errs.push(
                 &at.key("action"),
-                format!("expected \"deny\" or \"require_approval\", found {}", show(v)),
+                format!(
+                    "expected \"deny\" or \"require_approval\", found {}",
+                    show(v)
+                ),
             );
             Err(())
         }

@@ -107,7 +107,10 @@ mod tests {
     fn dups(text: &str) -> Vec<String> {
         let mut errs = Errors::default();
         check(text.as_bytes(), &mut errs);
-        errs.into_inner().into_iter().map(|e| e.to_string()).collect()
+        errs.into_inner()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]

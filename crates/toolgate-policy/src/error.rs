@@ -38,7 +38,8 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-/// Every problem found in a rejected policy document, in document order.
+/// Every problem found in a rejected policy document, in the order they were found
+/// (duplicate keys first, then each section's fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyErrors(pub Vec<PolicyError>);
 

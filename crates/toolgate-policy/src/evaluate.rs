@@ -90,9 +90,10 @@ impl Policy {
 
         // 8. require_approval
         if let (Some(own_message), Some(t)) = (hold_for_approval, rules) {
-            let message = own_message
-                .or(t.on_deny.as_deref())
-                .map_or_else(|| format!("Tool \"{tool}\" requires human approval"), str::to_owned);
+            let message = own_message.or(t.on_deny.as_deref()).map_or_else(
+                || format!("Tool \"{tool}\" requires human approval"),
+                str::to_owned,
+            );
             return Decision {
                 outcome: Outcome::ApprovalRequired,
                 rule: t.action_rule.clone(),

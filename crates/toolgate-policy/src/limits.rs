@@ -300,7 +300,10 @@ fn compile_limit(value: &Value, at: &Pointer, rule_base: &str, errs: &mut Errors
 
     let amount = match (obj.get("increment"), obj.get("increment_from")) {
         (Some(_), Some(_)) => {
-            errs.push(at, "use either \"increment\" or \"increment_from\", not both");
+            errs.push(
+                at,
+                "use either \"increment\" or \"increment_from\", not both",
+            );
             None
         }
         (Some(v), None) => positive(v, &at.key("increment"), errs).map(|n| (n, Amount::Fixed)),
@@ -321,8 +324,15 @@ fn compile_limit(value: &Value, at: &Pointer, rule_base: &str, errs: &mut Errors
     };
 
     if !missing.is_empty() {
-        let noun = if missing.len() == 1 { "field" } else { "fields" };
-        errs.push(at, format!("missing required {noun} {}", missing.join(", ")));
+        let noun = if missing.len() == 1 {
+            "field"
+        } else {
+            "fields"
+        };
+        errs.push(
+            at,
+            format!("missing required {noun} {}", missing.join(", ")),
+        );
     }
 
     let counter = counter?;

@@ -19,7 +19,10 @@ enum Root {
 enum Seg {
     /// `.name`; `index` is set when the name is also a valid array index, so that `args.items.0`
     /// (the lodash-style spelling found in some published policies) reaches into arrays too.
-    Key { name: Box<str>, index: Option<usize> },
+    Key {
+        name: Box<str>,
+        index: Option<usize>,
+    },
     /// `[n]`: only ever indexes arrays.
     Index(usize),
 }
@@ -122,7 +125,11 @@ impl Path {
     }
 
     /// Follows the path; `None` when any step is missing.
-    pub(crate) fn resolve<'a>(&self, args: &'a Value, identity: &'a Identity) -> Option<Actual<'a>> {
+    pub(crate) fn resolve<'a>(
+        &self,
+        args: &'a Value,
+        identity: &'a Identity,
+    ) -> Option<Actual<'a>> {
         match self.root {
             Root::Args => walk(args, &self.segs).map(Actual::Json),
             Root::Grant => Some(Actual::Str(&identity.grant)),
@@ -228,7 +235,8 @@ mod tests {
 
     #[test]
     fn resolves() {
-        let args = json!({"a": {"b": [{"c": 1}, {"c": [5, 6]}]}, "n": null, "arr": [10, 20], "0": "zero"});
+        let args =
+            json!({"a": {"b": [{"c": 1}, {"c": [5, 6]}]}, "n": null, "arr": [10, 20], "0": "zero"});
         let cases: &[(&str, Option<Value>)] = &[
             ("args.a.b[0].c", Some(json!(1))),
             ("args.a.b[1].c[1]", Some(json!(6))),

@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 
-use globset::GlobMatcher;
 use serde_json::Value;
 
 use crate::approval::ApprovalSettings;
 use crate::document::{self, Action, Rules};
 use crate::dupkeys;
 use crate::error::{Errors, PolicyError, PolicyErrors};
-use crate::glob::NameSet;
+use crate::glob::{NameGlob, NameSet};
 use crate::schema::Schema;
 
 /// A validated, compiled policy document: immutable, `Send + Sync`, cheap to evaluate.
@@ -26,7 +25,7 @@ pub struct Policy {
     /// Exact tool keys, by name.
     pub(crate) exact: HashMap<String, usize>,
     /// Glob tool keys, in document order (the first match wins).
-    pub(crate) globs: Vec<(GlobMatcher, usize)>,
+    pub(crate) globs: Vec<(NameGlob, usize)>,
 }
 
 /// The compiled rules of one `tools` entry.
@@ -50,11 +49,11 @@ impl Policy {
     ///
     /// Every problem found (invalid JSON, duplicate keys, invalid fields), not just the first.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Policy, PolicyErrors> {
+        // Editors on Windows like to start files with a byte-order mark; JSON forbids it, but
+        // refusing a policy over an invisible character helps nobody.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let doc: Value = serde_json::from_slice(bytes).map_err(|e| {
-            PolicyErrors(vec![PolicyError::new(
-                "",
-                format!("not valid JSON: {e}"),
-            )])
+            PolicyErrors(vec![PolicyError::new("", format!("not valid JSON: {e}"))])
         })?;
         let mut errs = Errors::default();
         dupkeys::check(bytes, &mut errs);

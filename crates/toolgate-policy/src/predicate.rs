@@ -11,7 +11,7 @@ use crate::call::Identity;
 use crate::compare::{actual_eq, cmp_numbers};
 use crate::error::{describe, Errors, Pointer};
 use crate::fields::{check_keys, expect_array, expect_object, expect_string};
-use crate::glob::value_glob;
+use crate::glob::{normalize_path, value_glob};
 use crate::path::{Actual, Allowed, Path};
 
 /// The operators of SPEC §3.3, in the order error messages list them.
@@ -131,9 +131,9 @@ impl Test {
                     Test::EndsWith(s)
                 }
             }
-            Op::Glob => {
-                Test::Glob(value_glob(value.as_str().ok_or_else(|| needs("a string"))?)?)
-            }
+            Op::Glob => Test::Glob(value_glob(
+                value.as_str().ok_or_else(|| needs("a string"))?,
+            )?),
             Op::LenLte | Op::LenGte => {
                 let n = value
                     .as_f64()
@@ -151,13 +151,16 @@ impl Test {
     /// SPEC §3.3: a missing path makes every op except `exists` and `not_in` not hold, and a
     /// value of the wrong type never makes a typed op hold.
     fn holds(&self, actual: Option<Actual<'_>>) -> bool {
-        let actual = match (self, actual) {
-            (Test::Exists(want), a) => return a.is_some_and(|a| !a.is_null()) == *want,
-            (Test::NotIn(_), None) => return true,
-            (_, None) => return false,
-            (_, Some(a)) => a,
+        let Some(actual) = actual else {
+            return match self {
+                Test::Exists(want) => !want,
+                Test::NotIn(_) => true,
+                _ => false,
+            };
         };
         match self {
+            // Present means present and not null.
+            Test::Exists(want) => actual.is_null() != *want,
             Test::Eq(v) => actual_eq(actual, v),
             Test::Neq(v) => !actual_eq(actual, v),
             Test::In(list) => list.iter().any(|v| actual_eq(actual, v)),
@@ -188,10 +191,11 @@ impl Test {
             },
             Test::StartsWith(p) => actual.as_str().is_some_and(|s| s.starts_with(p.as_str())),
             Test::EndsWith(p) => actual.as_str().is_some_and(|s| s.ends_with(p.as_str())),
-            Test::Glob(g) => actual.as_str().is_some_and(|s| g.is_match(s)),
+            Test::Glob(g) => actual
+                .as_str()
+                .is_some_and(|s| g.is_match(normalize_path(s).as_ref())),
             Test::LenLte(n) => length(actual).is_some_and(|len| len as f64 <= *n),
             Test::LenGte(n) => length(actual).is_some_and(|len| len as f64 >= *n),
-            Test::Exists(_) => unreachable!("handled above"),
         }
     }
 }
@@ -211,7 +215,10 @@ fn regex_error_line(e: &regex::Error) -> String {
     text.lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix("error: "))
-        .map_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "), str::to_owned)
+        .map_or_else(
+            || text.split_whitespace().collect::<Vec<_>>().join(" "),
+            str::to_owned,
+        )
 }
 
 /// One `{path, op, value}` test.
@@ -313,6 +320,18 @@ impl Predicate {
     }
 }
 
+/// Reads an `on_deny` message. A blank one counts as absent, so the default message is used
+/// rather than refusing the agent with no explanation at all.
+pub(crate) fn on_deny<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    at: &Pointer,
+    errs: &mut Errors,
+) -> Option<&'a str> {
+    obj.get("on_deny")
+        .and_then(|v| expect_string(v, &at.key("on_deny"), "a message (a string)", errs))
+        .filter(|s| !s.trim().is_empty())
+}
+
 /// Compiles a `require` or `deny_if` list found at `at`.
 ///
 /// `rule_base` is `/tools/<key>` or `/all_tools`; `default_on_deny` is the enclosing section's
@@ -341,12 +360,13 @@ pub(crate) fn compile_list(
         };
         let (shape, rule, on_deny) = if let Some(conditions) = obj.get("conditions") {
             check_keys(obj, &at, &["conditions", "on_deny"], &[], errs);
-            let on_deny = obj
-                .get("on_deny")
-                .and_then(|v| expect_string(v, &at.key("on_deny"), "a message (a string)", errs))
-                .map(str::to_owned);
+            let on_deny = on_deny(obj, &at, errs).map(str::to_owned);
             let shape = compile_group(conditions, &at.key("conditions"), errs);
-            (shape, format!("{rule_base}/{}/{index}", section.key()), on_deny)
+            (
+                shape,
+                format!("{rule_base}/{}/{index}", section.key()),
+                on_deny,
+            )
         } else {
             match compile_condition(obj, &at, errs) {
                 Some(mut c) => {
@@ -364,8 +384,8 @@ pub(crate) fn compile_list(
             }
         };
         if let Some(shape) = shape {
-            let fallback = default_on_deny
-                .map_or_else(|| format!("Denied by rule \"{rule}\""), str::to_owned);
+            let fallback =
+                default_on_deny.map_or_else(|| format!("Denied by rule \"{rule}\""), str::to_owned);
             out.push(Predicate {
                 shape,
                 section,
@@ -384,8 +404,12 @@ fn compile_group(value: &Value, at: &Pointer, errs: &mut Errors) -> Option<Shape
     let mut ok = true;
     for (index, item) in items.iter().enumerate() {
         let at = at.index(index);
-        let Some(obj) = expect_object(item, &at, "a condition object ({\"path\", \"op\", \"value\"})", errs)
-        else {
+        let Some(obj) = expect_object(
+            item,
+            &at,
+            "a condition object ({\"path\", \"op\", \"value\"})",
+            errs,
+        ) else {
             ok = false;
             continue;
         };
@@ -418,14 +442,19 @@ fn compile_condition(
             missing.push("\"path\"");
             None
         }
-        Some(v) => expect_string(v, &at.key("path"), "a path (a string such as \"args.amount\")", errs)
-            .and_then(|text| match Path::parse(text, Allowed::ArgsOrIdentity) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    errs.push(&at.key("path"), e);
-                    None
-                }
-            }),
+        Some(v) => expect_string(
+            v,
+            &at.key("path"),
+            "a path (a string such as \"args.amount\")",
+            errs,
+        )
+        .and_then(|text| match Path::parse(text, Allowed::ArgsOrIdentity) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errs.push(&at.key("path"), e);
+                None
+            }
+        }),
     };
     let op = match obj.get("op") {
         None => {
@@ -458,13 +487,17 @@ fn compile_condition(
     if value.is_none() {
         missing.push("\"value\"");
     }
-    let on_deny = obj
-        .get("on_deny")
-        .and_then(|v| expect_string(v, &at.key("on_deny"), "a message (a string)", errs))
-        .map(str::to_owned);
+    let on_deny = on_deny(obj, at, errs).map(str::to_owned);
     if !missing.is_empty() {
-        let noun = if missing.len() == 1 { "field" } else { "fields" };
-        errs.push(at, format!("missing required {noun} {}", missing.join(", ")));
+        let noun = if missing.len() == 1 {
+            "field"
+        } else {
+            "fields"
+        };
+        errs.push(
+            at,
+            format!("missing required {noun} {}", missing.join(", ")),
+        );
     }
     let test = match (op, value) {
         (Some(op), Some(value)) => match Test::compile(op, value) {

@@ -110,7 +110,10 @@ fn init_logging() {
 }
 
 /// Builds the settings of quick mode: one server `default`, one freshly minted grant.
-fn quick_settings(args: &ServeArgs, policy: &std::path::Path) -> Result<(Settings, String), String> {
+fn quick_settings(
+    args: &ServeArgs,
+    policy: &std::path::Path,
+) -> Result<(Settings, String), String> {
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));

@@ -21,7 +21,9 @@ fn args() -> Value {
         "flag": true,
         "obj": {"x": 1, "y": [1, 2]},
         "path": "/srv/data/reports/q1.csv",
-        "num_str": "20000"
+        "num_str": "20000",
+        "traversal": "/srv/data/../../etc/passwd",
+        "dotted": "/srv/data/./reports//q1.csv"
     })
 }
 
@@ -80,7 +82,12 @@ fn eq_and_neq() {
         ("args.missing", "eq", json!(null), false),
         ("args.obj", "eq", json!({"y": [1.0, 2], "x": 1.0}), true),
         ("args.obj", "eq", json!({"x": 1}), false),
-        ("args.tags", "eq", json!(["a", "b", 1.0, 2, {"k": 1.0}]), true),
+        (
+            "args.tags",
+            "eq",
+            json!(["a", "b", 1.0, 2, {"k": 1.0}]),
+            true,
+        ),
         ("args.nested.a.b[0].c", "eq", json!(5.0), true),
         ("args.nested.a.b[1].c", "eq", json!("x"), true),
         ("args.nested.a.b[2].c", "eq", json!("x"), false),
@@ -244,11 +251,20 @@ fn glob() {
         ("args.path", "glob", json!("*.csv"), false),
         ("args.path", "glob", json!("**/*.csv"), true),
         ("args.path", "glob", json!("/srv/data/reports/q?.csv"), true),
-        ("args.path", "glob", json!("/srv/data/reports/q[12].csv"), true),
+        (
+            "args.path",
+            "glob",
+            json!("/srv/data/reports/q[12].csv"),
+            true,
+        ),
         ("args.name", "glob", json!("*@example.com"), true),
         ("args.amount", "glob", json!("*"), false),
         ("args.missing", "glob", json!("*"), false),
         ("identity.grant", "glob", json!("alice-*"), true),
+        // Dot segments are resolved before matching, both ways round.
+        ("args.traversal", "glob", json!("/srv/data/**"), false),
+        ("args.traversal", "glob", json!("/etc/**"), true),
+        ("args.dotted", "glob", json!("/srv/data/*/q1.csv"), true),
     ]);
 }
 
@@ -373,7 +389,10 @@ fn flat_rule_ids_and_messages() {
             Some("bad sku".into())
         ))
     );
-    assert_eq!(first(&preds, &json!({"amount": 1, "items": [{"sku": "SKU-1"}]})), None);
+    assert_eq!(
+        first(&preds, &json!({"amount": 1, "items": [{"sku": "SKU-1"}]})),
+        None
+    );
 
     // The section's on_deny replaces the generic message but is not the predicate's own.
     let preds = compile_section(
@@ -433,9 +452,19 @@ fn grouped_predicates() {
         Some("tool default"),
     );
     let r = first(&require, &json!({"x": 1, "env": "prod", "force": false})).unwrap();
-    assert_eq!(r, ("/tools/t/require/1".into(), "force needed".into(), Some("force needed".into())));
+    assert_eq!(
+        r,
+        (
+            "/tools/t/require/1".into(),
+            "force needed".into(),
+            Some("force needed".into())
+        )
+    );
     let r = first(&require, &json!({"x": 1, "env": "dev"})).unwrap();
-    assert_eq!(r, ("/tools/t/require/1".into(), "tool default".into(), None));
+    assert_eq!(
+        r,
+        ("/tools/t/require/1".into(), "tool default".into(), None)
+    );
 
     // A deny_if group that fires has no single condition to blame: the condition's on_deny is
     // not used.

@@ -48,7 +48,8 @@ fn hidden_tools() {
     assert!(!p.is_hidden("list_users"));
     allowed(&eval(&p, "list_users", json!({})));
 
-    let all = policy(json!({"version": "1", "default": "allow", "hide": ["*"], "tools": {"t": {}}}));
+    let all =
+        policy(json!({"version": "1", "default": "allow", "hide": ["*"], "tools": {"t": {}}}));
     for tool in ["t", "anything", "ns/tool", ""] {
         assert!(all.is_hidden(tool), "{tool}");
         assert_eq!(eval(&all, tool, Value::Null).outcome, Outcome::Hide);
@@ -67,7 +68,9 @@ fn default_allow_and_deny() {
     );
     assert!(!deny.default_allows());
 
-    let allow = policy(json!({"version": "1", "default": "allow", "tools": {"refund": {"action": "deny"}}}));
+    let allow = policy(
+        json!({"version": "1", "default": "allow", "tools": {"refund": {"action": "deny"}}}),
+    );
     allowed(&eval(&allow, "anything", json!({"x": 1})));
     denied(
         &eval(&allow, "refund", json!({})),
@@ -97,25 +100,35 @@ fn action_deny_comes_before_schema_and_predicates() {
         },
         "wipe": {"action": "deny", "on_deny": "Use the admin console."}
     }}));
-    denied(&eval(&p, "rm", json!({})), "/tools/rm/action", "Tool \"rm\" is denied by policy");
-    denied(&eval(&p, "wipe", json!({})), "/tools/wipe/action", "Use the admin console.");
+    denied(
+        &eval(&p, "rm", json!({})),
+        "/tools/rm/action",
+        "Tool \"rm\" is denied by policy",
+    );
+    denied(
+        &eval(&p, "wipe", json!({})),
+        "/tools/wipe/action",
+        "Use the admin console.",
+    );
 }
 
 #[test]
 fn schema_violations() {
-    let p = policy(json!({"version": "1", "default": "deny", "tools": {"charge": {
-        "schema": {
-            "type": "object",
-            "properties": {
-                "amount": {"type": "number", "maximum": 100},
-                "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}}}}
+    let p = policy(
+        json!({"version": "1", "default": "deny", "tools": {"charge": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "amount": {"type": "number", "maximum": 100},
+                    "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}}}}
+                },
+                "required": ["amount"],
+                "additionalProperties": false
             },
-            "required": ["amount"],
-            "additionalProperties": false
-        },
-        "require": [{"path": "args.amount", "op": "gt", "value": 1000}],
-        "on_deny": "not used for schemas"
-    }}}));
+            "require": [{"path": "args.amount", "op": "gt", "value": 1000}],
+            "on_deny": "not used for schemas"
+        }}}),
+    );
     let rule = "/tools/charge/schema";
     denied(
         &eval(&p, "charge", json!({})),
@@ -429,7 +442,13 @@ fn limits_are_reported_tool_first() {
     let d = eval(&p, "search", Value::Null);
     allowed(&d);
     let rules: Vec<&str> = d.limits.iter().map(|l| l.rule.as_str()).collect();
-    assert_eq!(rules, ["/all_tools/limits/calls-per-minute", "/all_tools/limits/daily"]);
+    assert_eq!(
+        rules,
+        [
+            "/all_tools/limits/calls-per-minute",
+            "/all_tools/limits/daily"
+        ]
+    );
     // Glob keys name the key in limit rule ids too.
     let d = eval(&p, "send_sms", json!({}));
     assert_eq!(d.limits[0].rule, "/tools/send_*/limits/sends");
@@ -454,24 +473,46 @@ fn limits_are_reported_tool_first() {
 
 #[test]
 fn increment_from_must_be_a_non_negative_number() {
-    let p = policy(json!({"version": "1", "default": "deny", "tools": {"pay": {"limits": [
-        {"counter": "spend", "window": "day", "max": 100, "increment_from": "args.payment.amount"}
-    ]}}}));
+    let p = policy(
+        json!({"version": "1", "default": "deny", "tools": {"pay": {"limits": [
+            {"counter": "spend", "window": "day", "max": 100, "increment_from": "args.payment.amount"}
+        ]}}}),
+    );
     let rule = "/tools/pay/limits/spend";
     let cases = [
         (json!({}), "args.payment.amount is missing"),
         (Value::Null, "args.payment.amount is missing"),
-        (json!({"payment": {"amount": null}}), "args.payment.amount is missing"),
+        (
+            json!({"payment": {"amount": null}}),
+            "args.payment.amount is missing",
+        ),
         (json!({"payment": "x"}), "args.payment.amount is missing"),
-        (json!({"payment": {"amount": "10"}}), "args.payment.amount is not a number"),
-        (json!({"payment": {"amount": [10]}}), "args.payment.amount is not a number"),
-        (json!({"payment": {"amount": true}}), "args.payment.amount is not a number"),
-        (json!({"payment": {"amount": -0.01}}), "args.payment.amount is negative"),
+        (
+            json!({"payment": {"amount": "10"}}),
+            "args.payment.amount is not a number",
+        ),
+        (
+            json!({"payment": {"amount": [10]}}),
+            "args.payment.amount is not a number",
+        ),
+        (
+            json!({"payment": {"amount": true}}),
+            "args.payment.amount is not a number",
+        ),
+        (
+            json!({"payment": {"amount": -0.01}}),
+            "args.payment.amount is negative",
+        ),
     ];
     for (args, message) in cases {
         denied(&eval(&p, "pay", args), rule, message);
     }
-    for (amount, want) in [(json!(0), 0.0), (json!(7), 7.0), (json!(0.25), 0.25), (json!(1e3), 1000.0)] {
+    for (amount, want) in [
+        (json!(0), 0.0),
+        (json!(7), 7.0),
+        (json!(0.25), 0.25),
+        (json!(1e3), 1000.0),
+    ] {
         let d = eval(&p, "pay", json!({"payment": {"amount": amount}}));
         allowed(&d);
         assert_eq!(d.limits.len(), 1);
@@ -559,11 +600,19 @@ fn approval_predicates_select_calls() {
         }}
     }));
     // No predicate would refuse: allowed, empty rule, limits reported.
-    let d = eval(&p, "create_charge", json!({"amount": 50, "reason": "order 7"}));
+    let d = eval(
+        &p,
+        "create_charge",
+        json!({"amount": 50, "reason": "order 7"}),
+    );
     allowed(&d);
     assert_eq!(d.limits[0].amount, 50.0);
     // deny_if would refuse: held instead, with that predicate's message.
-    let d = eval(&p, "create_charge", json!({"amount": 20000, "reason": "big order"}));
+    let d = eval(
+        &p,
+        "create_charge",
+        json!({"amount": 20000, "reason": "big order"}),
+    );
     check(
         &d,
         Outcome::ApprovalRequired,
@@ -587,7 +636,11 @@ fn approval_predicates_select_calls() {
     );
     // all_tools predicates still deny outright, even for a call that would be held.
     denied(
-        &eval(&p, "create_charge", json!({"amount": 2000000, "reason": "x"})),
+        &eval(
+            &p,
+            "create_charge",
+            json!({"amount": 2000000, "reason": "x"}),
+        ),
         "/all_tools/deny_if/args.amount-gt",
         "Denied by rule \"/all_tools/deny_if/args.amount-gt\"",
     );
@@ -646,4 +699,43 @@ fn shared_counter_with_conflicting_settings_is_allowed() {
         .map(|l| (l.counter.as_str(), l.window.seconds, l.max))
         .collect();
     assert_eq!(got, [("calls", 1, 2.0), ("calls", 60, 60.0)]);
+}
+
+#[test]
+fn glob_keys_match_their_literal_name_first() {
+    let p = policy(json!({"version": "1", "default": "deny",
+        "hide": ["secret[1]"],
+        "tools": {
+            "*": {"action": "deny"},
+            "what?": {}
+        }
+    }));
+    // "what?" is a glob, but a tool literally named "what?" is governed by it as an exact key.
+    allowed(&eval(&p, "what?", json!({})));
+    denied(
+        &eval(&p, "whatx", json!({})),
+        "/tools/*/action",
+        "Tool \"whatx\" is denied by policy",
+    );
+    assert!(p.is_hidden("secret[1]"));
+    assert!(p.is_hidden("secret1"));
+    assert!(!p.is_hidden("secret2"));
+}
+
+#[test]
+fn blank_on_deny_falls_back_to_the_default_message() {
+    let p = policy(json!({"version": "1", "default": "deny", "tools": {
+        "t": {"on_deny": "", "require": [{"path": "args.x", "op": "exists", "value": true, "on_deny": "  "}]},
+        "d": {"action": "deny", "on_deny": ""}
+    }}));
+    denied(
+        &eval(&p, "t", json!({})),
+        "/tools/t/require/args.x-exists",
+        "Denied by rule \"/tools/t/require/args.x-exists\"",
+    );
+    denied(
+        &eval(&p, "d", json!({})),
+        "/tools/d/action",
+        "Tool \"d\" is denied by policy",
+    );
 }

@@ -104,7 +104,10 @@ fn pointers_escape_slash_and_tilde() {
 
 #[test]
 fn top_level_shape() {
-    rejects(json!([]), &["(document): expected a policy document (a JSON object), found a list"]);
+    rejects(
+        json!([]),
+        &["(document): expected a policy document (a JSON object), found a list"],
+    );
     rejects(
         json!({}),
         &["(document): missing required fields \"version\", \"default\" (\"allow\" or \"deny\")"],
@@ -160,27 +163,93 @@ fn invalid_json_and_duplicate_keys() {
 
     let ok = br#"{"version": "1", "default": "deny", "tools": {"a": {}, "b": {}}}"#;
     assert!(Policy::from_json_bytes(ok).is_ok());
+    let with_bom = [b"\xEF\xBB\xBF".as_slice(), ok.as_slice()].concat();
+    assert!(Policy::from_json_bytes(&with_bom).is_ok());
 }
 
 #[test]
 fn operator_value_types() {
     let cases: &[(&str, Value, &str)] = &[
-        ("in", json!("a"), "operator \"in\" needs a list, found a string"),
-        ("not_in", json!({}), "operator \"not_in\" needs a list, found an object"),
-        ("lt", json!("5"), "operator \"lt\" needs a number, found a string"),
-        ("lte", json!(null), "operator \"lte\" needs a number, found null"),
-        ("gt", json!([1]), "operator \"gt\" needs a number, found a list"),
-        ("gte", json!(true), "operator \"gte\" needs a number, found a boolean"),
-        ("regex", json!(1), "operator \"regex\" needs a string, found a number"),
-        ("regex", json!("a("), "invalid regular expression \"a(\": unclosed group"),
-        ("exists", json!("yes"), "operator \"exists\" needs true or false, found a string"),
-        ("exists", json!(1), "operator \"exists\" needs true or false, found a number"),
-        ("starts_with", json!(1), "operator \"starts_with\" needs a string, found a number"),
-        ("ends_with", json!(["x"]), "operator \"ends_with\" needs a string, found a list"),
-        ("glob", json!(false), "operator \"glob\" needs a string, found a boolean"),
-        ("glob", json!("a[b"), "invalid glob \"a[b\": unclosed character class; missing ']'"),
-        ("len_lte", json!("3"), "operator \"len_lte\" needs a number of at least 0, found a string"),
-        ("len_gte", json!(-1), "operator \"len_gte\" needs a number of at least 0, found a number"),
+        (
+            "in",
+            json!("a"),
+            "operator \"in\" needs a list, found a string",
+        ),
+        (
+            "not_in",
+            json!({}),
+            "operator \"not_in\" needs a list, found an object",
+        ),
+        (
+            "lt",
+            json!("5"),
+            "operator \"lt\" needs a number, found a string",
+        ),
+        (
+            "lte",
+            json!(null),
+            "operator \"lte\" needs a number, found null",
+        ),
+        (
+            "gt",
+            json!([1]),
+            "operator \"gt\" needs a number, found a list",
+        ),
+        (
+            "gte",
+            json!(true),
+            "operator \"gte\" needs a number, found a boolean",
+        ),
+        (
+            "regex",
+            json!(1),
+            "operator \"regex\" needs a string, found a number",
+        ),
+        (
+            "regex",
+            json!("a("),
+            "invalid regular expression \"a(\": unclosed group",
+        ),
+        (
+            "exists",
+            json!("yes"),
+            "operator \"exists\" needs true or false, found a string",
+        ),
+        (
+            "exists",
+            json!(1),
+            "operator \"exists\" needs true or false, found a number",
+        ),
+        (
+            "starts_with",
+            json!(1),
+            "operator \"starts_with\" needs a string, found a number",
+        ),
+        (
+            "ends_with",
+            json!(["x"]),
+            "operator \"ends_with\" needs a string, found a list",
+        ),
+        (
+            "glob",
+            json!(false),
+            "operator \"glob\" needs a string, found a boolean",
+        ),
+        (
+            "glob",
+            json!("a[b"),
+            "invalid glob \"a[b\": unclosed character class; missing ']'",
+        ),
+        (
+            "len_lte",
+            json!("3"),
+            "operator \"len_lte\" needs a number of at least 0, found a string",
+        ),
+        (
+            "len_gte",
+            json!(-1),
+            "operator \"len_gte\" needs a number of at least 0, found a number",
+        ),
     ];
     for (op, value, want) in cases {
         let doc = one_tool(json!({"require": [{"path": "args.a", "op": op, "value": value}]}));
@@ -188,8 +257,17 @@ fn operator_value_types() {
     }
     // eq, neq and contains take any value.
     for op in ["eq", "neq", "contains"] {
-        for value in [json!(null), json!(1), json!("s"), json!([1]), json!({"a": 1}), json!(true)] {
-            policy(one_tool(json!({"deny_if": [{"path": "args.a", "op": op, "value": value}]})));
+        for value in [
+            json!(null),
+            json!(1),
+            json!("s"),
+            json!([1]),
+            json!({"a": 1}),
+            json!(true),
+        ] {
+            policy(one_tool(
+                json!({"deny_if": [{"path": "args.a", "op": op, "value": value}]}),
+            ));
         }
     }
 }
@@ -332,8 +410,12 @@ fn tool_fields() {
             "/tools/t/description: expected a description (a string), found a number",
         ],
     );
-    policy(one_tool(json!({"action": "require_approval", "approval": {"timeout": "5m", "for": "1h"}})));
-    policy(one_tool(json!({"action": "deny", "on_deny": "use the console"})));
+    policy(one_tool(
+        json!({"action": "require_approval", "approval": {"timeout": "5m", "for": "1h"}}),
+    ));
+    policy(one_tool(
+        json!({"action": "deny", "on_deny": "use the console"}),
+    ));
 }
 
 #[test]
@@ -344,11 +426,21 @@ fn schemas() {
         &["/tools/t/schema/properties/a/minimum: invalid JSON Schema: \"x\" is not of type \"number\""],
     );
     // No remote references: the schema fails to load instead of fetching anything.
-    let errs = errors(one_tool(json!({"schema": {"$ref": "https://example.com/s.json"}})));
+    let errs = errors(one_tool(
+        json!({"schema": {"$ref": "https://example.com/s.json"}}),
+    ));
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("/tools/t/schema: invalid JSON Schema: "), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("/tools/t/schema: invalid JSON Schema: "),
+        "{}",
+        errs[0]
+    );
     let errs = errors(one_tool(json!({"schema": {"$ref": "file:///etc/passwd"}})));
-    assert!(errs[0].starts_with("/tools/t/schema: invalid JSON Schema: "), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("/tools/t/schema: invalid JSON Schema: "),
+        "{}",
+        errs[0]
+    );
     // Local references and boolean schemas are fine.
     policy(one_tool(json!({"schema": {
         "$defs": {"amount": {"type": "number"}},
@@ -356,6 +448,15 @@ fn schemas() {
         "properties": {"amount": {"$ref": "#/$defs/amount"}}
     }})));
     policy(one_tool(json!({"schema": true})));
+    // Declaring a well-known draft needs no fetching: meta-schemas are built in.
+    for draft in [
+        "http://json-schema.org/draft-07/schema#",
+        "https://json-schema.org/draft/2020-12/schema",
+    ] {
+        policy(one_tool(
+            json!({"schema": {"$schema": draft, "type": "object"}}),
+        ));
+    }
     rejects(
         one_tool(json!({"schema": 5})),
         &["/tools/t/schema: invalid JSON Schema: 5 is not of types \"boolean\", \"object\""],

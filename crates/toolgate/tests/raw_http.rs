@@ -1,0 +1,652 @@
+//! The gateway binary against raw HTTP/1.1 bytes: every kind of bad input gets a clear,
+//! specific answer, and the gateway keeps serving normal clients afterwards.
+//!
+//! The upstream is the bundled SendIt example server over stdio, so these tests need nothing
+//! beyond the workspace's own binaries.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TOKEN: &str = "tg_raw_http_test_token";
+const OTHER_TOKEN: &str = "tg_raw_http_other_grant";
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_toolgate"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// A running gateway process, killed on drop.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "toolgate-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "hide": ["delete_*"],
+  "tools": {
+    "list_contacts": {},
+    "create_payment": {
+      "deny_if": [{"path": "args.amount", "op": "gt", "value": 100, "on_deny": "too much"}]
+    }
+  }
+}"#;
+
+fn start_gateway(extra_config: &str) -> Gateway {
+    let dir = TempDir::new("raw");
+    std::fs::write(dir.0.join("policy.json"), POLICY).unwrap();
+    let sendit = bin_dir().join("sendit-example");
+    assert!(
+        sendit.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        sendit.display()
+    );
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+max_header_bytes = 16384
+
+[servers.sendit]
+command = "{}"
+timeout = "10s"
+
+[servers.down]
+url = "http://127.0.0.1:9/mcp"
+timeout = "3s"
+
+[[grants]]
+name = "tester"
+token_sha256 = "{}"
+policies = {{ sendit = "policy.json", down = "policy.json" }}
+
+[[grants]]
+name = "other"
+token = "{OTHER_TOKEN}"
+policies = {{ sendit = "policy.json" }}
+{extra_config}
+"#,
+        sendit.display(),
+        sha256_hex(TOKEN)
+    );
+    std::fs::write(dir.0.join("toolgate.toml"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(dir.0.join("toolgate.toml"))
+        .env("SENDIT_QUIET", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start toolgate");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a url line").unwrap();
+    let url = first.strip_prefix("url: http://").expect("url line");
+    let addr: SocketAddr = url.split('/').next().unwrap().parse().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let gateway = Gateway {
+        child,
+        addr,
+        _dir: dir,
+    };
+    wait_ready(gateway.addr);
+    gateway
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn wait_ready(addr: SocketAddr) {
+    for _ in 0..200 {
+        if let Ok(r) = try_request(
+            addr,
+            "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".as_bytes(),
+        ) {
+            if r.status == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gateway at {addr} never became ready");
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        let text = self.body.trim();
+        // SSE bodies carry the JSON on a data: line.
+        let text = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or(text);
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+fn try_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(raw)?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut head_lines = head.lines();
+    let status_line = head_lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = head_lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        text = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// POSTs `body` to `/mcp/<server>` with the given extra header lines.
+fn post(addr: SocketAddr, server: &str, extra: &[&str], body: &str) -> Reply {
+    let mut raw = format!(
+        "POST /mcp/{server} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
+        addr.port(),
+        body.len()
+    );
+    for line in extra {
+        raw.push_str(line);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    raw.push_str(body);
+    try_request(addr, raw.as_bytes()).expect("request")
+}
+
+fn auth() -> String {
+    format!("Authorization: Bearer {TOKEN}")
+}
+
+fn initialize(addr: SocketAddr, server: &str, version: &str) -> String {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion": version, "capabilities": {}, "clientInfo": {"name":"raw","version":"0"}}});
+    let reply = post(addr, server, &[&auth()], &body.to_string());
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["result"]["protocolVersion"], version);
+    reply
+        .header("mcp-session-id")
+        .expect("session id")
+        .to_owned()
+}
+
+fn call(addr: SocketAddr, session: &str, id: u64, tool: &str, args: Value) -> Reply {
+    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}});
+    post(
+        addr,
+        "sendit",
+        &[
+            &auth(),
+            &format!("Mcp-Session-Id: {session}"),
+            "MCP-Protocol-Version: 2025-06-18",
+        ],
+        &body.to_string(),
+    )
+}
+
+#[test]
+fn bad_input_gets_specific_errors_and_the_gateway_keeps_serving() {
+    let gw = start_gateway("");
+    let addr = gw.addr;
+    let session = initialize(addr, "sendit", "2025-06-18");
+    let with_session = |extra: &[&str], body: &str| {
+        let mut headers = vec![auth(), format!("Mcp-Session-Id: {session}")];
+        headers.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+        post(addr, "sendit", &refs, body)
+    };
+
+    // Malformed JSON: 400 with a JSON-RPC parse error.
+    let r = with_session(&[], "{\"jsonrpc\":");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32700);
+
+    // Duplicate keys could make gateway and server see different arguments: refused.
+    let r = with_session(
+        &[],
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"create_payment","arguments":{"amount":1,"amount":100000}}}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32600);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("duplicate"));
+
+    // Not a JSON-RPC object.
+    let r = with_session(&[], r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32600);
+
+    // Batches are forbidden after 2025-03-26.
+    let r = with_session(
+        &[],
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("batches"));
+
+    // Wrong content type.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let raw = format!(
+        "POST /mcp/sendit HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\nMcp-Session-Id: {session}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        auth(),
+        body.len()
+    );
+    assert_eq!(try_request(addr, raw.as_bytes()).unwrap().status, 415);
+
+    // Oversized body: 413 naming the limit.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"list_contacts","arguments":{{"pad":"{}"}}}}}}"#,
+        "x".repeat(70_000)
+    );
+    let r = with_session(&[], &big);
+    assert_eq!(r.status, 413);
+    assert!(r.body.contains("65536"), "{}", r.body);
+
+    // Oversized header: 431.
+    let huge = format!("X-Pad: {}", "y".repeat(20_000));
+    let r = with_session(&[&huge], body);
+    assert_eq!(r.status, 431);
+
+    // Missing and unknown sessions.
+    let r = post(addr, "sendit", &[&auth()], body);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("Mcp-Session-Id"));
+    let r = post(addr, "sendit", &[&auth(), "Mcp-Session-Id: tgs-nope"], body);
+    assert_eq!(r.status, 404);
+    // Another grant cannot use this session, nor learn that it exists.
+    let other = format!("Authorization: Bearer {OTHER_TOKEN}");
+    let r = post(
+        addr,
+        "sendit",
+        &[&other, &format!("Mcp-Session-Id: {session}")],
+        body,
+    );
+    assert_eq!(r.status, 404);
+
+    // Unknown server, wrong method.
+    assert_eq!(post(addr, "nowhere", &[&auth()], body).status, 404);
+    let raw = format!(
+        "PUT /mcp/sendit HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        auth()
+    );
+    assert_eq!(try_request(addr, raw.as_bytes()).unwrap().status, 405);
+
+    // Tokens.
+    let r = post(addr, "sendit", &[], body);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        post(addr, "sendit", &["Authorization: Bearer tg_wrong"], body).status,
+        401
+    );
+
+    // DNS rebinding protection: foreign Host or Origin, whatever the port.
+    let raw = format!(
+        "POST /mcp/sendit HTTP/1.1\r\nHost: evil.example:{}\r\n{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        addr.port(),
+        auth(),
+        body.len()
+    );
+    assert_eq!(try_request(addr, raw.as_bytes()).unwrap().status, 403);
+    assert_eq!(
+        with_session(&["Origin: http://evil.example"], body).status,
+        403
+    );
+    assert_eq!(
+        with_session(&["Origin: http://localhost:3000"], body).status,
+        200
+    );
+
+    // The 2026-07-28 era is refused with the list of revisions served.
+    let r = with_session(&["MCP-Protocol-Version: 2026-07-28"], body);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32022);
+    assert_eq!(r.json()["error"]["data"]["supported"][0], "2025-11-25");
+    let r = post(
+        addr,
+        "sendit",
+        &[&auth()],
+        r#"{"jsonrpc":"2.0","id":9,"method":"server/discover","params":{}}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32022);
+
+    // Malformed tools/call params: -32602 from the gateway, nothing forwarded.
+    let r = with_session(
+        &[],
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"arguments":{}}}"#,
+    );
+    assert_eq!(r.json()["error"]["code"], -32602);
+
+    // After all of that, the same session still works.
+    let r = call(addr, &session, 10, "list_contacts", json!({}));
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert!(
+        v["result"]["isError"].is_null() || v["result"]["isError"] == false,
+        "{v}"
+    );
+    assert_eq!(v["id"], 10);
+}
+
+#[test]
+fn decisions_and_hidden_tools_over_raw_http() {
+    let gw = start_gateway("");
+    let addr = gw.addr;
+    let session = initialize(addr, "sendit", "2025-06-18");
+
+    let v = call(
+        addr,
+        &session,
+        2,
+        "create_payment",
+        json!({"amount": 500, "currency": "USD", "recipient": "a@example.com"}),
+    )
+    .json();
+    assert_eq!(v["id"], 2);
+    assert_eq!(v["result"]["isError"], true);
+    assert_eq!(
+        v["result"]["content"][0]["text"],
+        "[POLICY DENIED] too much"
+    );
+    assert_eq!(
+        v["result"]["_meta"]["toolgate/decision"]["rule"],
+        "/tools/create_payment/deny_if/args.amount-gt"
+    );
+
+    let v = call(addr, &session, 3, "schedule_job", json!({"command": "ls"})).json();
+    assert_eq!(
+        v["result"]["_meta"]["toolgate/decision"]["rule"],
+        "(default deny)"
+    );
+    assert_eq!(
+        v["result"]["content"][0]["text"],
+        "[POLICY DENIED] Tool \"schedule_job\" is not permitted by policy"
+    );
+
+    // Hidden and non-existent tools are indistinguishable.
+    let hidden = call(addr, &session, 4, "delete_contact", json!({"id": "c1"})).json();
+    let absent = call(addr, &session, 4, "no_such_tool", json!({})).json();
+    assert_eq!(hidden["error"]["code"], -32602);
+    assert_eq!(hidden["error"]["message"], "Unknown tool: delete_contact");
+    assert_eq!(absent["error"]["message"], "Unknown tool: no_such_tool");
+
+    // tools/list drops hidden tools.
+    let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
+    let r = post(
+        addr,
+        "sendit",
+        &[&auth(), &format!("Mcp-Session-Id: {session}")],
+        body,
+    );
+    let names: Vec<String> = r.json()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"list_contacts".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"schedule_job".to_owned()),
+        "denied tools stay listed: {names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("delete_")), "{names:?}");
+
+    // Notifications are accepted with 202.
+    let r = post(
+        addr,
+        "sendit",
+        &[&auth(), &format!("Mcp-Session-Id: {session}")],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(r.status, 202);
+
+    // DELETE ends the session.
+    let raw = format!(
+        "DELETE /mcp/sendit HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\nMcp-Session-Id: {session}\r\nConnection: close\r\n\r\n",
+        auth()
+    );
+    assert_eq!(try_request(addr, raw.as_bytes()).unwrap().status, 200);
+    assert_eq!(
+        call(addr, &session, 8, "list_contacts", json!({})).status,
+        404
+    );
+}
+
+#[test]
+fn batches_on_2025_03_26_mix_gateway_answers_and_upstream_answers() {
+    let gw = start_gateway("");
+    let addr = gw.addr;
+    let session = initialize(addr, "sendit", "2025-03-26");
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"list_contacts","arguments":{}}},
+        {"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"create_payment","arguments":{"amount":1000}}},
+        {"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"delete_contact","arguments":{}}},
+    ]);
+    let r = post(
+        addr,
+        "sendit",
+        &[&auth(), &format!("Mcp-Session-Id: {session}")],
+        &batch.to_string(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let answers = r.json();
+    let answers = answers.as_array().expect("a batch answer is an array");
+    assert_eq!(answers.len(), 3);
+    let by_id = |id: &str| {
+        answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("no answer for {id}: {answers:?}"))
+    };
+    assert!(by_id("a")["result"]["content"].is_array());
+    assert_ne!(by_id("a")["result"]["isError"], true);
+    assert_eq!(by_id("b")["result"]["isError"], true);
+    assert_eq!(by_id("c")["error"]["code"], -32602);
+}
+
+#[test]
+fn an_unreachable_upstream_is_a_jsonrpc_error_naming_the_server() {
+    let gw = start_gateway("");
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name":"raw","version":"0"}}});
+    let started = std::time::Instant::now();
+    let r = post(gw.addr, "down", &[&auth()], &body.to_string());
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["id"], 1);
+    assert_eq!(v["error"]["code"], -32603);
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"down\""), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5), "no hang");
+    // The other server is unaffected.
+    initialize(gw.addr, "sendit", "2025-11-25");
+}
+
+#[test]
+fn a_broken_policy_or_config_stops_start_up_with_every_reason() {
+    let dir = TempDir::new("badcfg");
+    std::fs::write(
+        dir.0.join("bad.json"),
+        r#"{"version":"1","default":"maybe","tools":{"t":{"deny_if":[{"path":"args.a","op":"greater","value":1}]}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.0.join("toolgate.toml"),
+        "[servers.a]\ncommand = \"true\"\n[[grants]]\nname = \"g\"\ntoken = \"t\"\npolicies = { a = \"bad.json\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(dir.0.join("toolgate.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json: /default"), "{err}");
+    assert!(err.contains("/tools/t/deny_if/0/op"), "{err}");
+
+    std::fs::write(
+        dir.0.join("typo.toml"),
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nlisten_port = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(dir.0.join("typo.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("typo.toml") && err.contains("gateway") && err.contains("listen_port"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_check_reports_json_pointers() {
+    let dir = TempDir::new("check");
+    let good = dir.0.join("good.json");
+    std::fs::write(&good, POLICY).unwrap();
+    let bad = dir.0.join("bad.json");
+    std::fs::write(&bad, r#"{"version":"1","default":"deny","tools":{"x":{"require":[{"path":"args.a","op":"greater","value":1}]}}}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["policy", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    let out = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/tools/x/require/0/op"), "{text}");
+    assert!(text.contains("greater"), "{text}");
+}
+
+#[test]
+fn quick_mode_prints_url_and_a_fresh_token() {
+    let dir = TempDir::new("quick");
+    std::fs::write(dir.0.join("p.json"), POLICY).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
+        .arg(dir.0.join("p.json"))
+        .arg("--")
+        .arg(bin_dir().join("sendit-example"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines.next().unwrap().unwrap();
+    let token = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        url.starts_with("url: http://127.0.0.1:") && url.ends_with("/mcp/default"),
+        "{url}"
+    );
+    let token = token.strip_prefix("token: tg_").expect("token line");
+    assert_eq!(token.len(), 43, "32 random bytes in base64url: {token}");
+}
