@@ -389,11 +389,46 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
             .map(|e| format!("{}: {e}", path.display()))
             .collect::<Vec<_>>()
     })?;
+    warn_unenforced(path, &bytes);
     Ok(PolicyRef {
         id: path.display().to_string(),
         version: to_hex(&Sha256::digest(&bytes))[..16].to_owned(),
         policy: Arc::new(policy),
     })
+}
+
+/// Limits and approvals are validated now but enforced by later releases; an operator must
+/// not believe a quota protects them when it does not, so say so loudly at load time.
+fn warn_unenforced(path: &Path, bytes: &[u8]) {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return;
+    };
+    let has_limits = |rules: &serde_json::Value| {
+        rules
+            .get("limits")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|l| !l.is_empty())
+    };
+    let tools = doc.get("tools").and_then(serde_json::Value::as_object);
+    let limits = doc.get("all_tools").is_some_and(has_limits)
+        || tools.is_some_and(|t| t.values().any(has_limits));
+    let approvals = tools.is_some_and(|t| {
+        t.values().any(|r| {
+            r.get("action").and_then(serde_json::Value::as_str) == Some("require_approval")
+        })
+    });
+    if limits {
+        tracing::warn!(
+            "{}: `limits` are validated but not enforced by this version of toolgate",
+            path.display()
+        );
+    }
+    if approvals {
+        tracing::warn!(
+            "{}: calls that require approval are refused: this version of toolgate cannot take approvals",
+            path.display()
+        );
+    }
 }
 
 fn parse_duration_key(

@@ -244,7 +244,10 @@ impl HttpUpstream {
             HeaderValue::from_static("application/json"),
         );
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-            "protocolVersion": version::LATEST, "capabilities": {},
+            "protocolVersion": version::LATEST,
+            // Servers may offer tools only to clients that declare these; the catalogue must
+            // see every tool any client could call.
+            "capabilities": {"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}},
             "clientInfo": {"name": "toolgate-catalogue", "version": env!("CARGO_PKG_VERSION")}}});
         let response = self
             .send(Method::POST, &headers, None, Bytes::from(init.to_string()))

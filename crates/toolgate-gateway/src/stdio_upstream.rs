@@ -3,10 +3,18 @@
 //! The gateway is the child's only MCP client. It initializes the child once, declaring the
 //! capabilities its clients may use, and multiplexes client sessions onto it: request ids
 //! and progress tokens are replaced with gateway-unique ones on the way in and restored on
-//! the way out, so no client ever sees another's messages. Requests the child sends to a
-//! client (elicitation, sampling, roots) go to the client whose call is in flight — stdio
-//! carries no other hint of who they are for — and are refused with a JSON-RPC error when
-//! that client lacks the capability.
+//! the way out, so no client ever sees another's messages.
+//!
+//! Requests the child sends to a client (elicitation, sampling, roots) carry nothing on stdio
+//! that says which call caused them. Guessing would let one user answer — or read — another
+//! user's elicitation, so the gateway makes the answer certain instead. A session whose client
+//! declared elicitation, sampling or roots runs its `tools/call`s on the child exclusively
+//! (its own calls still run concurrently); calls of sessions without those capabilities share
+//! the child freely, since whatever the child asks them is refused anyway. A child-to-client
+//! request goes to the session holding the child exclusively; otherwise to the only session
+//! with requests in flight; and it is refused with a JSON-RPC error when there is none, when
+//! several could have caused it, or when the client lacks the capability. The cost is
+//! concurrency between capable clients sharing one stdio server.
 
 use crate::config::UpstreamSpec;
 use crate::error::GatewayError;
@@ -80,6 +88,47 @@ struct Mux {
     progress: HashMap<String, ProgressRoute>,
     /// Child-to-client requests in flight, by the id the client sees.
     server_requests: HashMap<String, ServerRequestRoute>,
+    /// Who may run `tools/call`s on the child now.
+    turn: TurnState,
+    /// Exclusive turns being waited for: shared turns then wait too, so that a stream of
+    /// shared calls cannot starve a capable client.
+    exclusive_waiting: usize,
+}
+
+/// The `tools/call` admission state of a shared child.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum TurnState {
+    /// No call in flight.
+    #[default]
+    Free,
+    /// Calls of sessions without server-to-client capabilities, this many.
+    Shared(usize),
+    /// Calls of one capable session (its id), this many.
+    Exclusive(String, usize),
+}
+
+/// A session's turn at `tools/call` on the shared child; released when dropped.
+struct Turn<'a> {
+    /// The upstream whose turn this is.
+    upstream: &'a StdioUpstream,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut mux = self.upstream.mux();
+        let released = match &mut mux.turn {
+            TurnState::Shared(held) | TurnState::Exclusive(_, held) if *held > 1 => {
+                *held -= 1;
+                false
+            }
+            _ => true,
+        };
+        if released {
+            mux.turn = TurnState::Free;
+            drop(mux);
+            self.upstream.turn_free.notify_waiters();
+        }
+    }
 }
 
 /// One stdio upstream.
@@ -102,6 +151,8 @@ pub struct StdioUpstream {
     sessions: Arc<Sessions>,
     /// Bumped when the child announces a changed tool list (the catalogue refetches).
     pub tools_changed: watch::Sender<u64>,
+    /// Wakes sessions waiting for their turn.
+    turn_free: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for StdioUpstream {
@@ -133,6 +184,7 @@ impl StdioUpstream {
             ready: watch::channel(None).0,
             sessions,
             tools_changed: watch::channel(0).0,
+            turn_free: tokio::sync::Notify::new(),
         }))
     }
 
@@ -338,6 +390,46 @@ impl StdioUpstream {
         self.write(&mux, &json!({"jsonrpc": "2.0", "method": method}));
     }
 
+    /// Waits until `session` may run a `tools/call` on the child (see the module docs).
+    async fn take_turn(&self, session: &Session) -> Turn<'_> {
+        let exclusive = ["elicitation", "sampling", "roots"]
+            .iter()
+            .any(|c| session.has_capability(c));
+        let mut waiting = false;
+        loop {
+            let notified = self.turn_free.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut mux = self.mux();
+                let shared_open = mux.exclusive_waiting == 0;
+                let granted = match (&mux.turn, exclusive) {
+                    (TurnState::Free, true) => Some(TurnState::Exclusive(session.id.clone(), 1)),
+                    (TurnState::Exclusive(owner, held), true) if *owner == session.id => {
+                        Some(TurnState::Exclusive(owner.clone(), held + 1))
+                    }
+                    (TurnState::Free, false) if shared_open => Some(TurnState::Shared(1)),
+                    (TurnState::Shared(held), false) if shared_open => {
+                        Some(TurnState::Shared(held + 1))
+                    }
+                    _ => None,
+                };
+                if let Some(state) = granted {
+                    mux.turn = state;
+                    if waiting {
+                        mux.exclusive_waiting -= 1;
+                    }
+                    return Turn { upstream: self };
+                }
+                if exclusive && !waiting {
+                    waiting = true;
+                    mux.exclusive_waiting += 1;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Sends a client's (or the gateway's) request to the child and waits for the answer,
     /// with the client's id (and progress token) restored. On timeout the child is told to
     /// cancel and the caller gets a JSON-RPC error naming the server.
@@ -348,6 +440,22 @@ impl StdioUpstream {
         stream: Option<u64>,
     ) -> Result<Value, GatewayError> {
         let client_id = message.id().cloned().unwrap_or(Value::Null);
+        let _turn = match session {
+            Some(session) if message.method() == Some("tools/call") => Some(
+                tokio::time::timeout(self.timeout, self.take_turn(session))
+                    .await
+                    .map_err(|_| {
+                        GatewayError::upstream(
+                            &self.name,
+                            format_args!(
+                                "was busy with another client's calls for {} s",
+                                self.timeout.as_secs_f64()
+                            ),
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
         let upstream_id = {
             let mut mux = self.mux();
@@ -507,16 +615,34 @@ impl StdioUpstream {
             _ => None,
         };
         let mut mux = self.mux();
-        // The most recent call in flight names the client this request is about.
-        let target = mux
-            .pending
-            .values()
-            .filter(|p| p.session.is_some())
-            .max_by_key(|p| p.seq)
-            .map(|p| (Arc::clone(p.session.as_ref().expect("filtered")), p.stream));
+        let in_flight = || mux.pending.values().filter(|p| p.session.is_some());
+        let owner = match &mux.turn {
+            TurnState::Exclusive(id, _) => Some(id.clone()),
+            _ => None,
+        };
+        let candidate = match &owner {
+            // The session holding the child caused it: no other session's call is running.
+            Some(owner) => in_flight()
+                .filter(|p| p.session.as_ref().is_some_and(|s| &s.id == owner))
+                .max_by_key(|p| p.seq),
+            None => {
+                let mut sessions = in_flight().filter_map(|p| p.session.as_ref().map(|s| &s.id));
+                let first = sessions.next();
+                if first.is_some() && sessions.any(|s| Some(s) != first) {
+                    None // several sessions could have caused it: refuse rather than guess
+                } else {
+                    in_flight().max_by_key(|p| p.seq)
+                }
+            }
+        };
+        let target =
+            candidate.map(|p| (Arc::clone(p.session.as_ref().expect("filtered")), p.stream));
         let refusal = match &target {
-            None => Some(format!(
+            None if in_flight().next().is_none() => Some(format!(
                 "no client of toolgate has a call in flight to answer {method}"
+            )),
+            None => Some(format!(
+                "toolgate cannot tell which of several clients {method} is for"
             )),
             Some((session, _)) => capability
                 .filter(|c| !session.has_capability(c))

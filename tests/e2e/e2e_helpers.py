@@ -1,0 +1,521 @@
+"""Shared helpers for toolgate's end-to-end tests: processes, the gateway, SDK clients,
+raw HTTP sessions and assertions on policy decisions.
+
+Every process is started in its own process group with stdout/stderr going to files (no
+pipe can fill up) and is registered with a `Procs` registry, whose `stop_all()` (called by
+the fixtures' finalizers) kills the whole group. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+PY_UPSTREAM = FIXTURES / "py_upstream.py"
+HEADER_RECORDER = FIXTURES / "header_recorder.py"
+EXAMPLES = REPO / "examples"
+
+PYTHON = os.environ.get("TOOLGATE_PYTHON") or sys.executable
+NODE_MODULES = Path(os.environ.get("TOOLGATE_NODE_MODULES", "/root/.cache/toolgate-ci/node/node_modules"))
+
+STARTUP_TIMEOUT = 30.0  # seconds for a process to announce itself / accept connections
+STOP_TIMEOUT = 10.0
+PROTOCOL_VERSION = "2025-11-25"
+
+
+# ------------------------------------------------------------------ binaries
+def _target_dir() -> Path:
+    path = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
+    return path if path.is_absolute() else REPO / path
+
+
+def _require_executable(path: Path, what: str, env_var: str, build: str) -> Path:
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"{what} binary not found at {path} (set {env_var}, or build it: {build}); "
+                    "the end-to-end tests cannot run without it")
+    return path
+
+
+def gateway_binary() -> Path:
+    explicit = os.environ.get("TOOLGATE_BIN")
+    path = Path(explicit) if explicit else _target_dir() / "debug" / "toolgate"
+    if not path.is_absolute():
+        path = REPO / path
+    return _require_executable(path, "toolgate", "TOOLGATE_BIN", "cargo build -p toolgate")
+
+
+def sendit_binary() -> Path:
+    explicit = os.environ.get("SENDIT_BIN")
+    path = Path(explicit) if explicit else _target_dir() / "debug" / "sendit-example"
+    if not path.is_absolute():
+        path = REPO / path
+    return _require_executable(path, "sendit-example", "SENDIT_BIN", "cargo build -p sendit-example")
+
+
+def everything_command(transport: str) -> list[str]:
+    """`mcp-server-everything <transport>` from the CI node_modules, run with node."""
+    script = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+    if not script.is_file():
+        pytest.fail(f"@modelcontextprotocol/server-everything not found at {script} "
+                    "(set TOOLGATE_NODE_MODULES, or run .ci/setup)")
+    node = os.environ.get("TOOLGATE_NODE") or _which("node")
+    if not node:
+        pytest.fail("node is not on PATH (source /root/.cache/toolgate-ci/env.sh)")
+    return [node, str(script), transport]
+
+
+def _which(name: str) -> str | None:
+    candidates = [NODE_MODULES / ".bin" / name] + [Path(p) / name for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    for cand in candidates:
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    return None
+
+
+# ----------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SEQ = itertools.count(1)
+
+
+class Proc:
+    """A child process in its own process group, its output in files."""
+
+    def __init__(self, name: str, argv: list[str], logdir: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        logdir.mkdir(parents=True, exist_ok=True)
+        stem = f"{name}.{os.getpid()}.{next(_SEQ)}"
+        self.stdout_path = logdir / f"{stem}.stdout"
+        self.stderr_path = logdir / f"{stem}.stderr"
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env.setdefault("NO_COLOR", "1")
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, cwd=cwd, env=full_env, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def stdout(self) -> str:
+        return ANSI.sub("", self.stdout_path.read_text(errors="replace"))
+
+    def stderr(self) -> str:
+        return ANSI.sub("", self.stderr_path.read_text(errors="replace"))
+
+    def describe(self) -> str:
+        return (f"{self.name}: {' '.join(self.argv)}\n  pid {self.pid}, exit code: {self.proc.poll()}\n"
+                f"  stdout ({self.stdout_path}):\n{self.stdout()[-3000:]}\n"
+                f"  stderr ({self.stderr_path}):\n{self.stderr()[-4000:]}")
+
+    def wait_for(self, parse: Callable[[str], Any], timeout: float = STARTUP_TIMEOUT, stream: str = "stdout") -> Any:
+        """Poll the output until parse(text) returns something; fail on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = parse(self.stdout() if stream == "stdout" else self.stderr())
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited before it was ready.\n{self.describe()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} was not ready within {timeout:g}s.\n{self.describe()}")
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group, SIGKILL it if it lingers; always reaps."""
+        if self.proc.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (the leader may have exited leaving children).
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=STOP_TIMEOUT)
+
+
+class Procs:
+    """Registry of the processes a test (or module) started; stop_all() ends them all."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, self.logdir, cwd=cwd, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self.procs.clear()
+
+
+def ready_url(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith("READY "):
+            return line.split(None, 1)[1].strip()
+    return None
+
+
+def wait_tcp(url: str, proc: Proc, timeout: float = STARTUP_TIMEOUT) -> None:
+    parts = urlsplit(url)
+    port = parts.port or 80
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=1):
+                return
+        except OSError:
+            if proc.proc.poll() is not None:
+                pytest.fail(f"{proc.name} exited before accepting connections at {url}.\n{proc.describe()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{proc.name}: nothing accepts connections at {url} after {timeout:g}s.\n{proc.describe()}")
+            time.sleep(0.05)
+
+
+# ----------------------------------------------------------------- upstreams
+def start_py_upstream_http(procs: Procs, *extra: str, name: str = "py_upstream") -> tuple[str, Proc]:
+    """py_upstream.py over Streamable HTTP on a free port; returns (its /mcp URL, proc)."""
+    proc = procs.start(name, [PYTHON, str(PY_UPSTREAM), "--transport", "http", "--port", "0", *extra])
+    url = proc.wait_for(ready_url)
+    return url, proc
+
+
+def py_upstream_stdio_argv(*extra: str) -> list[str]:
+    return [PYTHON, str(PY_UPSTREAM), "--transport", "stdio", *extra]
+
+
+def start_header_recorder(procs: Procs, record: Path, *extra: str, name: str = "header_recorder") -> str:
+    proc = procs.start(name, [PYTHON, str(HEADER_RECORDER), "--record", str(record), "--port", "0", *extra])
+    return proc.wait_for(ready_url)
+
+
+def start_everything_http(procs: Procs) -> str:
+    """mcp-server-everything streamableHttp on a free port (env PORT); returns its /mcp URL."""
+    port = free_port()
+    proc = procs.start("everything_http", everything_command("streamableHttp"), env={"PORT": str(port)})
+    url = f"http://127.0.0.1:{port}/mcp"
+    proc.wait_for(lambda err: "listening on port" in err, stream="stderr")
+    wait_tcp(url, proc)
+    return url
+
+
+# ------------------------------------------------------------------- gateway
+@dataclass
+class Gateway:
+    proc: Proc
+    base: str  # http://127.0.0.1:PORT
+    url: str | None = None  # quick mode: the announced proxy URL
+    token: str | None = None  # quick mode: the announced grant token
+    workdir: Path | None = None
+
+    def server_url(self, server: str) -> str:
+        return f"{self.base}/mcp/{server}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def quick_announcement(stdout: str) -> tuple[str, str] | None:
+    url = token = None
+    for line in stdout.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key == "url" and value.strip():
+            url = value.strip()
+        elif key == "token" and value.strip():
+            token = value.strip()
+    return (url, token) if url and token else None
+
+
+def wait_ready(gw_proc: Proc, base: str, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Wait until GET /readyz answers 200 (every upstream ready)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            r = httpx.get(f"{base}/readyz", timeout=2)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}: {r.text.strip()}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        if gw_proc.proc.poll() is not None:
+            pytest.fail(f"toolgate exited before it was ready.\n{gw_proc.describe()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"toolgate not ready within {timeout:g}s (last /readyz: {last}).\n{gw_proc.describe()}")
+        time.sleep(0.1)
+
+
+def start_gateway_quick(procs: Procs, workdir: Path, policy: dict[str, Any], *, upstream: str | None = None,
+                        command: list[str] | None = None, env: dict[str, str] | None = None,
+                        name: str = "toolgate") -> Gateway:
+    """`toolgate serve --policy … (--upstream URL | -- CMD…) --listen 127.0.0.1:0`."""
+    binary = gateway_binary()
+    workdir.mkdir(parents=True, exist_ok=True)
+    policy_path = workdir / f"{name}.policy.json"
+    policy_path.write_text(json.dumps(policy, indent=2))
+    argv = [str(binary), "serve", "--policy", str(policy_path), "--listen", "127.0.0.1:0"]
+    if upstream:
+        argv += ["--upstream", upstream]
+    if command:
+        argv += ["--", *command]
+    # cwd = a scratch directory: quick mode may create its data dir there.
+    proc = procs.start(name, argv, cwd=workdir, env=env)
+    url, token = proc.wait_for(quick_announcement)
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}"
+    wait_ready(proc, base)
+    return Gateway(proc=proc, base=base, url=url, token=token, workdir=workdir)
+
+
+def start_gateway_config(procs: Procs, workdir: Path, config_text: str, *,
+                         policies: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None,
+                         name: str = "toolgate", config_name: str = "toolgate.toml",
+                         config_path: Path | None = None, ready: bool = True) -> Gateway:
+    """`toolgate serve --config FILE --listen 127.0.0.1:PORT --data-dir …`.
+
+    `policies` maps file names (relative to the config file) to policy documents, written
+    next to it. With `config_path` an existing configuration file is used as is."""
+    binary = gateway_binary()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config_path is None:
+        config_path = workdir / config_name
+        config_path.write_text(config_text)
+        for file_name, doc in (policies or {}).items():
+            (workdir / file_name).write_text(json.dumps(doc, indent=2))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = [str(binary), "serve", "--config", str(config_path), "--listen", f"127.0.0.1:{port}",
+            "--data-dir", str(workdir / f"{name}-data")]
+    proc = procs.start(name, argv, cwd=workdir, env=env)
+    if ready:
+        wait_ready(proc, base)
+    else:
+        wait_tcp(base, proc)
+    return Gateway(proc=proc, base=base, workdir=workdir)
+
+
+# ------------------------------------------------------------------- clients
+def run(fn: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
+    """Run an async test body with a hard time limit."""
+
+    async def main() -> Any:
+        with anyio.fail_after(timeout):
+            return await fn()
+
+    return anyio.run(main)
+
+
+@contextlib.asynccontextmanager
+async def http_client(url: str, token: str | None, *, headers: dict[str, str] | None = None,
+                      timeout: float = 30.0, mode: str = "legacy", **kwargs: Any) -> AsyncIterator[Client]:
+    """An mcp.Client over Streamable HTTP carrying `Authorization: Bearer <token>`."""
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    async with httpx2.AsyncClient(headers=all_headers, timeout=httpx2.Timeout(timeout, read=timeout)) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None,
+                          read_timeout_seconds=timeout, **kwargs) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def stdio_client(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30.0,
+                       **kwargs: Any) -> AsyncIterator[Client]:
+    """An mcp.Client talking to a child process over stdio (a direct reference connection)."""
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env={**os.environ, **(env or {})})
+    async with Client(params, mode="legacy", cache=None, read_timeout_seconds=timeout, **kwargs) as client:
+        yield client
+
+
+async def list_all_tools(client: Client) -> tuple[list[str], int]:
+    """Walk every tools/list page; returns (tool names in order, number of pages)."""
+    names: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await client.list_tools(cursor=cursor)
+        pages += 1
+        names.extend(t.name for t in page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            return names, pages
+        if pages > 100:
+            raise AssertionError("tools/list pagination does not end")
+
+
+# ---------------------------------------------------------------- assertions
+def decision_of(result: Any) -> dict[str, Any] | None:
+    meta = result.meta or {}
+    return meta.get("toolgate/decision")
+
+
+def assert_allowed(result: Any) -> None:
+    assert not result.is_error, f"expected an allowed call, got {result.model_dump(by_alias=True, exclude_none=True)}"
+    decision = decision_of(result)
+    assert decision is None or decision.get("decision") == "allow", f"allowed call carries decision {decision}"
+
+
+def assert_denied(result: Any, rule: str, message: str, decision: str = "deny") -> None:
+    """A policy denial as SPEC §4 defines it."""
+    dump = result.model_dump(by_alias=True, exclude_none=True)
+    assert result.is_error is True, f"expected a denial result, got {dump}"
+    assert len(result.content) == 1 and result.content[0].type == "text", f"one text block expected: {dump}"
+    assert result.content[0].text == f"[POLICY DENIED] {message}", dump
+    assert result.structured_content is None, f"a denial has no structuredContent: {dump}"
+    assert decision_of(result) == {"decision": decision, "rule": rule, "message": message}, dump
+
+
+def assert_unknown_tool(exc: BaseException, name: str) -> None:
+    from mcp import MCPError
+
+    assert isinstance(exc, MCPError), f"expected MCPError, got {exc!r}"
+    assert exc.code == -32602, f"expected -32602, got {exc.code} {exc.error.message!r}"
+    assert exc.error.message == f"Unknown tool: {name}", exc.error.message
+
+
+# --------------------------------------------------------------- raw session
+@dataclass
+class RawSession:
+    """A hand-driven session-based MCP conversation over plain httpx."""
+
+    url: str
+    token: str | None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    session_id: str | None = None
+    next_id: int = 1
+    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+             "MCP-Protocol-Version": PROTOCOL_VERSION, **self.extra_headers}
+        if self.token is not None:
+            h["Authorization"] = f"Bearer {self.token}"
+        if self.session_id:
+            h["Mcp-Session-Id"] = self.session_id
+        return h
+
+    def post(self, message: dict[str, Any]) -> httpx.Response:
+        return self.client.post(self.url, headers=self.headers(), content=json.dumps(message))
+
+    def initialize(self) -> httpx.Response:
+        msg = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+               "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                          "clientInfo": {"name": "e2e-raw", "version": "0"}}}
+        h = self.headers()
+        h.pop("MCP-Protocol-Version", None)
+        r = self.client.post(self.url, headers=h, content=json.dumps(msg))
+        assert r.status_code == 200, f"initialize: HTTP {r.status_code} {r.text}"
+        self.session_id = r.headers.get("mcp-session-id")
+        n = self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert n.status_code in (200, 202), f"notifications/initialized: HTTP {n.status_code} {n.text}"
+        return r
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> tuple[httpx.Response, dict[str, Any]]:
+        rid = self.next_id
+        self.next_id += 1
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        r = self.post(msg)
+        return r, response_message(r, rid)
+
+    def close(self) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            if self.session_id:
+                self.client.delete(self.url, headers=self.headers())
+        self.client.close()
+
+
+def response_message(r: httpx.Response, rid: Any) -> dict[str, Any]:
+    """The JSON-RPC response with id `rid` from a JSON or SSE HTTP answer."""
+    ctype = r.headers.get("content-type", "")
+    if ctype.startswith("application/json"):
+        return r.json()
+    if ctype.startswith("text/event-stream"):
+        for block in r.text.replace("\r\n", "\n").split("\n\n"):
+            data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
+            if not data:
+                continue
+            msg = json.loads(data)
+            if isinstance(msg, dict) and msg.get("id") == rid and ("result" in msg or "error" in msg):
+                return msg
+        raise AssertionError(f"no response with id {rid} in SSE body: {r.text[:2000]}")
+    raise AssertionError(f"unexpected answer HTTP {r.status_code} {ctype}: {r.text[:2000]}")
+
+
+# ----------------------------------------------------------- process table
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process from /proc, or None if it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rest = raw[raw.rfind(")") + 2:].split()
+    return rest[0], int(rest[1])
+
+
+def children_of(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, state, cmdline) of every process whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        st = proc_stat(int(entry.name))
+        if st is None or st[1] != pid:
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = ""
+        found.append((int(entry.name), st[0], cmd))
+    return found
+
+
+def pid_running(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")

@@ -1,0 +1,73 @@
+"""Credentials (SPEC §5): the client's `Authorization` and cookies never reach the
+upstream; the server's configured headers (`${VAR}` expanded from the gateway's
+environment) are injected instead. Upstream: header_recorder.py, which logs the headers of
+every request it receives (including the gateway's own catalogue sessions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from e2e_helpers import Procs, RawSession, assert_allowed, http_client, run, start_gateway_config, start_header_recorder
+
+TOKEN = "tg-e2e-credentials-grant-token-42"
+API_KEY = "sk-e2e-upstream-key-7f3a9c"
+ALLOW_ALL = {"version": "1", "default": "allow"}
+
+
+def test_client_credentials_are_not_forwarded(procs: Procs, tmp_path: Path) -> None:
+    record = tmp_path / "headers.jsonl"
+    upstream = start_header_recorder(procs, record, "--sse")
+    config = f"""
+[gateway]
+data_dir = "data"
+
+[servers.rec]
+url = "{upstream}"
+headers = {{ "X-Api-Key" = "${{TG_TEST_KEY}}" }}
+
+[[grants]]
+name = "creds"
+token = "{TOKEN}"
+policies = {{ rec = "allow.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"allow.json": ALLOW_ALL},
+                              env={"TG_TEST_KEY": API_KEY}, name="toolgate-creds")
+    url = gw.server_url("rec")
+    client_headers = {"Cookie": "session=abc", "X-Custom": "1"}
+
+    async def body() -> None:
+        async with http_client(url, TOKEN, headers=client_headers) as client:
+            tools = await client.list_tools()
+            assert [t.name for t in tools.tools] == ["whoami"]
+            result = await client.call_tool("whoami", {})
+            assert_allowed(result)
+            seen = result.structured_content["headers"]
+            assert "authorization" not in seen and "cookie" not in seen, seen
+            assert seen.get("x-api-key") == API_KEY, seen
+            assert json.loads(result.content[0].text) == seen
+
+    run(body)
+
+    # The same over raw HTTP, with more ways of carrying credentials.
+    raw = RawSession(url, TOKEN, extra_headers={"Cookie": "session=abc; other=def", "X-Custom": "1"})
+    try:
+        raw.initialize()
+        resp, msg = raw.request("tools/call", {"name": "whoami", "arguments": {}})
+        assert resp.status_code == 200 and msg["result"]["isError"] is False, msg
+        resp, msg = raw.request("ping")
+        assert resp.status_code == 200 and msg["result"] == {}, msg
+    finally:
+        raw.close()
+
+    entries = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    rpcs = [e.get(":rpc") for e in entries]
+    for method in ("initialize", "notifications/initialized", "tools/list", "tools/call", "ping"):
+        assert method in rpcs, f"{method} never reached the upstream: {rpcs}"
+    assert any(e[":method"] == "DELETE" for e in entries), "session ends are forwarded as DELETE"
+    for entry in entries:
+        where = f"{entry[':method']} {entry.get(':rpc')}"
+        assert "authorization" not in entry, f"{where}: Authorization forwarded upstream: {entry}"
+        assert "cookie" not in entry, f"{where}: Cookie forwarded upstream: {entry}"
+        assert TOKEN not in json.dumps(entry), f"{where}: the grant token leaked upstream: {entry}"
+        assert entry.get("x-api-key") == API_KEY, f"{where}: configured X-Api-Key not injected: {entry}"
