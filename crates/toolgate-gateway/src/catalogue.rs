@@ -1,6 +1,8 @@
 //! What tools an upstream really has, so that a call to a tool it lacks is answered exactly
 //! like a call to a hidden one (`-32602 Unknown tool`) and the two cannot be told apart.
 
+use crate::error::GatewayError;
+use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Mutex;
@@ -68,6 +70,38 @@ impl Catalogue {
             }
         }
     }
+}
+
+/// Walks every page of a `tools/list` and collects the tool names. `page` sends one
+/// `tools/list` with the given params and returns its result; at most 1000 pages are read so a
+/// server that keeps handing out cursors cannot hold the gateway forever.
+pub async fn list_tool_names<F, Fut>(mut page: F) -> Result<Vec<String>, GatewayError>
+where
+    F: FnMut(Value) -> Fut,
+    Fut: Future<Output = Result<Value, GatewayError>>,
+{
+    let mut names = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for _ in 0..1000 {
+        let params = match cursor.take() {
+            Some(c) => json!({ "cursor": c }),
+            None => json!({}),
+        };
+        let result = page(params).await?;
+        names.extend(
+            result
+                .get("tools")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.get("name")?.as_str().map(str::to_owned)),
+        );
+        cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

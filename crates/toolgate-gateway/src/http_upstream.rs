@@ -281,49 +281,37 @@ impl HttpUpstream {
                 Bytes::from(initialized.to_string()),
             )
             .await?;
-        let mut names = Vec::new();
-        let mut cursor: Option<Value> = None;
-        for page in 1..=1000 {
-            let mut params = json!({});
-            if let Some(c) = &cursor {
-                params["cursor"] = c.clone();
-            }
-            let list = json!({"jsonrpc":"2.0","id":page,"method":"tools/list","params":params});
-            let response = self
-                .send(
-                    Method::POST,
-                    &headers,
-                    session.as_deref(),
-                    Bytes::from(list.to_string()),
-                )
-                .await?;
-            let messages = self.read_messages(response).await?;
-            let result = messages
-                .iter()
-                .find(|m| m.get("id") == Some(&json!(page)))
-                .and_then(|m| m.get("result"))
-                .ok_or_else(|| {
-                    GatewayError::upstream(&self.name, "answered tools/list without a result")
-                })?;
-            names.extend(
-                result
-                    .get("tools")
-                    .and_then(Value::as_array)
+        let mut next_id = 0u64;
+        let names = crate::catalogue::list_tool_names(|params| {
+            next_id += 1;
+            let id = next_id;
+            let list =
+                json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
+            let (headers, session) = (&headers, session.as_deref());
+            async move {
+                let response = self
+                    .send(
+                        Method::POST,
+                        headers,
+                        session,
+                        Bytes::from(list.to_string()),
+                    )
+                    .await?;
+                let messages = self.read_messages(response).await?;
+                messages
                     .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned)),
-            );
-            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
-            if cursor.is_none() {
-                break;
+                    .find(|m| m.get("id") == Some(&json!(id)))
+                    .and_then(|mut m| m.get_mut("result").map(Value::take))
+                    .ok_or_else(|| {
+                        GatewayError::upstream(&self.name, "answered tools/list without a result")
+                    })
             }
+        })
+        .await;
+        if let Some(session) = &session {
+            self.end_session(session).await;
         }
-        if session.is_some() {
-            let _ = self
-                .send(Method::DELETE, &headers, session.as_deref(), Bytes::new())
-                .await;
-        }
-        Ok(names)
+        names
     }
 }
 

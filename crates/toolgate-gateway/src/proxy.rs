@@ -454,9 +454,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 if request_ids.is_empty() {
-                    let mut r = e.into_response(Value::Null);
-                    *r.status_mut() = StatusCode::BAD_GATEWAY;
-                    return Ok(r);
+                    return Ok(bad_gateway(e));
                 }
                 let mut errors: Vec<Value> = answers;
                 errors.extend(request_ids.into_iter().map(|id| e.to_jsonrpc(id)));
@@ -593,14 +591,10 @@ impl Gateway {
                         Bytes::new(),
                     )
                     .await;
-                match upstream {
-                    Ok(r) => Ok(relay_raw(r, Some(&session.id))),
-                    Err(e) => {
-                        let mut r = e.into_response(Value::Null);
-                        *r.status_mut() = StatusCode::BAD_GATEWAY;
-                        Ok(r)
-                    }
-                }
+                Ok(match upstream {
+                    Ok(r) => relay_raw(r, Some(&session.id)),
+                    Err(e) => bad_gateway(e),
+                })
             }
         }
     }
@@ -646,6 +640,14 @@ impl Gateway {
             }
         }
     }
+}
+
+/// An upstream failure on a message with no id to answer (a notification, a GET stream):
+/// HTTP 502 with the JSON-RPC error naming the server.
+fn bad_gateway(error: GatewayError) -> Response<Body> {
+    let mut response = error.into_response(Value::Null);
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response
 }
 
 fn unsupported_version_error(message: String) -> GatewayError {

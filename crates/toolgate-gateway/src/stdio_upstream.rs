@@ -747,27 +747,6 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
 impl StdioUpstream {
     /// The child's complete tool list (every page), asked on the gateway's own behalf.
     pub async fn fetch_tool_names(&self) -> Result<Vec<String>, GatewayError> {
-        let mut names = Vec::new();
-        let mut cursor: Option<Value> = None;
-        for _ in 0..1000 {
-            let params = match &cursor {
-                Some(c) => json!({"cursor": c}),
-                None => json!({}),
-            };
-            let result = self.request_own("tools/list", params).await?;
-            names.extend(
-                result
-                    .get("tools")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned)),
-            );
-            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
-            if cursor.is_none() {
-                break;
-            }
-        }
-        Ok(names)
+        crate::catalogue::list_tool_names(|params| self.request_own("tools/list", params)).await
     }
 }
