@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use toolgate_store::EmbeddedStore;
 
 /// How a server is reached.
 #[derive(Debug)]
@@ -132,7 +133,13 @@ async fn expire_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bo
 /// Binds the listener, starts stdio children and serves.
 pub async fn start(settings: Settings) -> Result<Running, String> {
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let sessions = Arc::new(Sessions::default());
+    let store = EmbeddedStore::open(&settings.data_dir).map_err(|e| e.to_string())?;
+    tracing::info!(path = %store.path().display(), "embedded store open");
+    let configured: std::collections::HashSet<String> =
+        settings.servers.iter().map(|s| s.name.clone()).collect();
+    let sessions = Arc::new(Sessions::restore(Arc::new(store), |record| {
+        configured.contains(&record.server)
+    }));
     let mut servers = HashMap::new();
     let mut tasks = Vec::new();
     for spec in &settings.servers {

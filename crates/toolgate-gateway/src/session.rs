@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use toolgate_mcp::sse;
+use toolgate_store::{SessionRecord, SessionStore};
 
 /// The GET stream's number; POST streams count up from 1.
 pub const GET_STREAM: u64 = 0;
@@ -70,20 +71,45 @@ impl Session {
     ) -> Session {
         let mut raw = [0u8; 16];
         rand::rng().fill_bytes(&mut raw);
-        let mut log = EventLog {
-            next_stream: 1,
-            ..EventLog::default()
-        };
-        log.streams.insert(GET_STREAM, StreamSlot::default());
-        Session {
+        Session::restore(SessionRecord {
             id: format!("tgs-{}", crate::config::to_hex(&raw)),
             grant: grant.to_owned(),
             server: server.to_owned(),
             protocol_version: protocol_version.to_owned(),
             upstream_session,
             client_capabilities,
+        })
+    }
+
+    /// A session from its stored record (streams start empty: events of a previous gateway
+    /// process cannot be replayed).
+    pub fn restore(record: SessionRecord) -> Session {
+        let mut log = EventLog {
+            next_stream: 1,
+            ..EventLog::default()
+        };
+        log.streams.insert(GET_STREAM, StreamSlot::default());
+        Session {
+            id: record.id,
+            grant: record.grant,
+            server: record.server,
+            protocol_version: record.protocol_version,
+            upstream_session: record.upstream_session,
+            client_capabilities: record.client_capabilities,
             events: Mutex::new(log),
             last_active: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// What the store keeps of this session.
+    pub fn record(&self) -> SessionRecord {
+        SessionRecord {
+            id: self.id.clone(),
+            grant: self.grant.clone(),
+            server: self.server.clone(),
+            protocol_version: self.protocol_version.clone(),
+            upstream_session: self.upstream_session.clone(),
+            client_capabilities: self.client_capabilities.clone(),
         }
     }
 
@@ -200,16 +226,66 @@ impl Session {
     }
 }
 
-/// All sessions of the gateway.
-#[derive(Debug, Default)]
+/// All sessions of the gateway, persisted in a store when one is attached so that they
+/// survive a restart.
+#[derive(Default)]
 pub struct Sessions {
     /// Sessions by id.
     by_id: Mutex<HashMap<String, Arc<Session>>>,
+    /// Where sessions are remembered (none in unit tests).
+    store: Option<Arc<dyn SessionStore>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
 }
 
 impl Sessions {
-    /// Registers a session.
+    /// Sessions persisted in `store`, with those it remembers restored, except sessions of
+    /// servers for which `keep` says no (they are forgotten).
+    pub fn restore(
+        store: Arc<dyn SessionStore>,
+        keep: impl Fn(&SessionRecord) -> bool,
+    ) -> Sessions {
+        let records = store.load_sessions().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not restore sessions; clients will initialize again");
+            Vec::new()
+        });
+        let mut by_id = HashMap::new();
+        for record in records {
+            if keep(&record) {
+                by_id.insert(record.id.clone(), Arc::new(Session::restore(record)));
+            } else if let Err(e) = store.delete_session(&record.id) {
+                tracing::warn!(error = %e, "could not forget a stale session");
+            }
+        }
+        if !by_id.is_empty() {
+            tracing::info!(sessions = by_id.len(), "restored sessions from the store");
+        }
+        Sessions {
+            by_id: Mutex::new(by_id),
+            store: Some(store),
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.delete_session(id) {
+                tracing::warn!(error = %e, session = %id, "could not delete a session from the store");
+            }
+        }
+    }
+
+    /// Registers a session. A session that cannot be persisted still works; it just will not
+    /// survive a restart (logged).
     pub fn insert(&self, session: Session) -> Arc<Session> {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save_session(&session.record()) {
+                tracing::warn!(error = %e, session = %session.id, "could not persist a session");
+            }
+        }
         let session = Arc::new(session);
         self.by_id
             .lock()
@@ -238,15 +314,23 @@ impl Sessions {
             .filter(|s| s.idle_longer_than(limit))
             .map(|s| s.id.clone())
             .collect();
-        expired.iter().filter_map(|id| by_id.remove(id)).collect()
+        let removed: Vec<Arc<Session>> = expired.iter().filter_map(|id| by_id.remove(id)).collect();
+        drop(by_id);
+        for id in &expired {
+            self.forget(id);
+        }
+        removed
     }
 
     /// Ends a session.
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
-        self.by_id
+        let removed = self
+            .by_id
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
+            .remove(id);
+        self.forget(id);
+        removed
     }
 
     /// Every session on `server` (for broadcasting upstream notifications).

@@ -25,7 +25,8 @@ fn bin_dir() -> PathBuf {
 struct Gateway {
     child: Child,
     addr: SocketAddr,
-    _dir: TempDir,
+    /// The scratch directory holding config, policy and data dir (shared across restarts).
+    dir: std::rc::Rc<TempDir>,
 }
 
 impl Drop for Gateway {
@@ -72,7 +73,11 @@ const POLICY: &str = r#"{
 }"#;
 
 fn start_gateway(extra_config: &str) -> Gateway {
-    let dir = TempDir::new("raw");
+    start_gateway_in(std::rc::Rc::new(TempDir::new("raw")), extra_config)
+}
+
+/// Starts a gateway whose config, policy and data dir live in `dir`.
+fn start_gateway_in(dir: std::rc::Rc<TempDir>, extra_config: &str) -> Gateway {
     std::fs::write(dir.0.join("policy.json"), POLICY).unwrap();
     let sendit = bin_dir().join("sendit-example");
     assert!(
@@ -124,11 +129,7 @@ policies = {{ sendit = "policy.json" }}
     let url = first.strip_prefix("url: http://").expect("url line");
     let addr: SocketAddr = url.split('/').next().unwrap().parse().unwrap();
     std::thread::spawn(move || for _ in lines {});
-    let gateway = Gateway {
-        child,
-        addr,
-        _dir: dir,
-    };
+    let gateway = Gateway { child, addr, dir };
     wait_ready(gateway.addr);
     gateway
 }
@@ -630,6 +631,7 @@ fn quick_mode_prints_url_and_a_fresh_token() {
     let dir = TempDir::new("quick");
     std::fs::write(dir.0.join("p.json"), POLICY).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .current_dir(&dir.0)
         .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
         .arg(dir.0.join("p.json"))
         .arg("--")
@@ -649,4 +651,22 @@ fn quick_mode_prints_url_and_a_fresh_token() {
     );
     let token = token.strip_prefix("token: tg_").expect("token line");
     assert_eq!(token.len(), 43, "32 random bytes in base64url: {token}");
+}
+
+#[test]
+fn sessions_survive_a_gateway_restart() {
+    let first = start_gateway("");
+    let session = initialize(first.addr, "sendit", "2025-06-18");
+    assert_eq!(
+        call(first.addr, &session, 1, "list_contacts", json!({})).status,
+        200
+    );
+    let dir = std::rc::Rc::clone(&first.dir);
+    drop(first); // killed: nothing is flushed at shutdown, the session was stored at initialize
+    let second = start_gateway_in(dir, "");
+    let r = call(second.addr, &session, 2, "list_contacts", json!({}));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["id"], 2);
+    assert!(r.json()["result"]["content"].is_array(), "{:?}", r.body);
+    assert!(second.dir.0.join(".toolgate/toolgate.db").exists());
 }

@@ -1,0 +1,221 @@
+//! The embedded store: one SQLite database in the data directory, in WAL mode.
+
+use crate::{SessionRecord, SessionStore, StoreError};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        grant_name TEXT NOT NULL,
+        server TEXT NOT NULL,
+        protocol_version TEXT NOT NULL,
+        upstream_session TEXT,
+        client_capabilities TEXT NOT NULL,
+        created_unix INTEGER NOT NULL DEFAULT (unixepoch())
+    )"];
+
+/// SQLite in `data_dir/toolgate.db`.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    /// The database file.
+    path: PathBuf,
+    /// One connection; SQLite serializes writers anyway, and every statement here is short.
+    conn: Mutex<Connection>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `data_dir`, which is created readable by its
+    /// owner only: it will hold grants and the audit log.
+    pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let context = format!("embedded store in {}", data_dir.display());
+        create_private_dir(data_dir).map_err(|e| StoreError::new(&context, e))?;
+        let path = data_dir.join("toolgate.db");
+        let conn = Connection::open(&path).map_err(|e| StoreError::new(&context, e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);",
+        )
+        .map_err(|e| StoreError::new(&context, e))?;
+        migrate(&conn).map_err(|e| StoreError::new(&context, e))?;
+        Ok(EmbeddedStore {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|e| StoreError::new(&format!("{} ({what})", self.path.display()), e))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if current as usize > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the database has schema version {current}, newer than this toolgate ({}); upgrade toolgate",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        conn.execute_batch("BEGIN")?;
+        conn.execute_batch(sql)?;
+        conn.execute("DELETE FROM schema_version", [])?;
+        conn.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [index as i64 + 1],
+        )?;
+        conn.execute_batch("COMMIT")?;
+    }
+    Ok(())
+}
+
+impl SessionStore for EmbeddedStore {
+    fn save_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.with("save session", |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO sessions
+                 (id, grant_name, server, protocol_version, upstream_session, client_capabilities)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    s.id,
+                    s.grant,
+                    s.server,
+                    s.protocol_version,
+                    s.upstream_session,
+                    s.client_capabilities.to_string()
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        self.with("delete session", |c| {
+            c.execute("DELETE FROM sessions WHERE id = ?1", [id])
+                .map(drop)
+        })
+    }
+
+    fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.with("load sessions", |c| {
+            let mut statement = c.prepare(
+                "SELECT id, grant_name, server, protocol_version, upstream_session, client_capabilities
+                 FROM sessions ORDER BY created_unix",
+            )?;
+            let rows = statement.query_map([], |r| {
+                let capabilities: String = r.get(5)?;
+                Ok(SessionRecord {
+                    id: r.get(0)?,
+                    grant: r.get(1)?,
+                    server: r.get(2)?,
+                    protocol_version: r.get(3)?,
+                    upstream_session: r.get(4)?,
+                    client_capabilities: serde_json::from_str(&capabilities)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "toolgate-store-{tag}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn record(id: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            grant: "g".into(),
+            server: "s".into(),
+            protocol_version: "2025-11-25".into(),
+            upstream_session: Some("up-1".into()),
+            client_capabilities: json!({"elicitation": {}}),
+        }
+    }
+
+    #[test]
+    fn sessions_survive_reopening_the_store() {
+        let dir = scratch("sessions");
+        {
+            let store = EmbeddedStore::open(&dir).unwrap();
+            store.save_session(&record("a")).unwrap();
+            store.save_session(&record("b")).unwrap();
+            store.delete_session("a").unwrap();
+        }
+        let store = EmbeddedStore::open(&dir).unwrap();
+        assert_eq!(store.load_sessions().unwrap(), vec![record("b")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "data dir must be private");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_clear_error() {
+        let dir = scratch("newer");
+        drop(EmbeddedStore::open(&dir).unwrap());
+        let conn = Connection::open(dir.join("toolgate.db")).unwrap();
+        conn.execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+        drop(conn);
+        let err = EmbeddedStore::open(&dir).unwrap_err();
+        assert!(err.message.contains("newer than this toolgate"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unusable_data_dir_is_named_in_the_error() {
+        let file = scratch("file");
+        std::fs::write(&file, b"not a dir").unwrap();
+        let err = EmbeddedStore::open(&file).unwrap_err();
+        assert!(err.message.contains(&file.display().to_string()), "{err}");
+        let _ = std::fs::remove_file(&file);
+    }
+}
