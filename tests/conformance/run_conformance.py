@@ -56,6 +56,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # tests/: the shared `support` package
+
+from support.procs import ready_url  # noqa: E402
+
 PACKAGE = "@modelcontextprotocol/conformance"
 DEFAULT_NODE_MODULES = Path.home() / ".cache" / "toolgate-ci" / "node" / "node_modules"
 STATUSES = ("SUCCESS", "FAILURE", "WARNING", "SKIPPED", "INFO")
@@ -232,13 +237,7 @@ def header_proxy(target: str, headers: list[str], bearer: str | None, timeout: f
                                     start_new_session=True)
         try:
             deadline = time.monotonic() + timeout
-            url = None
-            while url is None:
-                for line in out_path.read_text(errors="replace").splitlines():
-                    if line.startswith("READY "):
-                        url = line.split(None, 1)[1].strip()
-                if url:
-                    break
+            while (url := ready_url(out_path.read_text(errors="replace"))) is None:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SetupError(f"auth_proxy.py did not start (exit {proc.poll()}):\n"
                                      f"{err_path.read_text(errors='replace')[-3000:]}")

@@ -26,23 +26,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
+from typing import Any, Iterator
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
 import run_conformance  # noqa: E402
+from support.procs import Proc, cargo_binary, free_port, quick_announcement, ready_url, wait_tcp  # noqa: E402
 
 ALLOW_ALL_POLICY = {"version": "1", "default": "allow"}
 STARTUP_TIMEOUT = 60.0  # seconds for a process to announce itself
@@ -50,109 +50,6 @@ SUITE_TIMEOUT = 280.0  # seconds for one whole conformance run
 
 
 # ------------------------------------------------------------------ helpers
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """A child process whose stdout/stderr go to files (no pipe can fill up)."""
-
-    def __init__(self, name: str, argv: list[str], logdir: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None):
-        self.name = name
-        self.argv = argv
-        self.stdout_path = logdir / f"{name}.stdout"
-        self.stderr_path = logdir / f"{name}.stderr"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def describe(self) -> str:
-        return (f"{self.name}: {' '.join(self.argv)}\n  exit code: {self.proc.poll()}\n"
-                f"  stdout:\n{self.stdout()[-3000:]}\n  stderr:\n{self.stderr()[-3000:]}")
-
-    def wait_for(self, parse: Callable[[str], Any], timeout: float = STARTUP_TIMEOUT) -> Any:
-        """Poll stdout until parse(stdout) returns something; fail on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = parse(self.stdout())
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited before it was ready.\n{self.describe()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{self.name} was not ready within {timeout:g}s.\n{self.describe()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            # Its own process group (start_new_session): also ends any children it spawned.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-
-def ready_url(stdout: str) -> str | None:
-    for line in stdout.splitlines():
-        if line.startswith("READY "):
-            return line.split(None, 1)[1].strip()
-    return None
-
-
-def gateway_announcement(stdout: str) -> tuple[str, str] | None:
-    """The quick-mode lines `url: <proxy url>` and `token: <grant token>`."""
-    url = token = None
-    for line in stdout.splitlines():
-        key, sep, value = line.strip().partition(":")
-        if not sep:
-            continue
-        key = key.strip().lower()
-        if key == "url" and value.strip():
-            url = value.strip()
-        elif key == "token" and value.strip():
-            token = value.strip()
-    return (url, token) if url and token else None
-
-
-def wait_listening(url: str, proc: Proc, timeout: float = 15.0) -> None:
-    """Wait until the announced URL's host:port accepts TCP connections."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((parts.hostname, port), timeout=1):
-                return
-        except OSError:
-            if proc.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{proc.name} announced {url} but nothing accepts connections there.\n{proc.describe()}")
-            time.sleep(0.05)
-
-
-def gateway_binary() -> Path:
-    explicit = os.environ.get("TOOLGATE_BIN")
-    if explicit:
-        path = Path(explicit)
-    else:
-        path = Path(os.environ.get("CARGO_TARGET_DIR", "target")) / "debug" / "toolgate"
-    if not path.is_absolute():
-        path = REPO / path
-    return path
-
-
 def save_artifact(doc: dict[str, Any], name: str) -> None:
     dest = os.environ.get("CONFORMANCE_RESULTS_DIR")
     if dest:
@@ -222,12 +119,7 @@ def running_gateway(upstream: str, workdir: Path) -> Iterator[tuple[str, str]]:
 
     Called from the test body (not a fixture) so that a missing binary or a gateway
     that does not start is a test FAILURE, never an error or a skip."""
-    binary = gateway_binary()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        pytest.fail(
-            f"toolgate binary not found at {binary} (set TOOLGATE_BIN, or build it: cargo build -p toolgate); "
-            "the gateway conformance comparison cannot run without it"
-        )
+    binary = cargo_binary("toolgate", "TOOLGATE_BIN", "toolgate", "the gateway conformance comparison")
     policy = workdir / "policy.json"
     policy.write_text(json.dumps(ALLOW_ALL_POLICY))
     argv = [str(binary), "serve", "--policy", str(policy), "--upstream", upstream,
@@ -235,8 +127,8 @@ def running_gateway(upstream: str, workdir: Path) -> Iterator[tuple[str, str]]:
     # cwd = a scratch directory: quick mode may create its data dir there.
     proc = Proc("toolgate", argv, workdir, cwd=workdir)
     try:
-        url, token = proc.wait_for(gateway_announcement)
-        wait_listening(url, proc)
+        url, token = proc.wait_for(quick_announcement, timeout=STARTUP_TIMEOUT)
+        wait_tcp(url, proc, timeout=15.0)
         yield url, token
     finally:
         proc.stop()

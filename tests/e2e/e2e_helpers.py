@@ -1,24 +1,20 @@
-"""Shared helpers for toolgate's end-to-end tests: processes, the gateway, SDK clients,
-raw HTTP sessions and assertions on policy decisions.
+"""Shared helpers for toolgate's end-to-end tests: the gateway, upstreams, SDK clients,
+raw HTTP sessions and SSE streams, and assertions on policy decisions.
 
-Every process is started in its own process group with stdout/stderr going to files (no
-pipe can fill up) and is registered with a `Procs` registry, whose `stop_all()` (called by
-the fixtures' finalizers) kills the whole group. Every wait is bounded.
+Processes come from tests/support/procs.py (shared with tests/conformance): each runs in
+its own process group with stdout/stderr going to files (no pipe can fill up) and is
+registered with a `Procs` registry, whose `stop_all()` (called by the fixtures'
+finalizers) kills the whole group. Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,20 @@ from mcp.client.streamable_http import streamable_http_client
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+from support.procs import (  # noqa: E402  (also used by the tests through this module)
+    STARTUP_TIMEOUT,
+    Proc,
+    Procs,
+    cargo_binary,
+    free_port,
+    quick_announcement,
+    ready_url,
+    wait_tcp,
+)
+
 FIXTURES = REPO / "tests" / "fixtures"
 PY_UPSTREAM = FIXTURES / "py_upstream.py"
 HEADER_RECORDER = FIXTURES / "header_recorder.py"
@@ -41,38 +51,16 @@ EXAMPLES = REPO / "examples"
 PYTHON = os.environ.get("TOOLGATE_PYTHON") or sys.executable
 NODE_MODULES = Path(os.environ.get("TOOLGATE_NODE_MODULES", "/root/.cache/toolgate-ci/node/node_modules"))
 
-STARTUP_TIMEOUT = 30.0  # seconds for a process to announce itself / accept connections
-STOP_TIMEOUT = 10.0
 PROTOCOL_VERSION = "2025-11-25"
 
 
 # ------------------------------------------------------------------ binaries
-def _target_dir() -> Path:
-    path = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
-    return path if path.is_absolute() else REPO / path
-
-
-def _require_executable(path: Path, what: str, env_var: str, build: str) -> Path:
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"{what} binary not found at {path} (set {env_var}, or build it: {build}); "
-                    "the end-to-end tests cannot run without it")
-    return path
-
-
 def gateway_binary() -> Path:
-    explicit = os.environ.get("TOOLGATE_BIN")
-    path = Path(explicit) if explicit else _target_dir() / "debug" / "toolgate"
-    if not path.is_absolute():
-        path = REPO / path
-    return _require_executable(path, "toolgate", "TOOLGATE_BIN", "cargo build -p toolgate")
+    return cargo_binary("toolgate", "TOOLGATE_BIN", "toolgate", "the end-to-end tests")
 
 
 def sendit_binary() -> Path:
-    explicit = os.environ.get("SENDIT_BIN")
-    path = Path(explicit) if explicit else _target_dir() / "debug" / "sendit-example"
-    if not path.is_absolute():
-        path = REPO / path
-    return _require_executable(path, "sendit-example", "SENDIT_BIN", "cargo build -p sendit-example")
+    return cargo_binary("sendit-example", "SENDIT_BIN", "sendit-example", "the end-to-end tests")
 
 
 def everything_command(transport: str) -> list[str]:
@@ -93,123 +81,6 @@ def _which(name: str) -> str | None:
         if cand.is_file() and os.access(cand, os.X_OK):
             return str(cand)
     return None
-
-
-# ----------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_SEQ = itertools.count(1)
-
-
-class Proc:
-    """A child process in its own process group, its output in files."""
-
-    def __init__(self, name: str, argv: list[str], logdir: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None):
-        self.name = name
-        self.argv = [str(a) for a in argv]
-        logdir.mkdir(parents=True, exist_ok=True)
-        stem = f"{name}.{os.getpid()}.{next(_SEQ)}"
-        self.stdout_path = logdir / f"{stem}.stdout"
-        self.stderr_path = logdir / f"{stem}.stderr"
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        full_env.setdefault("NO_COLOR", "1")
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(self.argv, cwd=cwd, env=full_env, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid = self.proc.pid
-
-    def stdout(self) -> str:
-        return ANSI.sub("", self.stdout_path.read_text(errors="replace"))
-
-    def stderr(self) -> str:
-        return ANSI.sub("", self.stderr_path.read_text(errors="replace"))
-
-    def describe(self) -> str:
-        return (f"{self.name}: {' '.join(self.argv)}\n  pid {self.pid}, exit code: {self.proc.poll()}\n"
-                f"  stdout ({self.stdout_path}):\n{self.stdout()[-3000:]}\n"
-                f"  stderr ({self.stderr_path}):\n{self.stderr()[-4000:]}")
-
-    def wait_for(self, parse: Callable[[str], Any], timeout: float = STARTUP_TIMEOUT, stream: str = "stdout") -> Any:
-        """Poll the output until parse(text) returns something; fail on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = parse(self.stdout() if stream == "stdout" else self.stderr())
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited before it was ready.\n{self.describe()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{self.name} was not ready within {timeout:g}s.\n{self.describe()}")
-            time.sleep(0.05)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-
-    def stop(self) -> None:
-        """SIGTERM the whole process group, SIGKILL it if it lingers; always reaps."""
-        if self.proc.poll() is None:
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group (the leader may have exited leaving children).
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=STOP_TIMEOUT)
-
-
-class Procs:
-    """Registry of the processes a test (or module) started; stop_all() ends them all."""
-
-    def __init__(self, logdir: Path):
-        self.logdir = logdir
-        self.procs: list[Proc] = []
-
-    def start(self, name: str, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(name, argv, self.logdir, cwd=cwd, env=env)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        self.procs.clear()
-
-
-def ready_url(text: str) -> str | None:
-    for line in text.splitlines():
-        if line.startswith("READY "):
-            return line.split(None, 1)[1].strip()
-    return None
-
-
-def wait_tcp(url: str, proc: Proc, timeout: float = STARTUP_TIMEOUT) -> None:
-    parts = urlsplit(url)
-    port = parts.port or 80
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((parts.hostname, port), timeout=1):
-                return
-        except OSError:
-            if proc.proc.poll() is not None:
-                pytest.fail(f"{proc.name} exited before accepting connections at {url}.\n{proc.describe()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{proc.name}: nothing accepts connections at {url} after {timeout:g}s.\n{proc.describe()}")
-            time.sleep(0.05)
 
 
 # ----------------------------------------------------------------- upstreams
@@ -254,20 +125,6 @@ class Gateway:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-
-def quick_announcement(stdout: str) -> tuple[str, str] | None:
-    url = token = None
-    for line in stdout.splitlines():
-        key, sep, value = line.strip().partition(":")
-        if not sep:
-            continue
-        key = key.strip().lower()
-        if key == "url" and value.strip():
-            url = value.strip()
-        elif key == "token" and value.strip():
-            token = value.strip()
-    return (url, token) if url and token else None
 
 
 def wait_ready(gw_proc: Proc, base: str, timeout: float = STARTUP_TIMEOUT) -> None:
@@ -454,14 +311,31 @@ class RawSession:
         assert n.status_code in (200, 202), f"notifications/initialized: HTTP {n.status_code} {n.text}"
         return r
 
-    def request(self, method: str, params: dict[str, Any] | None = None) -> tuple[httpx.Response, dict[str, Any]]:
-        rid = self.next_id
+    def message(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A request with the next id (not sent)."""
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
         self.next_id += 1
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
         if params is not None:
             msg["params"] = params
+        return msg
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> tuple[httpx.Response, dict[str, Any]]:
+        msg = self.message(method, params)
         r = self.post(msg)
-        return r, response_message(r, rid)
+        return r, response_message(r, msg["id"])
+
+    def stream(self, message: dict[str, Any] | None = None, *, last_event_id: str | None = None,
+               timeout: float = 10.0) -> contextlib.AbstractContextManager[httpx.Response]:
+        """A streamed POST of `message`, or (without one) a GET for the session's SSE stream,
+        resuming after `last_event_id` if given. Every read waits at most `timeout` s."""
+        h = self.headers()
+        if message is None:
+            h.pop("Content-Type")
+            h["Accept"] = "text/event-stream"
+            if last_event_id is not None:
+                h["Last-Event-ID"] = last_event_id
+            return self.client.stream("GET", self.url, headers=h, timeout=timeout)
+        return self.client.stream("POST", self.url, headers=h, content=json.dumps(message), timeout=timeout)
 
     def close(self) -> None:
         with contextlib.suppress(httpx.HTTPError):
@@ -476,15 +350,68 @@ def response_message(r: httpx.Response, rid: Any) -> dict[str, Any]:
     if ctype.startswith("application/json"):
         return r.json()
     if ctype.startswith("text/event-stream"):
-        for block in r.text.replace("\r\n", "\n").split("\n\n"):
-            data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
-            if not data:
-                continue
-            msg = json.loads(data)
+        for event in sse_events(r.text.splitlines()):
+            msg = event.message
             if isinstance(msg, dict) and msg.get("id") == rid and ("result" in msg or "error" in msg):
                 return msg
         raise AssertionError(f"no response with id {rid} in SSE body: {r.text[:2000]}")
     raise AssertionError(f"unexpected answer HTTP {r.status_code} {ctype}: {r.text[:2000]}")
+
+
+# ------------------------------------------------------------------- SSE
+@dataclass
+class SseEvent:
+    """One dispatched server-sent event (`data` lines joined with newlines)."""
+
+    id: str | None
+    data: str
+    event: str | None = None
+    retry: int | None = None
+
+    @property
+    def message(self) -> Any:
+        """The JSON-RPC message it carries; None for an event without data (a priming event)."""
+        return json.loads(self.data) if self.data.strip() else None
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[SseEvent]:
+    """Decodes SSE lines (without their line ends) into events, as they come.
+
+    Comments are skipped; an event is yielded when it has data or an id, so that MCP
+    priming events (an id, empty data) are seen too."""
+    event_id: str | None = None
+    name: str | None = None
+    retry: int | None = None
+    data: list[str] = []
+    seen_id = False
+    for line in lines:
+        if not line:
+            if data or seen_id:
+                yield SseEvent(id=event_id, data="\n".join(data), event=name, retry=retry)
+            event_id, name, retry, data, seen_id = None, None, None, [], False
+            continue
+        if line.startswith(":"):
+            continue
+        field_name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field_name == "data":
+            data.append(value)
+        elif field_name == "id":
+            event_id, seen_id = value, True
+        elif field_name == "event":
+            name = value
+        elif field_name == "retry" and value.isdigit():
+            retry = int(value)
+    if data or seen_id:
+        yield SseEvent(id=event_id, data="\n".join(data), event=name, retry=retry)
+
+
+def iter_sse(response: httpx.Response) -> Iterator[SseEvent]:
+    """The events of a streamed (`httpx.Client.stream`) SSE response, as they arrive."""
+    ctype = response.headers.get("content-type", "")
+    assert response.status_code == 200 and ctype.startswith("text/event-stream"), (
+        f"expected an SSE stream, got HTTP {response.status_code} {ctype}: {response.read()[:2000]!r}")
+    return sse_events(response.iter_lines())
 
 
 # ----------------------------------------------------------- process table

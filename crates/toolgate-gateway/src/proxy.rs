@@ -6,7 +6,7 @@ use crate::error::GatewayError;
 use crate::grants::GrantSpec;
 use crate::http_upstream::{self, HttpUpstream};
 use crate::session::Session;
-use crate::stdio_upstream::StdioUpstream;
+use crate::stdio_upstream::{Reply, StdioUpstream};
 use crate::{Gateway, Server, Upstream};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -535,12 +535,17 @@ impl Gateway {
             let (stream, rx) = session.open_stream();
             let up = Arc::clone(up);
             let session = Arc::clone(session);
+            if session.protocol_version.as_str() >= "2025-11-25" {
+                // Lets the client resume even if it loses the stream before the first event.
+                session.prime(stream);
+            }
             tokio::spawn(async move {
-                let response = up
-                    .request(Some(&session), message, Some(stream))
-                    .await
-                    .unwrap_or_else(|e| e.to_jsonrpc(id));
-                session.push(Some(stream), &response);
+                match up.request(Some(&session), message, Some(stream)).await {
+                    Ok(Reply::Answer(response)) => session.push(Some(stream), &response),
+                    // A cancelled request gets no response: its stream just ends.
+                    Ok(Reply::Cancelled) => {}
+                    Err(e) => session.push(Some(stream), &e.to_jsonrpc(id)),
+                }
                 session.close_stream(stream);
             });
             return Ok(body::sse(rx));
@@ -548,10 +553,14 @@ impl Gateway {
         for message in requests {
             let is_list = message.method() == Some("tools/list");
             let id = message.id().cloned().unwrap_or(Value::Null);
-            let response = up
-                .request(Some(session), message, None)
-                .await
-                .unwrap_or_else(|e| e.to_jsonrpc(id));
+            let response = match up.request(Some(session), message, None).await {
+                Ok(Reply::Answer(response)) => response,
+                // A JSON response needs a body; say plainly that the call was cancelled.
+                Ok(Reply::Cancelled) => {
+                    jsonrpc::error_response(id, codes::REQUEST_CANCELLED, "Request cancelled", None)
+                }
+                Err(e) => e.to_jsonrpc(id),
+            };
             answers.push(filter(response, is_list));
         }
         let value = if batch {

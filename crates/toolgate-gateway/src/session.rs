@@ -186,6 +186,21 @@ impl Session {
         }
     }
 
+    /// Sends a priming event (an id, empty data) on a new stream, so a client that loses the
+    /// connection before any message can still resume with `Last-Event-ID`.
+    pub fn prime(&self, stream: u64) {
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = log.streams.get_mut(&stream) else {
+            return;
+        };
+        let seq = slot.next_seq;
+        slot.next_seq += 1;
+        let event = Bytes::from(format!("id: {stream}-{seq}\ndata: \n\n"));
+        if let Some(tx) = &slot.tx {
+            let _ = tx.send(event);
+        }
+    }
+
     /// Marks a POST stream complete: its response ends after what was sent.
     pub fn close_stream(&self, stream: u64) {
         let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());

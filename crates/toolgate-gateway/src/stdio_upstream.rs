@@ -41,6 +41,20 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long a child may take to exit after its stdin is closed before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
 
+/// How a request forwarded to the child ended.
+#[derive(Debug)]
+pub enum Reply {
+    /// The child answered (or the gateway answered for it: exited, timed out), with the
+    /// client's id restored.
+    Answer(Value),
+    /// The client cancelled it: MCP says no response is sent.
+    Cancelled,
+}
+
+/// Early cancellations remembered (a cancel may overtake its call, which can still be
+/// waiting for its turn); older ones are forgotten.
+const EARLY_CANCELLATIONS: usize = 256;
+
 /// A request the gateway sent to the child and is waiting for.
 struct Pending {
     /// The client session it belongs to (None: the gateway's own request).
@@ -48,7 +62,7 @@ struct Pending {
     /// The id the client used, restored on the response.
     client_id: Value,
     /// Where the response goes.
-    reply: oneshot::Sender<Value>,
+    reply: oneshot::Sender<Reply>,
     /// The client's POST stream for this request, if it is streamed.
     stream: Option<u64>,
     /// The rewritten progress token, removed with the request.
@@ -93,6 +107,36 @@ struct Mux {
     /// Exclusive turns being waited for: shared turns then wait too, so that a stream of
     /// shared calls cannot starve a capable client.
     exclusive_waiting: usize,
+    /// Cancellations that arrived before their call reached the child: (session, client id).
+    cancelled_early: std::collections::VecDeque<(String, Value)>,
+}
+
+/// A capable session's place in the queue for an exclusive turn; leaving the queue (turn
+/// granted, or the wait abandoned on timeout) always lets shared calls proceed again.
+struct Waiting<'a> {
+    /// The upstream whose queue this is.
+    upstream: &'a StdioUpstream,
+    /// Whether this waiter is counted in `exclusive_waiting`.
+    counted: bool,
+}
+
+impl Waiting<'_> {
+    fn leave(&mut self, mux: &mut Mux) {
+        if std::mem::take(&mut self.counted) {
+            mux.exclusive_waiting -= 1;
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            let mut mux = self.upstream.mux();
+            self.leave(&mut mux);
+            drop(mux);
+            self.upstream.turn_free.notify_waiters();
+        }
+    }
 }
 
 /// The `tools/call` admission state of a shared child.
@@ -352,7 +396,7 @@ impl StdioUpstream {
         };
         for p in pending {
             let error = GatewayError::upstream(&self.name, what);
-            let _ = p.reply.send(error.to_jsonrpc(p.client_id));
+            let _ = p.reply.send(Reply::Answer(error.to_jsonrpc(p.client_id)));
         }
     }
 
@@ -370,7 +414,9 @@ impl StdioUpstream {
         let message = json!({"jsonrpc": "2.0", "id": 0, "method": method, "params": params});
         let message =
             Message::from_value(message).map_err(|e| GatewayError::internal(e.message))?;
-        let response = self.request(None, message, None).await?;
+        let Reply::Answer(response) = self.request(None, message, None).await? else {
+            return Err(GatewayError::internal(format!("{method} was cancelled")));
+        };
         if let Some(error) = response.get("error") {
             return Err(GatewayError::upstream(
                 &self.name,
@@ -395,7 +441,10 @@ impl StdioUpstream {
         let exclusive = ["elicitation", "sampling", "roots"]
             .iter()
             .any(|c| session.has_capability(c));
-        let mut waiting = false;
+        let mut waiting = Waiting {
+            upstream: self,
+            counted: false,
+        };
         loop {
             let notified = self.turn_free.notified();
             tokio::pin!(notified);
@@ -416,13 +465,11 @@ impl StdioUpstream {
                 };
                 if let Some(state) = granted {
                     mux.turn = state;
-                    if waiting {
-                        mux.exclusive_waiting -= 1;
-                    }
+                    waiting.leave(&mut mux);
                     return Turn { upstream: self };
                 }
-                if exclusive && !waiting {
-                    waiting = true;
+                if exclusive && !waiting.counted {
+                    waiting.counted = true;
                     mux.exclusive_waiting += 1;
                 }
             }
@@ -438,7 +485,7 @@ impl StdioUpstream {
         session: Option<&Arc<Session>>,
         mut message: Message,
         stream: Option<u64>,
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<Reply, GatewayError> {
         let client_id = message.id().cloned().unwrap_or(Value::Null);
         let _turn = match session {
             Some(session) if message.method() == Some("tools/call") => Some(
@@ -459,6 +506,16 @@ impl StdioUpstream {
         let (reply_tx, reply_rx) = oneshot::channel();
         let upstream_id = {
             let mut mux = self.mux();
+            if let Some(session) = session {
+                let early = mux
+                    .cancelled_early
+                    .iter()
+                    .position(|(s, id)| *s == session.id && *id == client_id);
+                if let Some(index) = early {
+                    mux.cancelled_early.remove(index);
+                    return Ok(Reply::Cancelled);
+                }
+            }
             if mux.stdin.is_none() {
                 return Err(GatewayError::upstream(
                     &self.name,
@@ -497,7 +554,7 @@ impl StdioUpstream {
             id
         };
         match tokio::time::timeout(self.timeout, reply_rx).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(GatewayError::upstream(&self.name, "dropped the request")),
             Err(_) => {
                 let mut mux = self.mux();
@@ -532,13 +589,22 @@ impl StdioUpstream {
                         && Some(&p.client_id) == wanted.as_ref()
                 })
                 .map(|(id, _)| *id);
-            let Some(upstream_id) = found else { return };
+            let Some(upstream_id) = found else {
+                // The call has not reached the child yet (it may be waiting for its turn):
+                // remember, so that it is never sent.
+                if let Some(id) = wanted {
+                    if mux.cancelled_early.len() == EARLY_CANCELLATIONS {
+                        mux.cancelled_early.pop_front();
+                    }
+                    mux.cancelled_early.push_back((session.id.clone(), id));
+                }
+                return;
+            };
             if let Some(p) = mux.pending.remove(&upstream_id) {
                 if let Some(key) = p.progress_key {
                     mux.progress.remove(&key);
                 }
-                // Dropping `p.reply` ends the client's stream without a response, as
-                // cancellation requires.
+                let _ = p.reply.send(Reply::Cancelled);
             }
             if let Some(params) = message.params_object_mut() {
                 params.insert("requestId".into(), json!(upstream_id));
@@ -596,7 +662,7 @@ impl StdioUpstream {
         };
         if let Some(p) = pending {
             message.set_id(p.client_id);
-            let _ = p.reply.send(message.into_value());
+            let _ = p.reply.send(Reply::Answer(message.into_value()));
         }
     }
 
@@ -615,36 +681,14 @@ impl StdioUpstream {
             _ => None,
         };
         let mut mux = self.mux();
-        let in_flight = || mux.pending.values().filter(|p| p.session.is_some());
-        let owner = match &mux.turn {
-            TurnState::Exclusive(id, _) => Some(id.clone()),
-            _ => None,
-        };
-        let candidate = match &owner {
-            // The session holding the child caused it: no other session's call is running.
-            Some(owner) => in_flight()
-                .filter(|p| p.session.as_ref().is_some_and(|s| &s.id == owner))
-                .max_by_key(|p| p.seq),
-            None => {
-                let mut sessions = in_flight().filter_map(|p| p.session.as_ref().map(|s| &s.id));
-                let first = sessions.next();
-                if first.is_some() && sessions.any(|s| Some(s) != first) {
-                    None // several sessions could have caused it: refuse rather than guess
-                } else {
-                    in_flight().max_by_key(|p| p.seq)
-                }
-            }
-        };
-        let target =
-            candidate.map(|p| (Arc::clone(p.session.as_ref().expect("filtered")), p.stream));
-        let refusal = match &target {
-            None if in_flight().next().is_none() => Some(format!(
+        let refusal = match related_session(&mux) {
+            Related::Nobody => Some(format!(
                 "no client of toolgate has a call in flight to answer {method}"
             )),
-            None => Some(format!(
+            Related::Ambiguous => Some(format!(
                 "toolgate cannot tell which of several clients {method} is for"
             )),
-            Some((session, _)) => capability
+            Related::Session(ref session, _) => capability
                 .filter(|c| !session.has_capability(c))
                 .map(|c| format!("the client did not declare the {c} capability")),
         };
@@ -655,7 +699,9 @@ impl StdioUpstream {
             );
             return;
         }
-        let (session, stream) = target.expect("checked");
+        let Related::Session(session, stream) = related_session(&mux) else {
+            return;
+        };
         mux.next += 1;
         let client_id = format!("tg-{}", mux.next);
         mux.server_requests.insert(
@@ -716,6 +762,23 @@ impl StdioUpstream {
                     }
                 }
             }
+            Some("notifications/message") => {
+                // A log line may belong to a call; it must not reach another client.
+                let related = related_session(&self.mux());
+                let value = message.into_value();
+                match related {
+                    Related::Session(session, stream) => session.push(stream, &value),
+                    Related::Nobody => {
+                        for session in self.sessions.on_server(&self.name) {
+                            session.push(None, &value);
+                        }
+                    }
+                    Related::Ambiguous => tracing::debug!(
+                        server = %self.name,
+                        "dropped a log message that could belong to several clients"
+                    ),
+                }
+            }
             method => {
                 if method == Some("notifications/tools/list_changed") {
                     self.tools_changed.send_modify(|n| *n += 1);
@@ -726,6 +789,45 @@ impl StdioUpstream {
                 }
             }
         }
+    }
+}
+
+/// Which client a message from the child that carries no request id concerns.
+enum Related {
+    /// This session, on this stream (None: its GET stream).
+    Session(Arc<Session>, Option<u64>),
+    /// No client request is in flight: it concerns nobody in particular.
+    Nobody,
+    /// Requests of several sessions are in flight: it cannot be told.
+    Ambiguous,
+}
+
+/// The session a child-originated message relates to: the session holding the child
+/// exclusively, else the only session with requests in flight (its latest request's stream).
+fn related_session(mux: &Mux) -> Related {
+    let in_flight = || mux.pending.values().filter(|p| p.session.is_some());
+    let owner = match &mux.turn {
+        TurnState::Exclusive(id, _) => Some(id),
+        _ => None,
+    };
+    let candidate = match owner {
+        // The session holding the child caused it: no other session's call is running.
+        Some(owner) => in_flight()
+            .filter(|p| p.session.as_ref().is_some_and(|s| &s.id == owner))
+            .max_by_key(|p| p.seq),
+        None => {
+            let mut sessions = in_flight().filter_map(|p| p.session.as_ref().map(|s| &s.id));
+            let first = sessions.next();
+            if first.is_some() && sessions.any(|s| Some(s) != first) {
+                return Related::Ambiguous;
+            }
+            in_flight().max_by_key(|p| p.seq)
+        }
+    };
+    match candidate {
+        Some(p) => Related::Session(Arc::clone(p.session.as_ref().expect("filtered")), p.stream),
+        None if in_flight().next().is_none() => Related::Nobody,
+        None => Related::Ambiguous,
     }
 }
 

@@ -1,0 +1,2 @@
+"""Helpers shared by toolgate's Python test suites (put `tests/` on sys.path, then
+`from support.procs import ...`)."""
