@@ -251,3 +251,29 @@ def test_stdio_get_streams_receive_notifications_unrelated_to_a_request(procs: P
         caller.close()
         other.close()
 
+
+
+def test_stdio_call_logs_reach_only_the_calling_client(procs: Procs, tmp_path: Path) -> None:
+    """A log line the child emits during a call belongs to that call: on a shared stdio child
+    it travels on the caller's own POST stream and never reaches another client's GET stream."""
+    gw = start_stdio_gateway(procs, tmp_path)
+    caller = open_session(gw.url, gw.token)
+    other = open_session(gw.url, gw.token)
+    try:
+        with other.stream(timeout=READ_TIMEOUT) as get_other:
+            request = call(caller, "log_message", {"text": "caller-private-log"})
+            with caller.stream(request, timeout=READ_TIMEOUT) as r:
+                received = [e.message for e in until_response(iter_sse(r), request["id"]) if e.message]
+            logs = [m for m in received if m.get("method") == "notifications/message"]
+            assert [m["params"]["data"] for m in logs] == ["caller-private-log"], received
+            assert text_of(received[-1]) == ["logged"], received[-1]
+            # Something unrelated to any call now reaches every GET stream; if the caller's
+            # log had leaked, it would come first on the other session's stream.
+            r, answer = caller.request("tools/call", {"name": "announce_resources_changed", "arguments": {}})
+            assert text_of(answer) == ["announced"], answer
+            first = next(e for e in iter_sse(get_other) if e.message)
+            assert first.message == {"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}, \
+                f"another client saw: {first.data}"
+    finally:
+        caller.close()
+        other.close()
