@@ -11,27 +11,25 @@ use tokio::sync::mpsc;
 use toolgate_mcp::sse;
 use toolgate_store::{SessionRecord, SessionStore};
 
+impl std::ops::Deref for Session {
+    type Target = SessionRecord;
+    fn deref(&self) -> &SessionRecord {
+        &self.record
+    }
+}
+
 /// The GET stream's number; POST streams count up from 1.
 pub const GET_STREAM: u64 = 0;
 
 /// How many recent events a session keeps for resumption.
 const REPLAY_EVENTS: usize = 1024;
 
-/// One client session.
+/// One client session: what is remembered of it ([`SessionRecord`], reachable through
+/// `Deref` as `session.id`, `session.grant`, …) plus its live streams.
 #[derive(Debug)]
 pub struct Session {
-    /// The id the gateway minted and the client sends as `Mcp-Session-Id`.
-    pub id: String,
-    /// The grant that created it; no other grant may use it.
-    pub grant: String,
-    /// The server it belongs to.
-    pub server: String,
-    /// The negotiated protocol revision.
-    pub protocol_version: String,
-    /// The upstream's own session id (HTTP upstreams), never shown to the client.
-    pub upstream_session: Option<String>,
-    /// The capabilities the client declared at `initialize`.
-    pub client_capabilities: Value,
+    /// Identity, owner and negotiated parameters; persisted in the store.
+    record: SessionRecord,
     /// Streams and replay log (used where the gateway itself serves the session).
     events: Mutex<EventLog>,
     /// When the client last sent a request on this session.
@@ -90,27 +88,15 @@ impl Session {
         };
         log.streams.insert(GET_STREAM, StreamSlot::default());
         Session {
-            id: record.id,
-            grant: record.grant,
-            server: record.server,
-            protocol_version: record.protocol_version,
-            upstream_session: record.upstream_session,
-            client_capabilities: record.client_capabilities,
+            record,
             events: Mutex::new(log),
             last_active: Mutex::new(Instant::now()),
         }
     }
 
     /// What the store keeps of this session.
-    pub fn record(&self) -> SessionRecord {
-        SessionRecord {
-            id: self.id.clone(),
-            grant: self.grant.clone(),
-            server: self.server.clone(),
-            protocol_version: self.protocol_version.clone(),
-            upstream_session: self.upstream_session.clone(),
-            client_capabilities: self.client_capabilities.clone(),
-        }
+    pub fn record(&self) -> &SessionRecord {
+        &self.record
     }
 
     /// Records activity (every request that names the session).
@@ -297,7 +283,7 @@ impl Sessions {
     /// survive a restart (logged).
     pub fn insert(&self, session: Session) -> Arc<Session> {
         if let Some(store) = &self.store {
-            if let Err(e) = store.save_session(&session.record()) {
+            if let Err(e) = store.save_session(session.record()) {
                 tracing::warn!(error = %e, session = %session.id, "could not persist a session");
             }
         }

@@ -132,17 +132,7 @@ pub(crate) fn compile(doc: &Value) -> Result<Policy, Vec<PolicyError>> {
             false
         }
     };
-    if !missing.is_empty() {
-        let noun = if missing.len() == 1 {
-            "field"
-        } else {
-            "fields"
-        };
-        errs.push(
-            &root,
-            format!("missing required {noun} {}", missing.join(", ")),
-        );
-    }
+    errs.missing_fields(&root, &missing);
     if let Some(v) = obj.get("description") {
         expect_string(
             v,

@@ -135,6 +135,22 @@ impl Errors {
         self.0.push(PolicyError::new(at.as_str(), message));
     }
 
+    /// Reports the required fields an object lacks, all in one error at the object.
+    pub(crate) fn missing_fields(&mut self, at: &Pointer, missing: &[&str]) {
+        if missing.is_empty() {
+            return;
+        }
+        let noun = if missing.len() == 1 {
+            "field"
+        } else {
+            "fields"
+        };
+        self.push(
+            at,
+            format!("missing required {noun} {}", missing.join(", ")),
+        );
+    }
+
     pub(crate) fn extend(&mut self, errors: impl IntoIterator<Item = PolicyError>) {
         self.0.extend(errors);
     }

@@ -323,17 +323,7 @@ fn compile_limit(value: &Value, at: &Pointer, rule_base: &str, errs: &mut Errors
         (None, None) => Some((1.0, Amount::Fixed)),
     };
 
-    if !missing.is_empty() {
-        let noun = if missing.len() == 1 {
-            "field"
-        } else {
-            "fields"
-        };
-        errs.push(
-            at,
-            format!("missing required {noun} {}", missing.join(", ")),
-        );
-    }
+    errs.missing_fields(at, &missing);
 
     let counter = counter?;
     let (seconds, named) = seconds_named?;

@@ -488,17 +488,7 @@ fn compile_condition(
         missing.push("\"value\"");
     }
     let on_deny = on_deny(obj, at, errs).map(str::to_owned);
-    if !missing.is_empty() {
-        let noun = if missing.len() == 1 {
-            "field"
-        } else {
-            "fields"
-        };
-        errs.push(
-            at,
-            format!("missing required {noun} {}", missing.join(", ")),
-        );
-    }
+    errs.missing_fields(at, &missing);
     let test = match (op, value) {
         (Some(op), Some(value)) => match Test::compile(op, value) {
             Ok(t) => Some(t),
