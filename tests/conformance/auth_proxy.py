@@ -23,13 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
-import uvicorn
+
+TESTS = Path(__file__).resolve().parent.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))  # tests/: the shared `support` package (also when run directly)
+
+from support.asgi import serve_asgi  # noqa: E402
 
 HOP_BY_HOP = {
     b"connection",
@@ -159,32 +164,6 @@ async def _plain(send, status: int, text: bytes) -> None:
     await send({"type": "http.response.body", "body": text})
 
 
-async def serve(app: Proxy, host: str, port: int, target_path: str) -> None:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="on",
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            await task
-            raise SystemExit("auth_proxy stopped during startup")
-        await asyncio.sleep(0.02)
-    url_host = f"[{host}]" if ":" in host else host
-    print(f"READY http://{url_host}:{sock.getsockname()[1]}{target_path}", flush=True)
-    await task
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Header-injecting streaming forward proxy (for the conformance run).")
     p.add_argument("--target", required=True, help="URL to forward to; its origin receives every request")
@@ -211,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if urlsplit(args.target).query:
         target_path += "?" + urlsplit(args.target).query
     try:
-        asyncio.run(serve(app, args.host, args.port, target_path))
+        asyncio.run(serve_asgi(app, args.host, args.port, target_path, name="auth_proxy",
+                               server_header=False, date_header=False))
     except KeyboardInterrupt:
         pass
     return 0

@@ -39,12 +39,11 @@ import asyncio
 import base64
 import json
 import logging
-import socket
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
-import uvicorn
 from mcp.server import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import UserMessage
@@ -70,6 +69,12 @@ from mcp.types import (
     TextResourceContents,
     UnsubscribeRequestParams,
 )
+
+TESTS = Path(__file__).resolve().parent.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))  # tests/: the shared `support` package (also when run directly)
+
+from support.asgi import serve_asgi  # noqa: E402
 
 # Logging, sampling and roots are deprecated as of protocol 2026-07-28; the
 # suite exercises the 2025-11-25 wire, where they are current. Keep stderr clean.
@@ -475,30 +480,7 @@ def build_app(mcp: MCPServer):
 
 
 async def serve(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    actual_port = sock.getsockname()[1]
-
-    config = uvicorn.Config(
-        build_app(build_server()),
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            await task  # re-raise the startup failure
-            raise SystemExit("fixture server stopped during startup")
-        await asyncio.sleep(0.02)
-    url_host = f"[{host}]" if ":" in host else host
-    print(f"READY http://{url_host}:{actual_port}/mcp", flush=True)
-    await task
+    await serve_asgi(build_app(build_server()), host, port, "/mcp", name="fixture server")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,24 +29,25 @@ def e2e_logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e-logs")
 
 
-@pytest.fixture
-def procs(e2e_logdir: Path) -> Iterator[Procs]:
-    """Processes started by one test; all stopped (process groups killed) afterwards."""
-    registry = Procs(e2e_logdir)
-    try:
-        yield registry
-    finally:
-        registry.stop_all()
+def _procs_fixture(name: str, scope: str, doc: str) -> Any:
+    """A fixture `name` yielding a `Procs` registry whose processes are all stopped (process
+    groups killed) when the fixture's `scope` ends."""
+
+    def registry_fixture(e2e_logdir: Path) -> Iterator[Procs]:
+        registry = Procs(e2e_logdir)
+        try:
+            yield registry
+        finally:
+            registry.stop_all()
+
+    registry_fixture.__doc__ = doc
+    return pytest.fixture(scope=scope, name=name)(registry_fixture)  # type: ignore[call-overload]
 
 
-@pytest.fixture(scope="module")
-def module_procs(e2e_logdir: Path) -> Iterator[Procs]:
-    """Processes shared by the tests of one module; all stopped after the module."""
-    registry = Procs(e2e_logdir)
-    try:
-        yield registry
-    finally:
-        registry.stop_all()
+procs = _procs_fixture("procs", "function",
+                       "Processes started by one test; all stopped (process groups killed) afterwards.")
+module_procs = _procs_fixture("module_procs", "module",
+                              "Processes shared by the tests of one module; all stopped after the module.")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 import httpx2
+import mcp.types as types
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.context import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +54,8 @@ PYTHON = os.environ.get("TOOLGATE_PYTHON") or sys.executable
 NODE_MODULES = Path(os.environ.get("TOOLGATE_NODE_MODULES", "/root/.cache/toolgate-ci/node/node_modules"))
 
 PROTOCOL_VERSION = "2025-11-25"
+
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ binaries
@@ -195,6 +199,37 @@ def start_gateway_config(procs: Procs, workdir: Path, config_text: str, *,
     return Gateway(proc=proc, base=base, workdir=workdir)
 
 
+def started_lazily(start: Callable[..., T]) -> Callable[..., T]:
+    """What a module's tests share, started on first use from a test body (so that a missing
+    binary or a process that does not start is a test failure, not a fixture error) and
+    then reused: `get(key)` calls `start(key)` once per key (`get()`: `start()` once)."""
+    started: dict[Any, T] = {}
+
+    def get(*key: Any) -> T:
+        gateway_binary()  # fail fast, before starting any upstream
+        if key not in started:
+            started[key] = start(*key)
+        return started[key]
+
+    return get
+
+
+def quick_gateways(procs: Procs, workdir: Path, policy: dict[str, Any], *, stdio_command: Callable[[], list[str]],
+                   http_upstream: Callable[[], str], name: str) -> Callable[[str], Gateway]:
+    """`get(transport)`: a quick-mode gateway (started once, see `started_lazily`) in front of
+    an upstream that it runs as a stdio child (`"stdio"`: `stdio_command()`) or reaches over
+    Streamable HTTP (`"http"`: `http_upstream()` starts it and returns its URL)."""
+
+    def start(transport: str) -> Gateway:
+        if transport == "stdio":
+            return start_gateway_quick(procs, workdir / transport, policy, command=stdio_command(),
+                                       name=f"{name}-stdio")
+        return start_gateway_quick(procs, workdir / transport, policy, upstream=http_upstream(),
+                                   name=f"{name}-http")
+
+    return started_lazily(start)
+
+
 # ------------------------------------------------------------------- clients
 def run(fn: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
     """Run an async test body with a hard time limit."""
@@ -242,6 +277,58 @@ async def list_all_tools(client: Client) -> tuple[list[str], int]:
             return names, pages
         if pages > 100:
             raise AssertionError("tools/list pagination does not end")
+
+
+def call_tool_once(gw: Gateway, tool: str, args: dict[str, Any], callbacks: ClientCallbacks | None = None) -> Any:
+    """One tools/call through `gw` on a fresh SDK client session (with `callbacks`'
+    client capabilities, if given); returns the result."""
+
+    async def body() -> Any:
+        async with http_client(gw.url, gw.token, **(callbacks.kwargs() if callbacks else {})) as client:
+            return await client.call_tool(tool, args)
+
+    return run(body)
+
+
+class ClientCallbacks:
+    """Client callbacks that record the server-to-client requests relayed to them and answer
+    with canned results: elicitation (`elicit_action`; accepting, with `elicit_content`),
+    sampling (`sampling_model` answering `sampling_text`) and, given `roots`, roots/list."""
+
+    def __init__(self, *, elicit_content: dict[str, Any], sampling_model: str, sampling_text: str,
+                 elicit_action: str = "accept", roots: list[types.Root] | None = None) -> None:
+        self.elicit_action = elicit_action
+        self.elicit_content = elicit_content
+        self.sampling_model = sampling_model
+        self.sampling_text = sampling_text
+        self.roots = roots
+        self.elicitations: list[types.ElicitRequestParams] = []
+        self.samplings: list[types.CreateMessageRequestParams] = []
+        self.roots_calls = 0
+
+    async def on_elicit(self, ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.elicitations.append(params)
+        if self.elicit_action == "accept":
+            return types.ElicitResult(action="accept", content=self.elicit_content)
+        return types.ElicitResult(action=self.elicit_action)  # type: ignore[arg-type]
+
+    async def on_sampling(self, ctx: ClientRequestContext,
+                          params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        self.samplings.append(params)
+        return types.CreateMessageResult(role="assistant", model=self.sampling_model,
+                                         content=types.TextContent(type="text", text=self.sampling_text),
+                                         stop_reason="endTurn")
+
+    async def on_roots(self, ctx: ClientRequestContext) -> types.ListRootsResult:
+        self.roots_calls += 1
+        return types.ListRootsResult(roots=self.roots or [])
+
+    def kwargs(self) -> dict[str, Any]:
+        """The mcp.Client keyword arguments that install the callbacks (roots only if given)."""
+        kwargs: dict[str, Any] = {"elicitation_callback": self.on_elicit, "sampling_callback": self.on_sampling}
+        if self.roots is not None:
+            kwargs["list_roots_callback"] = self.on_roots
+        return kwargs
 
 
 # ---------------------------------------------------------------- assertions

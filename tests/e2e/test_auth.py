@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from e2e_helpers import (
-    gateway_binary,
     Gateway,
     Procs,
     RawSession,
@@ -30,6 +29,7 @@ from e2e_helpers import (
     run,
     start_gateway_config,
     start_header_recorder,
+    started_lazily,
 )
 
 ALICE = "tg-e2e-alice-0123456789abcdef"
@@ -83,15 +83,7 @@ policies = {{ b = "allow.json" }}
 
 @pytest.fixture(scope="module")
 def setup(module_procs: Procs, module_tmp: Path) -> Callable[[], Setup]:
-    cache: list[Setup] = []
-
-    def get() -> Setup:
-        gateway_binary()  # fail fast, before starting any upstream
-        if not cache:
-            cache.append(Setup(module_procs, module_tmp / "auth"))
-        return cache[0]
-
-    return get
+    return started_lazily(lambda: Setup(module_procs, module_tmp / "auth"))
 
 
 def post_init(url: str, token: str | None, scheme: str = "Bearer") -> httpx.Response:

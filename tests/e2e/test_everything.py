@@ -16,24 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import mcp.types as types
 import pytest
 from mcp import MCPError
-from mcp.client.context import ClientRequestContext
 
 from e2e_helpers import (
-    gateway_binary,
+    ClientCallbacks,
     Gateway,
     Procs,
     assert_allowed,
     assert_denied,
     assert_unknown_tool,
+    call_tool_once,
     everything_command,
     http_client,
     list_all_tools,
+    quick_gateways,
     run,
     start_everything_http,
-    start_gateway_quick,
 )
 
 POLICY: dict[str, Any] = {
@@ -55,53 +54,21 @@ TRANSPORTS = ["stdio", "http"]
 
 @pytest.fixture(scope="module")
 def gateways(module_procs: Procs, module_tmp: Path) -> Callable[[str], Gateway]:
-    cache: dict[str, Gateway] = {}
-
-    def get(transport: str) -> Gateway:
-        gateway_binary()  # fail fast, before starting any upstream
-        if transport not in cache:
-            workdir = module_tmp / transport
-            if transport == "stdio":
-                cache[transport] = start_gateway_quick(module_procs, workdir, POLICY,
-                                                       command=everything_command("stdio"),
-                                                       name="toolgate-everything-stdio")
-            else:
-                upstream = start_everything_http(module_procs)
-                cache[transport] = start_gateway_quick(module_procs, workdir, POLICY, upstream=upstream,
-                                                       name="toolgate-everything-http")
-        return cache[transport]
-
-    return get
+    return quick_gateways(module_procs, module_tmp, POLICY, stdio_command=lambda: everything_command("stdio"),
+                          http_upstream=lambda: start_everything_http(module_procs), name="toolgate-everything")
 
 
-class Recorder:
+def recorder() -> ClientCallbacks:
     """Client callbacks that record what reached them."""
-
-    def __init__(self) -> None:
-        self.elicitations: list[types.ElicitRequestParams] = []
-        self.samplings: list[types.CreateMessageRequestParams] = []
-
-    async def on_elicit(self, ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
-        self.elicitations.append(params)
-        return types.ElicitResult(action="accept", content={
-            "name": "Ada Lovelace", "check": True, "email": "ada@example.com", "integer": 7,
-        })
-
-    async def on_sampling(self, ctx: ClientRequestContext,
-                          params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        self.samplings.append(params)
-        return types.CreateMessageResult(role="assistant", model="e2e-fake-model",
-                                         content=types.TextContent(type="text", text="sampled: 42 is the answer"),
-                                         stop_reason="endTurn")
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"elicitation_callback": self.on_elicit, "sampling_callback": self.on_sampling}
+    return ClientCallbacks(
+        elicit_content={"name": "Ada Lovelace", "check": True, "email": "ada@example.com", "integer": 7},
+        sampling_model="e2e-fake-model", sampling_text="sampled: 42 is the answer")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_everything_policy(gateways: Callable[[str], Gateway], transport: str) -> None:
     gw = gateways(transport)
-    rec = Recorder()
+    rec = recorder()
 
     async def body() -> None:
         async with http_client(gw.url, gw.token, **rec.kwargs()) as client:
@@ -159,49 +126,37 @@ def test_everything_progress_streams_before_the_result(gateways: Callable[[str],
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_everything_elicitation_is_relayed(gateways: Callable[[str], Gateway], transport: str) -> None:
-    gw = gateways(transport)
-    rec = Recorder()
-
-    async def body() -> None:
-        async with http_client(gw.url, gw.token, **rec.kwargs()) as client:
-            result = await client.call_tool("trigger-elicitation-request", {})
-            assert_allowed(result)
-            assert len(rec.elicitations) == 1
-            params = rec.elicitations[0]
-            assert params.message == "Please provide inputs for the following fields:"
-            schema = params.model_dump(by_alias=True)["requestedSchema"]
-            assert "name" in schema["properties"] and schema["required"] == ["name"]
-            texts = [c.text for c in result.content if c.type == "text"]
-            assert texts[0] == "✅ User provided the requested information!", texts
-            assert "- Name: Ada Lovelace" in texts[1] and "- Email: ada@example.com" in texts[1], texts
-            raw = json.loads(texts[2].split("Raw result:", 1)[1])
-            assert raw["action"] == "accept"
-            assert raw["content"] == {"name": "Ada Lovelace", "check": True, "email": "ada@example.com", "integer": 7}
-
-    run(body)
+    rec = recorder()
+    result = call_tool_once(gateways(transport), "trigger-elicitation-request", {}, rec)
+    assert_allowed(result)
+    assert len(rec.elicitations) == 1
+    params = rec.elicitations[0]
+    assert params.message == "Please provide inputs for the following fields:"
+    schema = params.model_dump(by_alias=True)["requestedSchema"]
+    assert "name" in schema["properties"] and schema["required"] == ["name"]
+    texts = [c.text for c in result.content if c.type == "text"]
+    assert texts[0] == "✅ User provided the requested information!", texts
+    assert "- Name: Ada Lovelace" in texts[1] and "- Email: ada@example.com" in texts[1], texts
+    raw = json.loads(texts[2].split("Raw result:", 1)[1])
+    assert raw["action"] == "accept"
+    assert raw["content"] == {"name": "Ada Lovelace", "check": True, "email": "ada@example.com", "integer": 7}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_everything_sampling_is_relayed(gateways: Callable[[str], Gateway], transport: str) -> None:
-    gw = gateways(transport)
-    rec = Recorder()
-
-    async def body() -> None:
-        async with http_client(gw.url, gw.token, **rec.kwargs()) as client:
-            result = await client.call_tool("trigger-sampling-request", {"prompt": "what is six times seven?",
-                                                                         "maxTokens": 50})
-            assert_allowed(result)
-            assert len(rec.samplings) == 1
-            params = rec.samplings[0]
-            assert params.max_tokens == 50
-            assert params.system_prompt == "You are a helpful test server."
-            content = params.messages[0].content
-            assert content.type == "text"
-            assert content.text == "Resource trigger-sampling-request context: what is six times seven?"
-            text = result.content[0].text
-            assert text.startswith("LLM sampling result: \n"), text
-            sampled = json.loads(text.split("\n", 1)[1])
-            assert sampled["model"] == "e2e-fake-model"
-            assert sampled["content"] == {"type": "text", "text": "sampled: 42 is the answer"}
-
-    run(body)
+    rec = recorder()
+    result = call_tool_once(gateways(transport), "trigger-sampling-request",
+                            {"prompt": "what is six times seven?", "maxTokens": 50}, rec)
+    assert_allowed(result)
+    assert len(rec.samplings) == 1
+    params = rec.samplings[0]
+    assert params.max_tokens == 50
+    assert params.system_prompt == "You are a helpful test server."
+    content = params.messages[0].content
+    assert content.type == "text"
+    assert content.text == "Resource trigger-sampling-request context: what is six times seven?"
+    text = result.content[0].text
+    assert text.startswith("LLM sampling result: \n"), text
+    sampled = json.loads(text.split("\n", 1)[1])
+    assert sampled["model"] == "e2e-fake-model"
+    assert sampled["content"] == {"type": "text", "text": "sampled: 42 is the answer"}

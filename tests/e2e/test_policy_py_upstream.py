@@ -19,7 +19,6 @@ import pytest
 from mcp import Client, MCPError
 
 from e2e_helpers import (
-    gateway_binary,
     Gateway,
     Procs,
     RawSession,
@@ -32,6 +31,7 @@ from e2e_helpers import (
     run,
     start_gateway_quick,
     start_py_upstream_http,
+    started_lazily,
     stdio_client,
 )
 
@@ -108,15 +108,7 @@ class Stack:
 def stacks(module_procs: Procs, module_tmp: Path) -> Callable[[str], Stack]:
     """Started lazily from the test body, so that a missing binary or a process that does
     not start is a test failure (not a fixture error)."""
-    cache: dict[str, Stack] = {}
-
-    def get(variant: str) -> Stack:
-        gateway_binary()  # fail fast, before starting any upstream
-        if variant not in cache:
-            cache[variant] = Stack(variant, module_procs, module_tmp / variant)
-        return cache[variant]
-
-    return get
+    return started_lazily(lambda variant: Stack(variant, module_procs, module_tmp / variant))
 
 
 def dump(result: Any) -> dict[str, Any]:

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import mcp.types as types
 import pytest
 from mcp import MCPError
-from mcp.client.context import ClientRequestContext
 
 from e2e_helpers import (
-    gateway_binary,
+    ClientCallbacks,
     Gateway,
     Procs,
     assert_allowed,
+    call_tool_once,
     http_client,
     py_upstream_stdio_argv,
+    quick_gateways,
     run,
-    start_gateway_quick,
     start_py_upstream_http,
 )
 
@@ -34,52 +33,14 @@ ROOTS = [types.Root(uri="file:///srv/data", name="data"), types.Root(uri="file:/
 
 @pytest.fixture(scope="module")
 def gateways(module_procs: Procs, module_tmp: Path) -> Callable[[str], Gateway]:
-    cache: dict[str, Gateway] = {}
-
-    def get(transport: str) -> Gateway:
-        gateway_binary()  # fail fast, before starting any upstream
-        if transport not in cache:
-            if transport == "stdio":
-                cache[transport] = start_gateway_quick(module_procs, module_tmp / transport, ALLOW_ALL,
-                                                       command=py_upstream_stdio_argv(),
-                                                       name="toolgate-relay-stdio")
-            else:
-                upstream, _ = start_py_upstream_http(module_procs, name="py_upstream-relay")
-                cache[transport] = start_gateway_quick(module_procs, module_tmp / transport, ALLOW_ALL,
-                                                       upstream=upstream, name="toolgate-relay-http")
-        return cache[transport]
-
-    return get
+    return quick_gateways(module_procs, module_tmp, ALLOW_ALL, stdio_command=py_upstream_stdio_argv,
+                          http_upstream=lambda: start_py_upstream_http(module_procs, name="py_upstream-relay")[0],
+                          name="toolgate-relay")
 
 
-class Callbacks:
-    def __init__(self, action: str = "accept", name: str = "Ada") -> None:
-        self.action = action
-        self.name = name
-        self.elicitations: list[types.ElicitRequestParams] = []
-        self.samplings: list[types.CreateMessageRequestParams] = []
-        self.roots_calls = 0
-
-    async def on_elicit(self, ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
-        self.elicitations.append(params)
-        if self.action == "accept":
-            return types.ElicitResult(action="accept", content={"name": self.name})
-        return types.ElicitResult(action=self.action)  # type: ignore[arg-type]
-
-    async def on_sampling(self, ctx: ClientRequestContext,
-                          params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        self.samplings.append(params)
-        return types.CreateMessageResult(role="assistant", model="e2e-fake",
-                                         content=types.TextContent(type="text", text="autumn gate / policy"),
-                                         stop_reason="endTurn")
-
-    async def on_roots(self, ctx: ClientRequestContext) -> types.ListRootsResult:
-        self.roots_calls += 1
-        return types.ListRootsResult(roots=ROOTS)
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"elicitation_callback": self.on_elicit, "sampling_callback": self.on_sampling,
-                "list_roots_callback": self.on_roots}
+def callbacks(action: str = "accept", name: str = "Ada") -> ClientCallbacks:
+    return ClientCallbacks(elicit_action=action, elicit_content={"name": name}, sampling_model="e2e-fake",
+                           sampling_text="autumn gate / policy", roots=ROOTS)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -87,55 +48,37 @@ class Callbacks:
                                                   ("cancel", "cancelled")])
 def test_elicitation_is_relayed(gateways: Callable[[str], Gateway], transport: str, action: str,
                                 expected: str) -> None:
-    gw = gateways(transport)
-    cb = Callbacks(action=action)
-
-    async def body() -> None:
-        async with http_client(gw.url, gw.token, **cb.kwargs()) as client:
-            result = await client.call_tool("ask_name", {})
-            assert_allowed(result)
-            assert [c.text for c in result.content] == [expected]
-            assert len(cb.elicitations) == 1
-            assert cb.elicitations[0].message == "What is your name?"
-            schema = cb.elicitations[0].model_dump(by_alias=True)["requestedSchema"]
-            assert "name" in schema["properties"]
-
-    run(body)
+    cb = callbacks(action=action)
+    result = call_tool_once(gateways(transport), "ask_name", {}, cb)
+    assert_allowed(result)
+    assert [c.text for c in result.content] == [expected]
+    assert len(cb.elicitations) == 1
+    assert cb.elicitations[0].message == "What is your name?"
+    schema = cb.elicitations[0].model_dump(by_alias=True)["requestedSchema"]
+    assert "name" in schema["properties"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_sampling_is_relayed(gateways: Callable[[str], Gateway], transport: str) -> None:
-    gw = gateways(transport)
-    cb = Callbacks()
-
-    async def body() -> None:
-        async with http_client(gw.url, gw.token, **cb.kwargs()) as client:
-            result = await client.call_tool("sample_haiku", {"topic": "gateways"})
-            assert_allowed(result)
-            assert [c.text for c in result.content] == ["autumn gate / policy"]
-            assert len(cb.samplings) == 1
-            params = cb.samplings[0]
-            assert params.system_prompt == "You are a poet."
-            assert params.max_tokens == 100
-            assert params.messages[0].content.text == "Write a haiku about gateways."
-
-    run(body)
+    cb = callbacks()
+    result = call_tool_once(gateways(transport), "sample_haiku", {"topic": "gateways"}, cb)
+    assert_allowed(result)
+    assert [c.text for c in result.content] == ["autumn gate / policy"]
+    assert len(cb.samplings) == 1
+    params = cb.samplings[0]
+    assert params.system_prompt == "You are a poet."
+    assert params.max_tokens == 100
+    assert params.messages[0].content.text == "Write a haiku about gateways."
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_roots_are_relayed(gateways: Callable[[str], Gateway], transport: str) -> None:
-    gw = gateways(transport)
-    cb = Callbacks()
-
-    async def body() -> None:
-        async with http_client(gw.url, gw.token, **cb.kwargs()) as client:
-            result = await client.call_tool("list_roots", {})
-            assert_allowed(result)
-            assert result.structured_content == {"roots": [{"uri": "file:///srv/data", "name": "data"},
-                                                           {"uri": "file:///home/ada/project", "name": "project"}]}
-            assert cb.roots_calls >= 1
-
-    run(body)
+    cb = callbacks()
+    result = call_tool_once(gateways(transport), "list_roots", {}, cb)
+    assert_allowed(result)
+    assert result.structured_content == {"roots": [{"uri": "file:///srv/data", "name": "data"},
+                                                   {"uri": "file:///home/ada/project", "name": "project"}]}
+    assert cb.roots_calls >= 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -164,7 +107,7 @@ def test_default_sdk_mode_works(gateways: Callable[[str], Gateway], transport: s
     """The SDK's default `mode="auto"` (probe `server/discover`, fall back to `initialize`)
     gets a working session through the gateway, elicitation included."""
     gw = gateways(transport)
-    cb = Callbacks(name="Auto")
+    cb = callbacks(name="Auto")
 
     async def body() -> None:
         async with http_client(gw.url, gw.token, mode="auto", **cb.kwargs()) as client:
