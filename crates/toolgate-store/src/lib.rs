@@ -6,9 +6,11 @@
 //! beyond the records they keep.
 #![forbid(unsafe_code)]
 
+pub mod counters;
 mod embedded;
 mod sessions;
 
+pub use counters::{Charge, Clock, CounterStore, Reservation, Reserve, StoreFuture, SystemClock};
 pub use embedded::EmbeddedStore;
 pub use sessions::{SessionRecord, SessionStore};
 
