@@ -9,7 +9,7 @@ use crate::approval::{self, ApprovalSettings};
 use crate::error::{describe, show, Errors, Pointer, PolicyError};
 use crate::fields::{check_keys, expect_array, expect_object, expect_string};
 use crate::glob::{is_glob, NameGlob, NameSet};
-use crate::limits::{compile_limits, Limit};
+use crate::limits::{check_shared_counters, compile_limits, Limit};
 use crate::policy::{Policy, ToolRules};
 use crate::predicate::{compile_list, on_deny, Predicate, Section};
 use crate::schema::Schema;
@@ -216,6 +216,20 @@ pub(crate) fn compile(doc: &Value) -> Result<Policy, Vec<PolicyError>> {
         }
     }
 
+    let tools_at = root.key("tools");
+    check_shared_counters(
+        std::iter::once((
+            root.key("all_tools").key("limits"),
+            all_tools.limits.as_slice(),
+        ))
+        .chain(tools.iter().map(|t| {
+            (
+                tools_at.key(&t.key).key("limits"),
+                t.rules.limits.as_slice(),
+            )
+        })),
+        &mut errs,
+    );
     if !errs.is_empty() {
         return Err(errs.into_inner());
     }

@@ -175,6 +175,58 @@ impl Limit {
     }
 }
 
+/// A counter name used by several limits is one budget, so every use must count it the same
+/// way: same window length, alignment and scope. `sections` yields each `limits` list with
+/// its pointer; a disagreement is reported at the later limit's `window` (or `scope`).
+pub(crate) fn check_shared_counters<'a>(
+    sections: impl IntoIterator<Item = (Pointer, &'a [Limit])>,
+    errs: &mut Errors,
+) {
+    let mut first: std::collections::HashMap<&str, (Pointer, &LimitCharge)> =
+        std::collections::HashMap::new();
+    for (at, limits) in sections {
+        for (index, limit) in limits.iter().enumerate() {
+            let this = &limit.template;
+            let here = at.index(index);
+            match first.get(this.counter.as_str()) {
+                None => {
+                    first.insert(&this.counter, (here, this));
+                }
+                Some((there, earlier)) => {
+                    let describe = |c: &LimitCharge| {
+                        format!(
+                            "window {} s{}, scope {}",
+                            c.window.seconds,
+                            if c.window.calendar { " (calendar)" } else { "" },
+                            c.scope.as_str()
+                        )
+                    };
+                    if earlier.window.seconds != this.window.seconds
+                        || earlier.window.calendar != this.window.calendar
+                        || earlier.scope != this.scope
+                    {
+                        let field = if earlier.scope != this.scope {
+                            "scope"
+                        } else {
+                            "window"
+                        };
+                        errs.push(
+                            &here.key(field),
+                            format!(
+                                "counter {:?} is also used at {} with {}, but here with {}; one counter is one budget, so every use needs the same window, alignment and scope",
+                                this.counter,
+                                there.as_str(),
+                                describe(earlier),
+                                describe(this)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 const LIMIT_KEYS: [&str; 7] = [
     "counter",
     "window",

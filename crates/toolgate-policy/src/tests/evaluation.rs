@@ -687,10 +687,11 @@ fn shadow_flag_and_reads_arguments() {
 }
 
 #[test]
-fn shared_counter_with_conflicting_settings_is_allowed() {
+fn a_shared_counter_must_count_the_same_way_everywhere() {
+    // Same window, alignment and scope: one budget, each use with its own max.
     let p = policy(json!({"version": "1", "default": "allow",
         "all_tools": {"limits": [{"counter": "calls", "window": "minute", "max": 60}]},
-        "tools": {"search": {"limits": [{"counter": "calls", "window": "second", "max": 2}]}}
+        "tools": {"search": {"limits": [{"counter": "calls", "window": 60, "max": 2}]}}
     }));
     let d = eval(&p, "search", json!({}));
     let got: Vec<(&str, u64, f64)> = d
@@ -698,7 +699,32 @@ fn shared_counter_with_conflicting_settings_is_allowed() {
         .iter()
         .map(|l| (l.counter.as_str(), l.window.seconds, l.max))
         .collect();
-    assert_eq!(got, [("calls", 1, 2.0), ("calls", 60, 60.0)]);
+    assert_eq!(got, [("calls", 60, 2.0), ("calls", 60, 60.0)]);
+    // A different window, alignment or scope would make "one budget" meaningless.
+    for (other, field) in [
+        (
+            json!({"counter": "calls", "window": "second", "max": 2}),
+            "window",
+        ),
+        (
+            json!({"counter": "calls", "window": "minute", "max": 2, "align": "calendar"}),
+            "window",
+        ),
+        (
+            json!({"counter": "calls", "window": "minute", "max": 2, "scope": "global"}),
+            "scope",
+        ),
+    ] {
+        let errs = errors(json!({"version": "1", "default": "allow",
+            "all_tools": {"limits": [{"counter": "calls", "window": "minute", "max": 60}]},
+            "tools": {"search": {"limits": [other]}}
+        }));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(&format!("/tools/search/limits/0/{field}: counter \"calls\" is also used at /all_tools/limits/0")),
+            "{errs:?}"
+        );
+    }
 }
 
 #[test]

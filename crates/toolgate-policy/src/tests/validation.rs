@@ -382,7 +382,7 @@ fn limit_fields() {
     // Every accepted form.
     policy(one_tool(json!({"limits": [
         {"counter": "a", "window": "second", "max": 1},
-        {"counter": "a", "window": "minute", "max": 2.5, "scope": "identity", "align": "calendar"},
+        {"counter": "a2", "window": "minute", "max": 2.5, "scope": "identity", "align": "calendar"},
         {"counter": "b", "window": "hour", "max": 1, "scope": "session", "increment": 0.5},
         {"counter": "c", "window": "day", "max": 1, "scope": "server", "increment_from": "args.n"},
         {"counter": "d", "window": 90, "max": 1, "scope": "global", "align": "rolling"}
