@@ -104,6 +104,21 @@ def start_header_recorder(procs: Procs, record: Path, *extra: str, name: str = "
     return proc.wait_for(ready_url)
 
 
+def start_redis(procs: Procs, port: int | None = None, name: str = "redis") -> tuple[str, Proc]:
+    """A private, throw-away redis-server (no persistence) on `port` (default: a free one),
+    managed by `procs`; returns (its redis:// URL, proc). Start it again on the same port to
+    simulate a Redis that comes back."""
+    binary = os.environ.get("TOOLGATE_REDIS_SERVER") or _which("redis-server")
+    if not binary:
+        pytest.fail("redis-server is not on PATH (set TOOLGATE_REDIS_SERVER, or run .ci/setup)")
+    port = port or free_port()
+    proc = procs.start(name, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--daemonize", "no"])
+    url = f"redis://127.0.0.1:{port}"
+    wait_tcp(f"http://127.0.0.1:{port}", proc)
+    return url, proc
+
+
 def start_everything_http(procs: Procs) -> str:
     """mcp-server-everything streamableHttp on a free port (env PORT); returns its /mcp URL."""
     port = free_port()
@@ -152,13 +167,13 @@ def wait_ready(gw_proc: Proc, base: str, timeout: float = STARTUP_TIMEOUT) -> No
 
 def start_gateway_quick(procs: Procs, workdir: Path, policy: dict[str, Any], *, upstream: str | None = None,
                         command: list[str] | None = None, env: dict[str, str] | None = None,
-                        name: str = "toolgate") -> Gateway:
-    """`toolgate serve --policy … (--upstream URL | -- CMD…) --listen 127.0.0.1:0`."""
+                        name: str = "toolgate", args: list[str] | None = None) -> Gateway:
+    """`toolgate serve --policy … [ARGS…] (--upstream URL | -- CMD…) --listen 127.0.0.1:0`."""
     binary = gateway_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     policy_path = workdir / f"{name}.policy.json"
     policy_path.write_text(json.dumps(policy, indent=2))
-    argv = [str(binary), "serve", "--policy", str(policy_path), "--listen", "127.0.0.1:0"]
+    argv = [str(binary), "serve", "--policy", str(policy_path), "--listen", "127.0.0.1:0", *(args or [])]
     if upstream:
         argv += ["--upstream", upstream]
     if command:
@@ -351,6 +366,30 @@ def assert_denied(result: Any, rule: str, message: str, decision: str = "deny") 
     assert result.content[0].text == f"[POLICY DENIED] {message}", dump
     assert result.structured_content is None, f"a denial has no structuredContent: {dump}"
     assert decision_of(result) == {"decision": decision, "rule": rule, "message": message}, dump
+
+
+def assert_rate_limited(result: Any, rule: str, max_label: str, window_label: str, counter: str,
+                        window_ms: int) -> int:
+    """A `rate_limited` refusal as SPEC §4 defines it: `[POLICY DENIED] Rate limit of <max> per
+    <window> reached for "<counter>"; retry in <s> s`, `_meta["toolgate/decision"]` with the
+    limit's rule id and 0 < retry_after_ms <= the window, <s> = retry_after_ms in whole
+    seconds, rounded up. Returns retry_after_ms."""
+    dump = result.model_dump(by_alias=True, exclude_none=True)
+    assert result.is_error is True, f"expected a rate_limited result, got {dump}"
+    decision = decision_of(result)
+    assert isinstance(decision, dict), f"no toolgate/decision in {dump}"
+    assert set(decision) == {"decision", "rule", "message", "retry_after_ms"}, dump
+    assert decision["decision"] == "rate_limited", dump
+    assert decision["rule"] == rule, dump
+    retry = decision["retry_after_ms"]
+    assert isinstance(retry, int) and 0 < retry <= window_ms, f"retry_after_ms out of (0, {window_ms}]: {dump}"
+    message = (f'Rate limit of {max_label} per {window_label} reached for "{counter}"; '
+               f"retry in {-(-retry // 1000)} s")
+    assert decision["message"] == message, dump
+    assert len(result.content) == 1 and result.content[0].type == "text", f"one text block expected: {dump}"
+    assert result.content[0].text == f"[POLICY DENIED] {message}", dump
+    assert result.structured_content is None, f"a denial has no structuredContent: {dump}"
+    return retry
 
 
 def assert_unknown_tool(exc: BaseException, name: str) -> None:

@@ -277,6 +277,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// Idle sessions are closed after this long.
     pub session_idle_timeout: Duration,
+    /// Cluster mode: counters in this Redis instead of the embedded store.
+    pub redis_url: Option<String>,
     /// Upstreams by name.
     pub servers: Vec<ServerSpec>,
     /// Declarative grants.
@@ -296,6 +298,7 @@ impl Settings {
             max_body_bytes: 4 << 20,
             max_header_bytes: 64 << 10,
             session_idle_timeout: Duration::from_secs(3600),
+            redis_url: None,
             servers: Vec::new(),
             grants: Vec::new(),
             warnings: Vec::new(),
@@ -397,32 +400,20 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
     })
 }
 
-/// Limits and approvals are validated now but enforced by later releases; an operator must
-/// not believe a quota protects them when it does not, so say so loudly at load time.
+/// Approvals are validated now but taken by a later release; an operator must not believe
+/// a human is asked when nobody is, so say so loudly at load time.
 fn warn_unenforced(path: &Path, bytes: &[u8]) {
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return;
     };
-    let has_limits = |rules: &serde_json::Value| {
-        rules
-            .get("limits")
-            .and_then(serde_json::Value::as_array)
-            .is_some_and(|l| !l.is_empty())
-    };
-    let tools = doc.get("tools").and_then(serde_json::Value::as_object);
-    let limits = doc.get("all_tools").is_some_and(has_limits)
-        || tools.is_some_and(|t| t.values().any(has_limits));
-    let approvals = tools.is_some_and(|t| {
-        t.values().any(|r| {
-            r.get("action").and_then(serde_json::Value::as_str) == Some("require_approval")
-        })
-    });
-    if limits {
-        tracing::warn!(
-            "{}: `limits` are validated but not enforced by this version of toolgate",
-            path.display()
-        );
-    }
+    let approvals = doc
+        .get("tools")
+        .and_then(serde_json::Value::as_object)
+        .is_some_and(|t| {
+            t.values().any(|r| {
+                r.get("action").and_then(serde_json::Value::as_str) == Some("require_approval")
+            })
+        });
     if approvals {
         tracing::warn!(
             "{}: calls that require approval are refused: this version of toolgate cannot take approvals",
@@ -521,6 +512,24 @@ fn resolve(
             ));
         }
         settings.max_header_bytes = n.max(8192);
+    }
+    if let Some(store) = &raw.store {
+        if let Some(url) = &store.redis_url {
+            match expand_env(url, lookup) {
+                Ok(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                    settings.redis_url = Some(url)
+                }
+                Ok(url) => errors.push(format!(
+                    "{file}: store.redis_url: {url:?} must start with redis:// or rediss://"
+                )),
+                Err(e) => errors.push(format!("{file}: store.redis_url: {e}")),
+            }
+        }
+        if store.postgres_url.is_some() {
+            errors.push(format!(
+                "{file}: store.postgres_url: the PostgreSQL store is not supported yet"
+            ));
+        }
     }
     if raw.gateway.tls_cert.is_some() || raw.gateway.tls_key.is_some() {
         errors.push(format!(

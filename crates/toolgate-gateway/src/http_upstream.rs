@@ -128,6 +128,19 @@ impl HttpUpstream {
         })
     }
 
+    /// The per-request timeout: how long a request may take to be answered in full.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The error for a request that was not answered in time.
+    pub fn timed_out(&self) -> GatewayError {
+        GatewayError::upstream(
+            &self.name,
+            format_args!("did not answer within {} s", self.timeout.as_secs_f64()),
+        )
+    }
+
     /// Sends one request upstream. Only allow-listed client headers pass; the upstream
     /// session id and the configured headers are set by the gateway. Times out waiting for
     /// the response head after the server's timeout.
@@ -159,10 +172,7 @@ impl HttpUpstream {
             headers.insert(name.clone(), value.clone());
         }
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Err(_) => Err(GatewayError::upstream(
-                &self.name,
-                format_args!("did not answer within {} s", self.timeout.as_secs_f64()),
-            )),
+            Err(_) => Err(self.timed_out()),
             Ok(Err(e)) => {
                 let mut cause = String::new();
                 let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&e);

@@ -16,6 +16,7 @@ pub mod front;
 pub mod grants;
 pub mod http_upstream;
 mod proxy;
+pub mod quota;
 pub mod session;
 pub mod stdio_upstream;
 pub mod time;
@@ -56,7 +57,6 @@ pub struct Server {
 }
 
 /// The gateway's shared state.
-#[derive(Debug)]
 pub struct Gateway {
     /// Validated settings.
     pub settings: Settings,
@@ -66,6 +66,17 @@ pub struct Gateway {
     servers: HashMap<String, Arc<Server>>,
     /// Client sessions.
     sessions: Arc<Sessions>,
+    /// Where limits are counted.
+    counters: Arc<dyn toolgate_store::CounterStore>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.settings.listen)
+            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gateway {
@@ -133,11 +144,22 @@ async fn expire_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bo
 /// Binds the listener, starts stdio children and serves.
 pub async fn start(settings: Settings) -> Result<Running, String> {
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let store = EmbeddedStore::open(&settings.data_dir).map_err(|e| e.to_string())?;
+    let store = Arc::new(EmbeddedStore::open(&settings.data_dir).map_err(|e| e.to_string())?);
     tracing::info!(path = %store.path().display(), "embedded store open");
+    // Cluster mode keeps counters in Redis so that every replica enforces one budget;
+    // otherwise they live beside the sessions in the embedded store.
+    let counters: Arc<dyn toolgate_store::CounterStore> = match &settings.redis_url {
+        Some(url) => {
+            let redis =
+                toolgate_store::RedisCounterStore::connect(url).map_err(|e| e.to_string())?;
+            tracing::info!(store = ?redis, "counters in Redis (cluster mode)");
+            Arc::new(redis)
+        }
+        None => store.clone(),
+    };
     let configured: std::collections::HashSet<String> =
         settings.servers.iter().map(|s| s.name.clone()).collect();
-    let sessions = Arc::new(Sessions::restore(Arc::new(store), |record| {
+    let sessions = Arc::new(Sessions::restore(store, |record| {
         configured.contains(&record.server)
     }));
     let mut servers = HashMap::new();
@@ -183,6 +205,7 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         grants,
         servers,
         sessions,
+        counters,
     });
     tasks.push(tokio::spawn(expire_sessions(
         Arc::clone(&gateway),

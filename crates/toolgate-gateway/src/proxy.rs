@@ -5,6 +5,7 @@ use crate::body::{self, Body};
 use crate::error::GatewayError;
 use crate::grants::GrantSpec;
 use crate::http_upstream::{self, HttpUpstream};
+use crate::quota::{self, CallScope, Quota};
 use crate::session::Session;
 use crate::stdio_upstream::{Reply, StdioUpstream};
 use crate::{Gateway, Server, Upstream};
@@ -19,6 +20,7 @@ use toolgate_mcp::jsonrpc::{self, parse_payload};
 use toolgate_mcp::sse::{self, SseDecoder};
 use toolgate_mcp::{codes, headers as mcp_headers, version, Kind, Message, Payload};
 use toolgate_policy::{Decision, Identity, Outcome, ToolCall};
+use toolgate_store::{CounterStore, Reservation};
 
 /// Upstream response headers passed to the client (the session id is replaced by ours).
 const RELAYED: &[&str] = &[
@@ -42,8 +44,9 @@ fn client_error(status: StatusCode, code: i64, message: impl Into<String>) -> Ga
 
 /// What to do with one client message after the policy looked at it.
 enum Verdict {
-    /// Send it upstream.
-    Forward,
+    /// Send it upstream, holding this reservation of its limits (if it has any) until the
+    /// outcome is known.
+    Forward(Option<Reservation>),
     /// Answer it with this JSON-RPC response instead.
     Respond(Value),
 }
@@ -234,7 +237,7 @@ impl Gateway {
         message: &Message,
     ) -> Verdict {
         let Some(call) = message.tool_call() else {
-            return Verdict::Forward;
+            return Verdict::Forward(None);
         };
         let id = message.id().cloned().unwrap_or(Value::Null);
         let call = match call {
@@ -281,20 +284,56 @@ impl Gateway {
                 }
             }
         };
+        // Step 7: limits are reserved only for a call that will really be forwarded, so
+        // that only admitted calls consume quota (shadow mode consumes nothing).
+        let mut reservation = None;
+        let mut store_note = None;
+        let decision = if decision.is_allowed() && !shadow && exists != Some(false) {
+            let scope = CallScope {
+                server: &server.spec.name,
+                grant: &grant.name,
+                identity: &identity.grant,
+                session: &session.id,
+            };
+            match quota::reserve(&*self.counters, &decision.limits, &scope).await {
+                Quota::Unlimited => decision,
+                Quota::Reserved(r) => {
+                    reservation = Some(r);
+                    decision
+                }
+                Quota::Exceeded(limited) => limited,
+                Quota::Unavailable(denied, cause) => {
+                    let fail_open = server.spec.fail_open;
+                    store_note = Some(if fail_open {
+                        format!("{cause}; fail_open: call admitted without counting")
+                    } else {
+                        format!("{cause}; failing closed")
+                    });
+                    if fail_open {
+                        decision
+                    } else {
+                        denied
+                    }
+                }
+            }
+        } else {
+            decision
+        };
         tracing::info!(
             target: "toolgate::decision",
             server = %server.spec.name, grant = %grant.name, session = %session.id, tool = %call.name,
             decision = decision.outcome.as_str(), rule = %decision.rule, shadow, exists = ?exists,
+            counter_store = store_note.as_deref().unwrap_or("ok"),
             "{}", decision.message
         );
         if shadow && decision.outcome != Outcome::Hide {
-            return Verdict::Forward;
+            return Verdict::Forward(None);
         }
         if exists == Some(false) {
             return Verdict::Respond(answer::unknown_tool(id, call.name));
         }
         if decision.is_allowed() {
-            Verdict::Forward
+            Verdict::Forward(reservation)
         } else {
             Verdict::Respond(answer::refusal(id, &decision))
         }
@@ -408,10 +447,14 @@ impl Gateway {
         let mut answers = Vec::new();
         let mut forward = Vec::new();
         let mut list_ids = Vec::new();
+        let mut watch = Vec::new();
         for message in messages {
             match self.check(server, grant, session, &message).await {
                 Verdict::Respond(v) => answers.push(v),
-                Verdict::Forward => {
+                Verdict::Forward(reservation) => {
+                    if let Some(reservation) = reservation {
+                        watch.push((message.id().cloned().unwrap_or(Value::Null), reservation));
+                    }
                     if message.kind() == Kind::Request && message.method() == Some("tools/list") {
                         list_ids.push(message.id().cloned().unwrap_or(Value::Null));
                     }
@@ -442,6 +485,8 @@ impl Gateway {
         } else {
             Bytes::from(forward[0].to_bytes())
         };
+        // The timeout covers the whole answer, also a stream that starts at once and ends late.
+        let deadline = tokio::time::Instant::now() + up.timeout();
         let upstream = match up
             .send(
                 Method::POST,
@@ -451,8 +496,19 @@ impl Gateway {
             )
             .await
         {
-            Ok(r) => r,
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                // Refused at the HTTP level (lost session, overload…): the calls never ran.
+                for (_, reservation) in &watch {
+                    quota::rollback(&self.counters, reservation).await;
+                }
+                watch.clear();
+                r
+            }
             Err(e) => {
+                for (_, reservation) in &watch {
+                    quota::rollback(&self.counters, reservation).await;
+                }
                 if request_ids.is_empty() {
                     return Ok(bad_gateway(e));
                 }
@@ -476,8 +532,13 @@ impl Gateway {
             prepend: answers,
             batch,
             policy: self.hidden_filter(server, grant),
+            watch,
+            counters: Arc::clone(&self.counters),
+            pending: request_ids,
+            deadline,
+            timed_out: up.timed_out(),
         };
-        Ok(relay(upstream, Some(&session.id), rewrite))
+        Ok(relay(upstream, Some(&session.id), Some(rewrite)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -497,7 +558,7 @@ impl Gateway {
             match message.kind() {
                 Kind::Request => match self.check(server, grant, session, &message).await {
                     Verdict::Respond(v) => answers.push(v),
-                    Verdict::Forward => requests.push(message),
+                    Verdict::Forward(reservation) => requests.push((message, reservation)),
                 },
                 Kind::Notification => {
                     // The gateway initialized the shared child itself; a client's
@@ -528,19 +589,22 @@ impl Gateway {
         if !batch
             && requests.len() == 1
             && accepts_sse(headers)
-            && requests[0].method() == Some("tools/call")
+            && requests[0].0.method() == Some("tools/call")
         {
-            let message = requests.pop().expect("one request");
+            let (message, reservation) = requests.pop().expect("one request");
             let id = message.id().cloned().unwrap_or(Value::Null);
             let (stream, rx) = session.open_stream();
             let up = Arc::clone(up);
             let session = Arc::clone(session);
+            let counters = Arc::clone(&self.counters);
             if session.protocol_version.as_str() >= "2025-11-25" {
                 // Lets the client resume even if it loses the stream before the first event.
                 session.prime(stream);
             }
             tokio::spawn(async move {
-                match up.request(Some(&session), message, Some(stream)).await {
+                let outcome = up.request(Some(&session), message, Some(stream)).await;
+                settle(&counters, reservation, &outcome).await;
+                match outcome {
                     Ok(Reply::Answer(response)) => session.push(Some(stream), &response),
                     // A cancelled request gets no response: its stream just ends.
                     Ok(Reply::Cancelled) => {}
@@ -550,10 +614,12 @@ impl Gateway {
             });
             return Ok(body::sse(rx));
         }
-        for message in requests {
+        for (message, reservation) in requests {
             let is_list = message.method() == Some("tools/list");
             let id = message.id().cloned().unwrap_or(Value::Null);
-            let response = match up.request(Some(session), message, None).await {
+            let outcome = up.request(Some(session), message, None).await;
+            settle(&self.counters, reservation, &outcome).await;
+            let response = match outcome {
                 Ok(Reply::Answer(response)) => response,
                 // A JSON response needs a body; say plainly that the call was cancelled.
                 Ok(Reply::Cancelled) => {
@@ -651,6 +717,27 @@ impl Gateway {
     }
 }
 
+/// Rolls a stdio call's reservation back when the call never ran: the child could not be
+/// reached, timed out, or answered with a JSON-RPC error. A cancelled call may have run, so
+/// it keeps its reservation. Done before the client gets its answer.
+async fn settle(
+    counters: &Arc<dyn CounterStore>,
+    reservation: Option<Reservation>,
+    outcome: &Result<Reply, GatewayError>,
+) {
+    let Some(reservation) = reservation else {
+        return;
+    };
+    let never_ran = match outcome {
+        Err(_) => true,
+        Ok(Reply::Answer(response)) => response.get("error").is_some(),
+        Ok(Reply::Cancelled) => false,
+    };
+    if never_ran {
+        quota::rollback(counters, &reservation).await;
+    }
+}
+
 /// An upstream failure on a message with no id to answer (a notification, a GET stream):
 /// HTTP 502 with the JSON-RPC error naming the server.
 fn bad_gateway(error: GatewayError) -> Response<Body> {
@@ -711,11 +798,10 @@ fn copy_relayed(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// Passes an upstream response through untouched (status, body streamed as it arrives).
 fn relay_raw(upstream: Response<Incoming>, session: Option<&str>) -> Response<Body> {
-    relay(upstream, session, Rewrite::default())
+    relay(upstream, session, None)
 }
 
 /// Changes the gateway must make to an upstream answer.
-#[derive(Default)]
 struct Rewrite {
     /// Ids of `tools/list` requests whose results are filtered.
     list_ids: Vec<Value>,
@@ -725,71 +811,93 @@ struct Rewrite {
     batch: bool,
     /// The grant's policy on this server (for hiding tools).
     policy: Option<Arc<toolgate_policy::Policy>>,
+    /// Forwarded calls holding a reservation, by request id: rolled back if the upstream
+    /// answers with a JSON-RPC error (the call never ran).
+    watch: Vec<(Value, Reservation)>,
+    /// Where reservations are rolled back.
+    counters: Arc<dyn CounterStore>,
+    /// Ids of forwarded requests not answered yet.
+    pending: Vec<Value>,
+    /// When the requests still pending are answered by the gateway with `timed_out`.
+    deadline: tokio::time::Instant,
+    /// The error for a request the upstream did not answer in time (names the server).
+    timed_out: GatewayError,
 }
 
 impl Rewrite {
     fn is_noop(&self) -> bool {
-        self.prepend.is_empty() && (self.list_ids.is_empty() || self.policy.is_none())
+        self.prepend.is_empty()
+            && self.watch.is_empty()
+            && self.pending.is_empty()
+            && (self.list_ids.is_empty() || self.policy.is_none())
     }
 
-    fn apply(&self, message: &mut Value) {
-        let Some(policy) = &self.policy else { return };
+    /// Rolls back the reservation of a watched call answered with a JSON-RPC error, before
+    /// that answer is passed on; notes the request as answered.
+    async fn settle(&mut self, message: &Value) {
+        let Some(id) = message.get("id") else { return };
+        if message.get("result").is_some() || message.get("error").is_some() {
+            self.pending.retain(|p| p != id);
+        }
+        let Some(index) = self.watch.iter().position(|(watched, _)| watched == id) else {
+            return;
+        };
+        let (_, reservation) = self.watch.swap_remove(index);
+        if message.get("error").is_some() {
+            quota::rollback(&self.counters, &reservation).await;
+        }
+    }
+
+    /// The upstream ran out of time: the gateway answers every request still pending with
+    /// the timeout error, its reservation rolled back first (SPEC §2.1).
+    async fn expire(&mut self) -> Vec<Value> {
+        let mut answers = Vec::new();
+        for id in std::mem::take(&mut self.pending) {
+            let error = self.timed_out.to_jsonrpc(id);
+            self.settle(&error).await;
+            answers.push(error);
+        }
+        answers
+    }
+
+    /// Filters a `tools/list` answer; returns whether the message was changed.
+    fn apply(&self, message: &mut Value) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
         let is_list = message
             .get("id")
             .is_some_and(|id| self.list_ids.contains(id));
-        if is_list {
-            if let Some(result) = message.get_mut("result") {
+        match message.get_mut("result").filter(|_| is_list) {
+            Some(result) => {
                 answer::filter_tool_list(result, &|name| policy.is_hidden(name));
+                true
             }
+            None => false,
         }
     }
 }
 
 /// Streams an upstream response to the client, applying `rewrite`: JSON is rewritten whole,
 /// SSE event by event as events arrive (never buffering the stream).
-fn relay(upstream: Response<Incoming>, session: Option<&str>, rewrite: Rewrite) -> Response<Body> {
+fn relay(
+    upstream: Response<Incoming>,
+    session: Option<&str>,
+    rewrite: Option<Rewrite>,
+) -> Response<Body> {
     let (parts, incoming) = upstream.into_parts();
-    let sse = http_upstream::is_sse(&parts.headers);
-    let body = if rewrite.is_noop() || !parts.status.is_success() {
-        incoming.map_err(|e| Box::new(e) as body::BodyError).boxed()
-    } else if sse {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(rewrite_sse(incoming, rewrite, tx));
-        body::channel(rx)
-    } else {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let Ok(collected) = Limited::new(incoming, http_upstream::MAX_BUFFERED_RESPONSE)
-                .collect()
-                .await
-            else {
-                return;
-            };
-            let bytes = collected.to_bytes();
-            let out = match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Array(items)) => {
-                    let mut all = rewrite.prepend.clone();
-                    for mut item in items {
-                        rewrite.apply(&mut item);
-                        all.push(item);
-                    }
-                    Bytes::from(Value::Array(all).to_string())
-                }
-                Ok(mut single) => {
-                    rewrite.apply(&mut single);
-                    if rewrite.batch || !rewrite.prepend.is_empty() {
-                        let mut all = rewrite.prepend.clone();
-                        all.push(single);
-                        Bytes::from(Value::Array(all).to_string())
-                    } else {
-                        Bytes::from(single.to_string())
-                    }
-                }
-                Err(_) => bytes, // not JSON: the client sees exactly what the upstream sent
-            };
-            let _ = tx.send(out);
-        });
-        body::channel(rx)
+    let rewrite = rewrite.filter(|r| !r.is_noop() && parts.status.is_success());
+    let body = match rewrite {
+        None => incoming.map_err(|e| Box::new(e) as body::BodyError).boxed(),
+        Some(rewrite) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            if http_upstream::is_sse(&parts.headers) {
+                tokio::spawn(rewrite_sse(incoming, rewrite, tx));
+            } else {
+                tokio::spawn(rewrite_json(incoming, rewrite, tx));
+            }
+            body::channel(rx)
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
@@ -802,7 +910,61 @@ fn relay(upstream: Response<Incoming>, session: Option<&str>, rewrite: Rewrite) 
     response
 }
 
-async fn rewrite_sse(mut incoming: Incoming, rewrite: Rewrite, tx: mpsc::UnboundedSender<Bytes>) {
+/// Rewrites a whole JSON answer (one message or a batch) and prepends the gateway's own.
+/// An answer that needed no change is passed on byte for byte.
+async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite, tx: mpsc::UnboundedSender<Bytes>) {
+    let read = Limited::new(incoming, http_upstream::MAX_BUFFERED_RESPONSE).collect();
+    let bytes = match tokio::time::timeout_at(rewrite.deadline, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return, // the upstream broke off: the client sees the connection end
+        Err(_) => {
+            let mut all = std::mem::take(&mut rewrite.prepend);
+            all.extend(rewrite.expire().await);
+            let _ = tx.send(Bytes::from(array_or_single(all, rewrite.batch).to_string()));
+            return;
+        }
+    };
+    let Ok(parsed) = serde_json::from_slice::<Value>(&bytes) else {
+        let _ = tx.send(bytes); // not JSON: the client sees exactly what the upstream sent
+        return;
+    };
+    let was_batch = parsed.is_array();
+    let mut items = match parsed {
+        Value::Array(items) => items,
+        single => vec![single],
+    };
+    let mut changed = false;
+    for item in &mut items {
+        rewrite.settle(item).await;
+        changed |= rewrite.apply(item);
+    }
+    if !changed && rewrite.prepend.is_empty() {
+        let _ = tx.send(bytes);
+        return;
+    }
+    let mut all = std::mem::take(&mut rewrite.prepend);
+    all.extend(items);
+    let _ = tx.send(Bytes::from(
+        array_or_single(all, was_batch || rewrite.batch).to_string(),
+    ));
+}
+
+/// A batch answer is an array; a single answer stays an object unless the gateway added
+/// answers of its own.
+fn array_or_single(mut answers: Vec<Value>, batch: bool) -> Value {
+    if batch || answers.len() != 1 {
+        Value::Array(answers)
+    } else {
+        answers.pop().unwrap_or(Value::Null)
+    }
+}
+
+/// Rewrites an SSE answer event by event, as the events arrive.
+async fn rewrite_sse(
+    mut incoming: Incoming,
+    mut rewrite: Rewrite,
+    tx: mpsc::UnboundedSender<Bytes>,
+) {
     for answer in &rewrite.prepend {
         if tx
             .send(sse::encode_message(None, &answer.to_string()))
@@ -812,7 +974,21 @@ async fn rewrite_sse(mut incoming: Incoming, rewrite: Rewrite, tx: mpsc::Unbound
         }
     }
     let mut decoder = SseDecoder::new(http_upstream::MAX_BUFFERED_RESPONSE);
-    while let Some(frame) = incoming.frame().await {
+    loop {
+        let frame = if rewrite.pending.is_empty() {
+            incoming.frame().await
+        } else {
+            match tokio::time::timeout_at(rewrite.deadline, incoming.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    for answer in rewrite.expire().await {
+                        let _ = tx.send(sse::encode_message(None, &answer.to_string()));
+                    }
+                    return; // dropping the upstream stream tells it we stopped listening
+                }
+            }
+        };
+        let Some(frame) = frame else { return };
         let Ok(frame) = frame else { return };
         let Ok(chunk) = frame.into_data() else {
             continue;
@@ -822,8 +998,10 @@ async fn rewrite_sse(mut incoming: Incoming, rewrite: Rewrite, tx: mpsc::Unbound
         };
         for mut event in events {
             if let Ok(mut message) = serde_json::from_str::<Value>(&event.data) {
-                rewrite.apply(&mut message);
-                event.data = message.to_string();
+                rewrite.settle(&message).await;
+                if rewrite.apply(&mut message) {
+                    event.data = message.to_string();
+                }
             }
             if tx.send(sse::encode(&event)).is_err() {
                 return;

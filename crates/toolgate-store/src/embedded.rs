@@ -1,12 +1,19 @@
 //! The embedded store: one SQLite database in the data directory, in WAL mode.
 
-use crate::{SessionRecord, SessionStore, StoreError};
+mod counters;
+
+use crate::{Clock, SessionRecord, SessionStore, StoreError, SystemClock};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+const MIGRATIONS: &[&str] = &[
+    // 1: client sessions.
+    "CREATE TABLE sessions (
         id TEXT PRIMARY KEY,
         grant_name TEXT NOT NULL,
         server TEXT NOT NULL,
@@ -14,36 +21,83 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
         upstream_session TEXT,
         client_capabilities TEXT NOT NULL,
         created_unix INTEGER NOT NULL DEFAULT (unixepoch())
-    )"];
+    )",
+    // 2: counters (SPEC §3.5). `counter_entries`: one row per charge of a granted
+    // reservation, in one B-tree ordered by key and time (a window's rows are adjacent, and
+    // there is no secondary index to update on every write); `expires_ms` is the entry's
+    // time plus the window it was charged under — past it, the entry can no longer count
+    // and is deleted.
+    // `counter_sums`: per key, the running sum of its entries made at or after `from_ms`, so
+    // that a decision need not add up every entry in the window (see embedded/counters.rs).
+    "CREATE TABLE counter_entries (
+        key TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        reservation TEXT NOT NULL,
+        charge INTEGER NOT NULL,
+        amount REAL NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (key, at_ms, reservation, charge)
+    ) WITHOUT ROWID;
+    CREATE TABLE counter_sums (
+        key TEXT PRIMARY KEY,
+        from_ms INTEGER NOT NULL,
+        total REAL NOT NULL
+    ) WITHOUT ROWID;",
+];
 
 /// SQLite in `data_dir/toolgate.db`.
-#[derive(Debug)]
 pub struct EmbeddedStore {
     /// The database file.
     path: PathBuf,
     /// One connection; SQLite serializes writers anyway, and every statement here is short.
     conn: Mutex<Connection>,
+    /// "Now" for counters; the system clock except in tests.
+    clock: Arc<dyn Clock>,
+    /// When (clock time) to next delete expired counter entries of every key.
+    next_counter_sweep_ms: AtomicU64,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `data_dir`, which is created readable by its
-    /// owner only: it will hold grants and the audit log.
+    /// owner only: it will hold grants and the audit log. Counters use the system clock.
     pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with_clock(data_dir, Arc::new(SystemClock))
+    }
+
+    /// Like [`EmbeddedStore::open`], with `clock` as the counters' notion of "now" (tests
+    /// inject a clock they advance by hand).
+    pub fn open_with_clock(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<EmbeddedStore, StoreError> {
         let context = format!("embedded store in {}", data_dir.display());
         create_private_dir(data_dir).map_err(|e| StoreError::new(&context, e))?;
         let path = data_dir.join("toolgate.db");
         let conn = Connection::open(&path).map_err(|e| StoreError::new(&context, e))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);",
-        )
-        .map_err(|e| StoreError::new(&context, e))?;
+        // busy_timeout first: another process may hold the database while this one opens it.
+        conn.execute_batch("PRAGMA busy_timeout = 5000;")
+            .and_then(|()| enable_wal(&conn))
+            .and_then(|()| {
+                conn.execute_batch(
+                    "PRAGMA synchronous = NORMAL;
+                     CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);",
+                )
+            })
+            .map_err(|e| StoreError::new(&context, e))?;
         migrate(&conn).map_err(|e| StoreError::new(&context, e))?;
         Ok(EmbeddedStore {
             path,
             conn: Mutex::new(conn),
+            clock,
+            next_counter_sweep_ms: AtomicU64::new(0),
         })
     }
 
@@ -77,19 +131,53 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Puts the database in WAL mode. Switching a new database to WAL needs an exclusive lock,
+/// and SQLite answers "database is locked" at once, without waiting out `busy_timeout`, when
+/// another connection is opening it at the same moment (two gateways started together):
+/// retry for as long as `busy_timeout` would have waited.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let busy = match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            // Not switched (the previous mode is answered): someone holds the database.
+            Ok(mode) => rusqlite::Error::InvalidParameterName(format!(
+                "cannot switch the database to WAL mode (it stays in {mode} mode)"
+            )),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => e,
+            Err(e) => return Err(e),
+        };
+        if Instant::now() >= deadline {
+            return Err(busy);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let current: i64 = conn
-        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
-    if current as usize > MIGRATIONS.len() {
+    let version = |conn: &Connection| -> rusqlite::Result<usize> {
+        let current: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(current.max(0) as usize)
+    };
+    let current = version(conn)?;
+    if current > MIGRATIONS.len() {
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "the database has schema version {current}, newer than this toolgate ({}); upgrade toolgate",
             MIGRATIONS.len()
         )));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        conn.execute_batch("BEGIN")?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        // Another process opening the same data directory may be migrating too: take the
+        // write lock first, then look again at what is left to do.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        if version(conn)? > index {
+            conn.execute_batch("COMMIT")?;
+            continue;
+        }
         conn.execute_batch(sql)?;
         conn.execute("DELETE FROM schema_version", [])?;
         conn.execute(
@@ -195,6 +283,29 @@ mod tests {
             assert_eq!(mode & 0o777, 0o700, "data dir must be private");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn gateways_starting_together_on_a_new_data_dir_all_open_it() {
+        // Switching a new database to WAL fails at once, busy_timeout or not, while another
+        // connection is opening it; migrations could run twice. Neither may fail an open.
+        for round in 0..20 {
+            let dir = scratch(&format!("race-{round}"));
+            let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let opens: Vec<_> = (0..6)
+                .map(|_| {
+                    let (dir, start) = (dir.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        EmbeddedStore::open(&dir).map(drop)
+                    })
+                })
+                .collect();
+            for open in opens {
+                open.join().unwrap().unwrap();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

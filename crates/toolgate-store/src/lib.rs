@@ -8,10 +8,12 @@
 
 pub mod counters;
 mod embedded;
+pub mod redis_counters;
 mod sessions;
 
 pub use counters::{Charge, Clock, CounterStore, Reservation, Reserve, StoreFuture, SystemClock};
 pub use embedded::EmbeddedStore;
+pub use redis_counters::RedisCounterStore;
 pub use sessions::{SessionRecord, SessionStore};
 
 use std::fmt;
