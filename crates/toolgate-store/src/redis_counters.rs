@@ -20,10 +20,10 @@
 //! Both names are injective in `K` and never equal each other (one ends in `}`, the other in
 //! `:sum`), whatever `K` contains. A third kind of key, `<prefix>void:<nonce>`, marks a
 //! reservation attempt the store gave up on (see *Failures*); it cannot equal a counter's
-//! keys, which always have `{` right after the prefix. The braces also put both keys of one counter in one Redis
-//! Cluster hash slot, but Redis Cluster is not supported: one script touches all the
-//! counters of a call, which Redis Cluster only allows within a single slot. Use a single
-//! primary (with replicas and Sentinel for failover).
+//! keys, which always have `{` right after the prefix. The braces also put both keys of one
+//! counter in one Redis Cluster hash slot, but Redis Cluster is not supported: one script
+//! touches all the counters of a call (and its void mark), which Redis Cluster only allows
+//! within a single slot. Use a single primary (with replicas and Sentinel for failover).
 //!
 //! The [`Reservation`] id is `<nonce>@<at_ms>`; with the keys it carries, that finds every
 //! member again: rollback reads the members scored exactly `at_ms` on each key (normally a
