@@ -33,6 +33,27 @@ pub struct Charge {
     pub amount: f64,
 }
 
+impl Charge {
+    /// A charge on a strict rolling window.
+    pub fn rolling(key: impl Into<String>, window_ms: u64, max: f64, amount: f64) -> Charge {
+        Charge {
+            key: key.into(),
+            window_ms,
+            calendar: false,
+            max,
+            amount,
+        }
+    }
+
+    /// A charge on a calendar-aligned (UTC) window.
+    pub fn calendar(key: impl Into<String>, window_ms: u64, max: f64, amount: f64) -> Charge {
+        Charge {
+            calendar: true,
+            ..Charge::rolling(key, window_ms, max, amount)
+        }
+    }
+}
+
 /// Proof of a granted reservation, enough to roll it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {

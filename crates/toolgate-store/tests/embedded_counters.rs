@@ -80,20 +80,11 @@ const DAY: u64 = 86_400_000;
 const T0: u64 = 1_700_000_000_000;
 
 fn rolling(key: &str, window_ms: u64, max: f64, amount: f64) -> Charge {
-    Charge {
-        key: key.into(),
-        window_ms,
-        calendar: false,
-        max,
-        amount,
-    }
+    Charge::rolling(key, window_ms, max, amount)
 }
 
 fn calendar(key: &str, window_ms: u64, max: f64, amount: f64) -> Charge {
-    Charge {
-        calendar: true,
-        ..rolling(key, window_ms, max, amount)
-    }
+    Charge::calendar(key, window_ms, max, amount)
 }
 
 fn reserve(store: &EmbeddedStore, charges: &[Charge]) -> Reserve {

@@ -66,20 +66,11 @@ async fn server_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 }
 
 fn rolling(key: &str, window_ms: u64, max: f64, amount: f64) -> Charge {
-    Charge {
-        key: key.into(),
-        window_ms,
-        calendar: false,
-        max,
-        amount,
-    }
+    Charge::rolling(key, window_ms, max, amount)
 }
 
 fn calendar(key: &str, window_ms: u64, max: f64, amount: f64) -> Charge {
-    Charge {
-        calendar: true,
-        ..rolling(key, window_ms, max, amount)
-    }
+    Charge::calendar(key, window_ms, max, amount)
 }
 
 fn granted(answer: Reserve) -> Reservation {

@@ -399,13 +399,7 @@ mod tests {
     }
 
     fn charge(key: &str, window_ms: u64, max: f64, amount: f64) -> Charge {
-        Charge {
-            key: key.into(),
-            window_ms,
-            calendar: false,
-            max,
-            amount,
-        }
+        Charge::rolling(key, window_ms, max, amount)
     }
 
     fn rows(store: &EmbeddedStore) -> i64 {
