@@ -392,34 +392,19 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
             .map(|e| format!("{}: {e}", path.display()))
             .collect::<Vec<_>>()
     })?;
-    warn_unenforced(path, &bytes);
-    Ok(PolicyRef {
-        id: path.display().to_string(),
-        version: to_hex(&Sha256::digest(&bytes))[..16].to_owned(),
-        policy: Arc::new(policy),
-    })
-}
-
-/// Approvals are validated now but taken by a later release; an operator must not believe
-/// a human is asked when nobody is, so say so loudly at load time.
-fn warn_unenforced(path: &Path, bytes: &[u8]) {
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return;
-    };
-    let approvals = doc
-        .get("tools")
-        .and_then(serde_json::Value::as_object)
-        .is_some_and(|t| {
-            t.values().any(|r| {
-                r.get("action").and_then(serde_json::Value::as_str) == Some("require_approval")
-            })
-        });
-    if approvals {
+    // Approvals are validated now but taken by a later release; an operator must not believe
+    // a human is asked when nobody is, so say so loudly at load time.
+    if policy.requires_approval() {
         tracing::warn!(
             "{}: calls that require approval are refused: this version of toolgate cannot take approvals",
             path.display()
         );
     }
+    Ok(PolicyRef {
+        id: path.display().to_string(),
+        version: to_hex(&Sha256::digest(&bytes))[..16].to_owned(),
+        policy: Arc::new(policy),
+    })
 }
 
 fn parse_duration_key(

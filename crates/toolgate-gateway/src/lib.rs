@@ -45,6 +45,16 @@ pub enum Upstream {
     Stdio(Arc<StdioUpstream>),
 }
 
+impl Upstream {
+    /// The upstream's complete tool list, asked on the gateway's own behalf.
+    pub async fn fetch_tool_names(&self) -> Result<Vec<String>, error::GatewayError> {
+        match self {
+            Upstream::Http(up) => up.fetch_tool_names().await,
+            Upstream::Stdio(up) => up.fetch_tool_names().await,
+        }
+    }
+}
+
 /// One registered server at run time.
 #[derive(Debug)]
 pub struct Server {

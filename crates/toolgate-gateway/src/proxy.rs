@@ -269,20 +269,10 @@ impl Gateway {
         let exists = if decision.outcome == Outcome::Hide {
             Some(false)
         } else {
-            match &server.upstream {
-                Upstream::Http(up) => {
-                    server
-                        .catalogue
-                        .has(call.name, || up.fetch_tool_names())
-                        .await
-                }
-                Upstream::Stdio(up) => {
-                    server
-                        .catalogue
-                        .has(call.name, || up.fetch_tool_names())
-                        .await
-                }
-            }
+            server
+                .catalogue
+                .has(call.name, || server.upstream.fetch_tool_names())
+                .await
         };
         // Step 7: limits are reserved only for a call that will really be forwarded, so
         // that only admitted calls consume quota (shadow mode consumes nothing).

@@ -5,7 +5,6 @@
 //! Within a server the scope picks whose budget it is (grant, identity, session, or the
 //! server itself). A counter name shared by several tools of one policy is one budget.
 
-use crate::error::GatewayError;
 use std::sync::Arc;
 use toolgate_policy::{Decision, LimitCharge, Scope};
 use toolgate_store::{Charge, CounterStore, Reservation, Reserve};
@@ -103,11 +102,7 @@ pub async fn reserve(
 /// that cannot be returned errs on the side of the budget).
 pub async fn rollback(store: &Arc<dyn CounterStore>, reservation: &Reservation) {
     if let Err(e) = store.rollback(reservation).await {
-        let error = GatewayError::internal(format!(
-            "could not roll back reservation {}: {e}",
-            reservation.id
-        ));
-        tracing::warn!(reservation = %reservation.id, "{error}");
+        tracing::warn!(reservation = %reservation.id, error = %e, "could not roll back a reservation");
     }
 }
 

@@ -88,6 +88,13 @@ impl Policy {
         self.shadow
     }
 
+    /// True when some tool has `action: "require_approval"`.
+    pub fn requires_approval(&self) -> bool {
+        self.tools
+            .iter()
+            .any(|t| t.action == Some(Action::RequireApproval))
+    }
+
     /// True for `"default": "allow"`.
     pub fn default_allows(&self) -> bool {
         self.default_allow

@@ -765,3 +765,13 @@ fn blank_on_deny_falls_back_to_the_default_message() {
         "Tool \"d\" is denied by policy",
     );
 }
+
+#[test]
+fn requires_approval_reports_whether_any_tool_waits_for_a_human() {
+    let with = policy(json!({"version": "1", "default": "deny",
+        "tools": {"refund": {"action": "require_approval"}, "list": {}}}));
+    let without = policy(json!({"version": "1", "default": "deny",
+        "tools": {"wipe": {"action": "deny"}, "list": {}}}));
+    assert!(with.requires_approval());
+    assert!(!without.requires_approval());
+}
