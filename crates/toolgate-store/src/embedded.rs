@@ -6,7 +6,6 @@ use crate::{Clock, SessionRecord, SessionStore, StoreError, SystemClock};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,8 @@ const MIGRATIONS: &[&str] = &[
     // there is no secondary index to update on every write); `expires_ms` is the entry's
     // time plus the window it was charged under — past it, the entry can no longer count
     // and is deleted.
-    // `counter_sums`: per key, the running sum of its entries made at or after `from_ms`, so
-    // that a decision need not add up every entry in the window (see embedded/counters.rs).
+    // `counter_sums` (dropped by 3): per key, the running sum of its entries made at or after
+    // `from_ms`.
     "CREATE TABLE counter_entries (
         key TEXT NOT NULL,
         at_ms INTEGER NOT NULL,
@@ -43,6 +42,9 @@ const MIGRATIONS: &[&str] = &[
         from_ms INTEGER NOT NULL,
         total REAL NOT NULL
     ) WITHOUT ROWID;",
+    // 3: running sums live in memory (embedded/counters.rs): writing them cost a second page
+    // per reservation.
+    "DROP TABLE counter_sums;",
 ];
 
 /// SQLite in `data_dir/toolgate.db`.
@@ -53,8 +55,8 @@ pub struct EmbeddedStore {
     conn: Mutex<Connection>,
     /// "Now" for counters; the system clock except in tests.
     clock: Arc<dyn Clock>,
-    /// When (clock time) to next delete expired counter entries of every key.
-    next_counter_sweep_ms: AtomicU64,
+    /// What this store knows of the counter entries (locked after `conn`, never before).
+    counter_cache: Mutex<counters::CounterCache>,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -97,7 +99,7 @@ impl EmbeddedStore {
             path,
             conn: Mutex::new(conn),
             clock,
-            next_counter_sweep_ms: AtomicU64::new(0),
+            counter_cache: Mutex::default(),
         })
     }
 

@@ -547,13 +547,20 @@ impl Model {
 fn check(calendar: bool, keys: Vec<(u64, f64)>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = Scratch::new("prop");
     let clock = TestClock::at(T0);
-    let store = EmbeddedStore::open_with_clock(dir.path(), clock.clone()).unwrap();
+    // Two stores on one directory, as two gateway processes would be: every third step goes
+    // through the second, so each sees the other's writes (and must not trust what it
+    // remembers of the counters).
+    let stores = [
+        EmbeddedStore::open_with_clock(dir.path(), clock.clone()).unwrap(),
+        EmbeddedStore::open_with_clock(dir.path(), clock.clone()).unwrap(),
+    ];
     let mut model = Model {
         calendar,
         keys,
         grants: Vec::new(),
     };
-    for op in ops {
+    for (step, op) in ops.into_iter().enumerate() {
+        let store = &stores[usize::from(step % 3 == 2)];
         let (advance, charges) = match op {
             Op::Call { advance, charges } => (advance, charges),
             Op::Rollback(pick) => {

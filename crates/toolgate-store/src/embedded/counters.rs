@@ -9,39 +9,41 @@
 //! - **Clock going backwards** (wall clock stepped, or two processes' clocks disagreeing):
 //!   an entry stamped later than "now" still counts, as if made now. That errs towards
 //!   refusing, never towards handing out budget twice.
-//! - **Deciding cheaply: running sums.** Adding up every entry in the window would cost
-//!   O(entries) per call (a day-long spend cap hit 10 000 times a day: ~1 ms). Instead
-//!   `counter_sums` keeps, per key, the sum of its entries made at or after `from_ms`. A
-//!   decision moves `from_ms` up to the window's start and subtracts only the entries that
-//!   left — each entry is read once on its way out — then asks [`window::admit`] about that
-//!   sum (as one entry made now) plus the call's earlier charges on the key. Moving
-//!   `from_ms` *back* (a longer window, a clock that went back) recomputes the sum from the
-//!   entries. Every change to the entries keeps the sums right: a grant adds its amounts,
-//!   a rollback subtracts what it deletes, pruning deletes only entries before `from_ms`,
-//!   and the periodic sweep (below) drops every running sum, to be recomputed exactly on
-//!   its key's next use — which also bounds the rounding that adding and subtracting
-//!   floating-point amounts accumulates (relative 1e-16 per update, far below the 1e-9 that
-//!   [`window::admit`] forgives).
-//! - **Refusals are exact.** When the running sum says no, the key's entries are loaded
-//!   and [`window::admit`] decides on them, so `retry_after_ms` is exact (and should the
-//!   entry-by-entry sum fit after all, it stands). A refusal writes nothing.
+//! - **Deciding without reading: the entry cache.** Reading a key's entries back costs
+//!   O(entries) per call (a day-long spend cap hit 10 000 times a day: ~1 ms), and keeping a
+//!   running sum in a table costs a second page written per commit (~9 µs here, a third of
+//!   a reservation). Instead the store keeps, per key it has charged, the key's entries made
+//!   at or after `complete_from_ms` in memory, oldest first, with their sum. The cache is
+//!   right exactly as long as no *other* connection has written the database, which SQLite
+//!   says cheaply: `PRAGMA data_version` changes then. Each transaction reads it once the
+//!   lock is held and, if it moved, forgets the whole cache; a key is then read back once,
+//!   on its next use. So a granted reservation writes one row per charge and nothing else,
+//!   and two processes taking turns on one key pay a window's re-read per turn — the price
+//!   of exactness across processes without a server.
+//!   The cache changes only after the transaction that justifies it has committed, and any
+//!   error forgets it, so it never runs ahead of the database.
+//! - **Refusals are exact.** When the sum says no, [`window::admit`] decides on the cached
+//!   entries themselves, so `retry_after_ms` is exact (and should the entry-by-entry sum fit
+//!   after all — adding and subtracting floating-point amounts rounds — it stands). A
+//!   refusal writes nothing.
 //! - **Pruning.** Each entry carries `expires_ms`: its time plus the window it was charged
 //!   under; past that it cannot count under that window in either mode (rolling or
-//!   calendar). A grant deletes, for each key it charges, the entries that are older than
-//!   the key's window start, older than the longest window this call charges the key with,
-//!   and past their own `expires_ms` — a range at the start of the key's rows, so cheap.
-//!   Once a minute (clock time, per store) a grant also sweeps expired entries of every
-//!   key, so keys never charged again (a closed session's counters) do not stay forever.
-//!   The table thus holds what can still count plus at most about a minute's worth of what
-//!   expired.
+//!   calendar). A call drops from the cache the entries of its keys made before the
+//!   earliest window start it needs. In the database, at most once a second per key
+//!   ([`PRUNE_EVERY_MS`]), a grant deletes the key's entries that are older than the key's
+//!   window start, older than the longest window this call charges the key with, and past
+//!   their own `expires_ms` — a range at the start of the key's rows, so cheap. Once a
+//!   minute (clock time, per store) a grant also sweeps expired entries of every key, in the
+//!   database and in the cache (which also recomputes each cached sum, bounding rounding),
+//!   so keys never charged again (a closed session's counters) do not stay forever.
 //!
 //!   Windows of one key can differ (the same counter name with two windows is a validation
 //!   error, but a policy reload may change a window). A key later charged with a *shorter*
 //!   window keeps the entries made under its longer one until they expire (the
-//!   `expires_ms` condition), so going back to the longer window loses nothing. A key later
-//!   charged with a *longer* window counts what is left of its past consumption: entries
-//!   made within the old window; older ones are already gone. That is the price of a table
-//!   that does not grow with the longest window ever used.
+//!   `expires_ms` condition), so going back to the longer window loses nothing (the cache
+//!   reads them back). A key later charged with a *longer* window counts what is left of its
+//!   past consumption: entries made within the old window; older ones are already gone.
+//!   That is the price of a table that does not grow with the longest window ever used.
 //! - **Rollback** deletes the reservation's rows under each of its keys: a search within
 //!   the key's rows, no extra index to maintain on every write for this rare operation.
 
@@ -49,11 +51,101 @@ use super::EmbeddedStore;
 use crate::counters::window::{self, Entry};
 use crate::{Charge, CounterStore, Reservation, Reserve, StoreError, StoreFuture};
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::sync::atomic::Ordering;
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// How often (clock time) a grant also deletes expired entries of every key.
 const SWEEP_EVERY_MS: u64 = 60_000;
+
+/// How often (clock time), at most, a grant deletes a key's rows that can no longer count:
+/// often enough that the table holds little more than what counts, rarely enough that a
+/// busy key does not pay a delete per call.
+const PRUNE_EVERY_MS: u64 = 1_000;
+
+/// What this store knows of the stored counter entries, so that deciding needs no reads.
+#[derive(Debug, Default)]
+pub(super) struct CounterCache {
+    /// `PRAGMA data_version` as of this store's last transaction; another value means
+    /// another connection has written since, and nothing here can be trusted.
+    data_version: Option<i64>,
+    /// Per counter key.
+    keys: HashMap<String, CachedKey>,
+    /// When (clock time) to next delete expired entries of every key.
+    next_sweep_ms: u64,
+}
+
+/// One key's stored entries, as far back as the calls on it have needed.
+#[derive(Debug)]
+struct CachedKey {
+    /// Every stored entry of the key made at or after this instant is in `entries`.
+    complete_from_ms: u64,
+    /// Those entries, oldest first.
+    entries: VecDeque<CachedEntry>,
+    /// Their amounts added up (kept as entries come and go; recomputed on each sweep).
+    total: f64,
+    /// When the key's rows in the database were last pruned.
+    pruned_at_ms: u64,
+    /// Whether entries have left the cache since then (so the database may hold rows to
+    /// prune).
+    unpruned: bool,
+}
+
+/// One stored entry, as the cache holds it.
+#[derive(Debug, Clone)]
+struct CachedEntry {
+    at_ms: u64,
+    amount: f64,
+    expires_ms: u64,
+    /// The reservation that made it (for rollback).
+    reservation: Arc<str>,
+}
+
+impl CachedKey {
+    /// The sum of the entries made at or after `from_ms` (which must be at or after
+    /// `complete_from_ms`).
+    fn sum_from(&self, from_ms: u64) -> f64 {
+        if from_ms <= self.complete_from_ms {
+            return self.total;
+        }
+        let first = self.entries.partition_point(|e| e.at_ms < from_ms);
+        self.entries.range(first..).map(|e| e.amount).sum()
+    }
+
+    /// The entries made at or after `from_ms`, as [`window::admit`] takes them; one from
+    /// "the future" (a clock that went back) counts as made now.
+    fn window_entries(&self, from_ms: u64, now_ms: u64) -> Vec<Entry> {
+        let first = self.entries.partition_point(|e| e.at_ms < from_ms);
+        self.entries
+            .range(first..)
+            .map(|e| Entry {
+                at_ms: e.at_ms.min(now_ms),
+                amount: e.amount,
+            })
+            .collect()
+    }
+
+    /// Drops the entries made before `from_ms`, which must be at or after `complete_from_ms`.
+    fn advance_to(&mut self, from_ms: u64) {
+        while self.entries.front().is_some_and(|e| e.at_ms < from_ms) {
+            let gone = self.entries.pop_front().expect("front exists");
+            self.total -= gone.amount;
+            self.unpruned = true;
+        }
+        self.complete_from_ms = from_ms;
+        if self.entries.is_empty() {
+            // Nothing left to round: start from an exact zero.
+            self.total = 0.0;
+        }
+    }
+
+    /// Adds an entry just stored, keeping the entries in time order.
+    fn add(&mut self, entry: CachedEntry) {
+        self.total += entry.amount;
+        let at = self.entries.partition_point(|e| e.at_ms <= entry.at_ms);
+        self.entries.insert(at, entry);
+    }
+}
 
 impl CounterStore for EmbeddedStore {
     /// Runs the whole transaction when first polled: SQLite work is synchronous and short,
@@ -79,49 +171,322 @@ impl EmbeddedStore {
             return Ok(Reserve::Granted(Reservation { id, keys }));
         }
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.error(WHAT, e))?;
-        // Read only now that the write lock is held (see the module documentation).
-        let now_ms = self.clock.now_ms();
-        let mut sums = Vec::with_capacity(charges.len());
-        if let Some((charge, retry_after_ms)) =
-            first_exceeded(&tx, charges, now_ms, &mut sums).map_err(|e| self.error(WHAT, e))?
-        {
-            // Dropping the transaction rolls it back; nothing was written anyway.
-            drop(tx);
-            return Ok(Reserve::Exceeded {
+        let mut cache = self.counter_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = reserve_in(&mut conn, &mut cache, &*self.clock, charges, &id);
+        if outcome.is_err() {
+            forget_everything(&mut cache);
+        }
+        match outcome.map_err(|e| self.error(WHAT, e))? {
+            None => Ok(Reserve::Granted(Reservation { id, keys })),
+            Some((charge, retry_after_ms)) => Ok(Reserve::Exceeded {
                 charge,
                 retry_after_ms,
-            });
+            }),
         }
-        record(&tx, charges, now_ms, &id, &mut sums).map_err(|e| self.error(WHAT, e))?;
-        if now_ms >= self.next_counter_sweep_ms.load(Ordering::Relaxed) {
-            sweep(&tx, now_ms).map_err(|e| self.error(WHAT, e))?;
-            self.next_counter_sweep_ms
-                .store(now_ms.saturating_add(SWEEP_EVERY_MS), Ordering::Relaxed);
-        }
-        tx.commit().map_err(|e| self.error(WHAT, e))?;
-        Ok(Reserve::Granted(Reservation { id, keys }))
     }
 
     fn rollback_now(&self, reservation: &Reservation) -> Result<(), StoreError> {
         const WHAT: &str = "roll back counter reservation";
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.error(WHAT, e))?;
-        for (index, key) in reservation.keys.iter().enumerate() {
-            if !reservation.keys[..index].contains(key) {
-                forget(&tx, key, &reservation.id).map_err(|e| self.error(WHAT, e))?;
-            }
+        let mut cache = self.counter_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = rollback_in(&mut conn, &mut cache, reservation);
+        if outcome.is_err() {
+            forget_everything(&mut cache);
         }
-        tx.commit().map_err(|e| self.error(WHAT, e))
+        outcome.map_err(|e| self.error(WHAT, e))
     }
 
     fn error(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
         StoreError::new(&format!("{} ({what})", self.path.display()), error)
     }
+}
+
+/// Forgets every cached key: the next use of each reads it back from the database.
+fn forget_everything(cache: &mut CounterCache) {
+    cache.data_version = None;
+    cache.keys.clear();
+}
+
+/// Starts a write transaction and makes sure the cache is still right for it.
+fn begin<'c>(
+    conn: &'c mut Connection,
+    cache: &mut CounterCache,
+) -> rusqlite::Result<rusqlite::Transaction<'c>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?;
+    if cache.data_version != Some(version) {
+        forget_everything(cache);
+        cache.data_version = Some(version);
+    }
+    Ok(tx)
+}
+
+/// The reservation itself: `None` when granted (and committed), else the first charge that
+/// does not fit with its `retry_after_ms`.
+fn reserve_in(
+    conn: &mut Connection,
+    cache: &mut CounterCache,
+    clock: &dyn crate::Clock,
+    charges: &[Charge],
+    id: &str,
+) -> rusqlite::Result<Option<(usize, u64)>> {
+    let tx = begin(conn, cache)?;
+    // Read only now that the write lock is held (see the module documentation).
+    let now_ms = clock.now_ms();
+    // Each key of the call, cached back to the earliest window start the call needs on it.
+    for (index, charge) in charges.iter().enumerate() {
+        if charges[..index].iter().any(|c| c.key == charge.key) {
+            continue;
+        }
+        let from_ms = charges
+            .iter()
+            .filter(|c| c.key == charge.key)
+            .map(|c| window::counts_from(now_ms, c.window_ms, c.calendar))
+            .min()
+            .expect("the charge itself");
+        load(&tx, cache, &charge.key, from_ms)?;
+    }
+    if let Some(refused) = first_exceeded(cache, charges, now_ms) {
+        // Dropping the transaction rolls it back; nothing was written anyway.
+        return Ok(Some(refused));
+    }
+    record(&tx, cache, charges, now_ms, id)?;
+    let sweep = now_ms >= cache.next_sweep_ms;
+    if sweep {
+        tx.prepare_cached("DELETE FROM counter_entries WHERE expires_ms <= ?1")?
+            .execute([sql_ms(now_ms)])?;
+    }
+    tx.commit()?;
+    // Committed: now the cache may follow.
+    let reservation: Arc<str> = Arc::from(id);
+    for charge in charges {
+        let entry = CachedEntry {
+            at_ms: now_ms,
+            amount: charge.amount,
+            expires_ms: expires(now_ms, charge),
+            reservation: Arc::clone(&reservation),
+        };
+        if let Some(key) = cache.keys.get_mut(&charge.key) {
+            key.add(entry);
+        }
+    }
+    if sweep {
+        sweep_cache(cache, now_ms);
+        cache.next_sweep_ms = now_ms.saturating_add(SWEEP_EVERY_MS);
+    }
+    Ok(None)
+}
+
+/// Makes `key`'s cache hold its entries made at or after `from_ms`: dropping older ones, or
+/// reading the key back when the cache does not reach back that far (or has no such key).
+fn load(
+    conn: &Connection,
+    cache: &mut CounterCache,
+    key: &str,
+    from_ms: u64,
+) -> rusqlite::Result<()> {
+    if let Some(cached) = cache.keys.get_mut(key) {
+        if cached.complete_from_ms <= from_ms {
+            cached.advance_to(from_ms);
+            return Ok(());
+        }
+    }
+    let mut statement = conn.prepare_cached(
+        "SELECT at_ms, amount, expires_ms, reservation FROM counter_entries
+         WHERE key = ?1 AND at_ms >= ?2 ORDER BY at_ms",
+    )?;
+    let mut reservations: HashMap<String, Arc<str>> = HashMap::new();
+    let rows = statement.query_map(params![key, sql_ms(from_ms)], |r| {
+        Ok((
+            r.get::<_, i64>(0)?.max(0) as u64,
+            r.get::<_, f64>(1)?,
+            r.get::<_, i64>(2)?.max(0) as u64,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut entries = VecDeque::new();
+    let mut total = 0.0;
+    for row in rows {
+        let (at_ms, amount, expires_ms, reservation) = row?;
+        let reservation = reservations
+            .entry(reservation)
+            .or_insert_with_key(|id| Arc::from(id.as_str()))
+            .clone();
+        total += amount;
+        entries.push_back(CachedEntry {
+            at_ms,
+            amount,
+            expires_ms,
+            reservation,
+        });
+    }
+    let pruned_at_ms = cache.keys.get(key).map_or(0, |k| k.pruned_at_ms);
+    cache.keys.insert(
+        key.to_owned(),
+        CachedKey {
+            complete_from_ms: from_ms,
+            entries,
+            total,
+            pruned_at_ms,
+            // Rows before `from_ms` may be waiting to be pruned.
+            unpruned: true,
+        },
+    );
+    Ok(())
+}
+
+/// The first charge that does not fit at `now_ms`, with its `retry_after_ms`. A charge
+/// sees what is stored plus the earlier charges of this same call on the same key. Every
+/// key of `charges` must be cached back to its charges' window starts ([`load`]).
+fn first_exceeded(
+    cache: &mut CounterCache,
+    charges: &[Charge],
+    now_ms: u64,
+) -> Option<(usize, u64)> {
+    for (index, charge) in charges.iter().enumerate() {
+        let from_ms = window::counts_from(now_ms, charge.window_ms, charge.calendar);
+        let pending = charges[..index]
+            .iter()
+            .filter(|earlier| earlier.key == charge.key)
+            .map(|earlier| Entry {
+                at_ms: now_ms,
+                amount: earlier.amount,
+            });
+        let cached = cache.keys.get_mut(&charge.key).expect("loaded");
+        let admit = |entries: &[Entry]| {
+            window::admit(
+                entries,
+                now_ms,
+                charge.window_ms,
+                charge.calendar,
+                charge.max,
+                charge.amount,
+            )
+        };
+        // The sum is all the yes/no needs: present it as one entry made now.
+        let mut summed = vec![Entry {
+            at_ms: now_ms,
+            amount: cached.sum_from(from_ms),
+        }];
+        summed.extend(pending.clone());
+        if admit(&summed).is_ok() {
+            continue;
+        }
+        // Refused: the entries themselves decide, and say when it would fit again.
+        let mut entries = cached.window_entries(from_ms, now_ms);
+        let exact: f64 = entries.iter().map(|e| e.amount).sum();
+        entries.extend(pending);
+        if let Err(retry_after_ms) = admit(&entries) {
+            return Some((index, retry_after_ms));
+        }
+        // The sum was off by rounding and the entry-by-entry sum fits: it stands, and the
+        // exact sum carries on.
+        if from_ms <= cached.complete_from_ms {
+            cached.total = exact;
+        }
+    }
+    None
+}
+
+/// When an entry made at `now_ms` for `charge` stops counting under its window.
+fn expires(now_ms: u64, charge: &Charge) -> u64 {
+    now_ms.saturating_add(charge.window_ms.max(1))
+}
+
+/// Writes one entry per charge and, at most every [`PRUNE_EVERY_MS`] per key, deletes the
+/// charged keys' rows that can no longer count (see the module documentation).
+fn record(
+    conn: &Connection,
+    cache: &mut CounterCache,
+    charges: &[Charge],
+    now_ms: u64,
+    id: &str,
+) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO counter_entries (key, at_ms, reservation, charge, amount, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (index, charge) in charges.iter().enumerate() {
+        insert.execute(params![
+            charge.key,
+            sql_ms(now_ms),
+            id,
+            index as i64,
+            charge.amount,
+            sql_ms(expires(now_ms, charge))
+        ])?;
+    }
+    for (index, charge) in charges.iter().enumerate() {
+        if charges[..index].iter().any(|c| c.key == charge.key) {
+            continue;
+        }
+        let cached = cache.keys.get_mut(&charge.key).expect("loaded");
+        if !cached.unpruned || now_ms < cached.pruned_at_ms.saturating_add(PRUNE_EVERY_MS) {
+            continue;
+        }
+        let longest = charges
+            .iter()
+            .filter(|c| c.key == charge.key)
+            .map(|c| c.window_ms.max(1))
+            .max()
+            .unwrap_or(1);
+        // Only rows the cache no longer holds (before `complete_from_ms`).
+        let before = now_ms
+            .checked_sub(longest)
+            .zip(cached.complete_from_ms.checked_sub(1))
+            .map(|(a, b)| a.min(b));
+        if let Some(before) = before {
+            conn.prepare_cached(
+                "DELETE FROM counter_entries WHERE key = ?1 AND at_ms <= ?2 AND expires_ms <= ?3",
+            )?
+            .execute(params![charge.key, sql_ms(before), sql_ms(now_ms)])?;
+        }
+        // Should the commit fail, the cache is forgotten, these marks with it.
+        cached.pruned_at_ms = now_ms;
+        cached.unpruned = false;
+    }
+    Ok(())
+}
+
+/// The cache's side of the periodic sweep: drops the expired entries the database has just
+/// deleted, and keys left with none; recomputes each sum.
+fn sweep_cache(cache: &mut CounterCache, now_ms: u64) {
+    cache.keys.retain(|_, cached| {
+        cached.entries.retain(|e| e.expires_ms > now_ms);
+        cached.total = cached.entries.iter().map(|e| e.amount).sum();
+        !cached.entries.is_empty()
+    });
+}
+
+/// Deletes the reservation's entries under each of its keys, in the database and then in
+/// the cache.
+fn rollback_in(
+    conn: &mut Connection,
+    cache: &mut CounterCache,
+    reservation: &Reservation,
+) -> rusqlite::Result<()> {
+    let tx = begin(conn, cache)?;
+    let mut forget =
+        tx.prepare_cached("DELETE FROM counter_entries WHERE key = ?1 AND reservation = ?2")?;
+    for (index, key) in reservation.keys.iter().enumerate() {
+        if !reservation.keys[..index].contains(key) {
+            forget.execute([key, &reservation.id])?;
+        }
+    }
+    drop(forget);
+    tx.commit()?;
+    for key in &reservation.keys {
+        if let Some(cached) = cache.keys.get_mut(key) {
+            let before = cached.entries.len();
+            cached.entries.retain(|e| *e.reservation != *reservation.id);
+            if cached.entries.len() != before {
+                cached.total = cached.entries.iter().map(|e| e.amount).sum();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a charge cannot be stored, if it cannot: amounts must be finite and not negative (a
@@ -141,223 +506,14 @@ fn invalid(charge: &Charge) -> Option<String> {
 
 /// A fresh, unguessable reservation id (128 random bits, hex).
 fn reservation_id() -> String {
-    let mut raw = [0u8; 16];
-    rand::rng().fill_bytes(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    let mut rng = rand::rng();
+    let id = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+    format!("{id:032x}")
 }
 
 /// Milliseconds as SQLite stores them (saturating; real times are far below `i64::MAX`).
 fn sql_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
-/// A key's running sum as this call sees it: what its stored entries made at or after
-/// `from_ms` add up to (this call's own charges not included until [`record`]).
-struct RunningSum<'a> {
-    key: &'a str,
-    from_ms: u64,
-    total: f64,
-}
-
-/// What the stored entries of `key` made at or after `from_ms` add up to, from the running
-/// sum (this call's copy if it has one, else the stored one) when it can, else from the
-/// entries; `sums` is left holding the answer for `from_ms`.
-fn running_sum<'a>(
-    conn: &Connection,
-    sums: &mut Vec<RunningSum<'a>>,
-    key: &'a str,
-    from_ms: u64,
-) -> rusqlite::Result<f64> {
-    let slot = sums.iter().position(|s| s.key == key);
-    let known = match slot {
-        Some(i) => Some((sums[i].from_ms, sums[i].total)),
-        None => conn
-            .prepare_cached("SELECT from_ms, total FROM counter_sums WHERE key = ?1")?
-            .query_row([key], |r| {
-                Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?))
-            })
-            .optional()?,
-    };
-    let total = match known {
-        Some((known_from, total)) if known_from == from_ms => total,
-        // The window moved on: subtract what left it.
-        Some((known_from, total)) if known_from < from_ms => {
-            total - sum_between(conn, key, known_from, from_ms - 1)?
-        }
-        // No sum yet, or the window start moved back: add up the entries.
-        _ => sum_between(conn, key, from_ms, u64::MAX)?,
-    };
-    match slot {
-        Some(i) => {
-            sums[i].from_ms = from_ms;
-            sums[i].total = total;
-        }
-        None => sums.push(RunningSum {
-            key,
-            from_ms,
-            total,
-        }),
-    }
-    Ok(total)
-}
-
-/// What the entries of `key` made between `from_ms` and `to_ms` (inclusive) add up to.
-fn sum_between(conn: &Connection, key: &str, from_ms: u64, to_ms: u64) -> rusqlite::Result<f64> {
-    conn.prepare_cached(
-        "SELECT COALESCE(SUM(amount), 0.0) FROM counter_entries
-         WHERE key = ?1 AND at_ms BETWEEN ?2 AND ?3",
-    )?
-    .query_row(params![key, sql_ms(from_ms), sql_ms(to_ms)], |r| r.get(0))
-}
-
-/// The first charge that does not fit at `now_ms`, with its `retry_after_ms`. A charge
-/// sees what is stored plus the earlier charges of this same call on the same key.
-fn first_exceeded<'a>(
-    conn: &Connection,
-    charges: &'a [Charge],
-    now_ms: u64,
-    sums: &mut Vec<RunningSum<'a>>,
-) -> rusqlite::Result<Option<(usize, u64)>> {
-    for (index, charge) in charges.iter().enumerate() {
-        let from_ms = window::counts_from(now_ms, charge.window_ms, charge.calendar);
-        let pending = charges[..index]
-            .iter()
-            .filter(|earlier| earlier.key == charge.key)
-            .map(|earlier| Entry {
-                at_ms: now_ms,
-                amount: earlier.amount,
-            });
-        let stored = running_sum(conn, sums, &charge.key, from_ms)?;
-        // The sum is all the yes/no needs: present it as one entry made now.
-        let mut entries = vec![Entry {
-            at_ms: now_ms,
-            amount: stored,
-        }];
-        entries.extend(pending.clone());
-        let admit = |entries: &[Entry]| {
-            window::admit(
-                entries,
-                now_ms,
-                charge.window_ms,
-                charge.calendar,
-                charge.max,
-                charge.amount,
-            )
-        };
-        if admit(&entries).is_ok() {
-            continue;
-        }
-        // Refused: the real entries decide, and say when it would fit again.
-        let mut statement = conn.prepare_cached(
-            "SELECT at_ms, amount FROM counter_entries WHERE key = ?1 AND at_ms >= ?2",
-        )?;
-        let rows = statement.query_map(params![charge.key, sql_ms(from_ms)], |r| {
-            let at_ms: i64 = r.get(0)?;
-            Ok(Entry {
-                // An entry from "the future" (a clock that went back) counts as made now.
-                at_ms: (at_ms.max(0) as u64).min(now_ms),
-                amount: r.get(1)?,
-            })
-        })?;
-        let mut entries = rows.collect::<rusqlite::Result<Vec<Entry>>>()?;
-        let exact: f64 = entries.iter().map(|e| e.amount).sum();
-        entries.extend(pending);
-        if let Err(retry_after_ms) = admit(&entries) {
-            return Ok(Some((index, retry_after_ms)));
-        }
-        // The running sum was off by rounding and the entry-by-entry sum fits: it stands,
-        // and the exact sum carries on.
-        if let Some(sum) = sums.iter_mut().find(|s| s.key == charge.key) {
-            sum.total = exact;
-        }
-    }
-    Ok(None)
-}
-
-/// Writes one entry per charge, stores the running sums, and deletes the charged keys'
-/// entries that can no longer count (see the module documentation).
-fn record(
-    conn: &Connection,
-    charges: &[Charge],
-    now_ms: u64,
-    id: &str,
-    sums: &mut [RunningSum<'_>],
-) -> rusqlite::Result<()> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO counter_entries (key, at_ms, reservation, charge, amount, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for (index, charge) in charges.iter().enumerate() {
-        let expires_ms = now_ms.saturating_add(charge.window_ms.max(1));
-        insert.execute(params![
-            charge.key,
-            sql_ms(now_ms),
-            id,
-            index as i64,
-            charge.amount,
-            sql_ms(expires_ms)
-        ])?;
-        // Made now, so at or after the window start (never later than now): it counts.
-        if let Some(sum) = sums.iter_mut().find(|s| s.key == charge.key) {
-            sum.total += charge.amount;
-        }
-    }
-    let mut store = conn.prepare_cached(
-        "INSERT INTO counter_sums (key, from_ms, total) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET from_ms = excluded.from_ms, total = excluded.total",
-    )?;
-    let mut prune = conn.prepare_cached(
-        "DELETE FROM counter_entries WHERE key = ?1 AND at_ms <= ?2 AND expires_ms <= ?3",
-    )?;
-    for sum in sums.iter() {
-        store.execute(params![sum.key, sql_ms(sum.from_ms), sum.total])?;
-        let longest = charges
-            .iter()
-            .filter(|c| c.key == sum.key)
-            .map(|c| c.window_ms.max(1))
-            .max()
-            .unwrap_or(1);
-        // Only entries the running sum no longer includes (before `from_ms`).
-        let before = now_ms
-            .checked_sub(longest)
-            .zip(sum.from_ms.checked_sub(1))
-            .map(|(a, b)| a.min(b));
-        if let Some(before) = before {
-            prune.execute(params![sum.key, sql_ms(before), sql_ms(now_ms)])?;
-        }
-    }
-    Ok(())
-}
-
-/// Deletes every expired entry of every key, and every running sum (each is recomputed
-/// from the entries on its key's next use).
-fn sweep(conn: &Connection, now_ms: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM counter_entries WHERE expires_ms <= ?1")?
-        .execute([sql_ms(now_ms)])?;
-    conn.prepare_cached("DELETE FROM counter_sums")?
-        .execute([])?;
-    Ok(())
-}
-
-/// Deletes reservation `id`'s entries under `key`, taking them out of the key's running
-/// sum where it includes them.
-fn forget(conn: &Connection, key: &str, id: &str) -> rusqlite::Result<()> {
-    let deleted = conn
-        .prepare_cached(
-            "DELETE FROM counter_entries WHERE key = ?1 AND reservation = ?2
-             RETURNING at_ms, amount",
-        )?
-        .query_map([key, id], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut unsum = conn.prepare_cached(
-        "UPDATE counter_sums SET total = total - ?2 WHERE key = ?1 AND from_ms <= ?3",
-    )?;
-    for (at_ms, amount) in deleted {
-        unsum.execute(params![key, amount, at_ms])?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -502,7 +658,7 @@ mod tests {
         let dir = scratch("upgrade");
         drop(EmbeddedStore::open(&dir).unwrap());
         let conn = Connection::open(dir.join("toolgate.db")).unwrap();
-        conn.execute_batch("DROP TABLE counter_entries; DROP TABLE counter_sums; UPDATE schema_version SET version = 1;")
+        conn.execute_batch("DROP TABLE counter_entries; UPDATE schema_version SET version = 1;")
             .unwrap();
         drop(conn);
         let store = EmbeddedStore::open(&dir).unwrap();
@@ -513,38 +669,65 @@ mod tests {
                 c.query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             })
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Every stored running sum against its entries: `(key, running, exact)` where they
-    /// differ by more than rounding.
-    fn wrong_sums(store: &EmbeddedStore) -> Vec<(String, f64, f64)> {
-        store
-            .with("check sums", |c| {
-                let mut statement = c.prepare(
-                    "SELECT s.key, s.total, (SELECT COALESCE(SUM(e.amount), 0.0)
-                       FROM counter_entries e WHERE e.key = s.key AND e.at_ms >= s.from_ms)
-                     FROM counter_sums s",
-                )?;
-                let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                rows.collect::<rusqlite::Result<Vec<(String, f64, f64)>>>()
-            })
-            .unwrap()
-            .into_iter()
-            .filter(|(_, running, exact)| (running - exact).abs() > 1e-9)
-            .collect()
+    /// Every cached key against the database: `(key, what differs)` for each key whose
+    /// cached entries are not exactly its stored entries from `complete_from_ms` on, or
+    /// whose sum is off by more than rounding.
+    fn cache_mismatches(store: &EmbeddedStore) -> Vec<(String, String)> {
+        let cache = store.counter_cache.lock().unwrap();
+        let mut wrong = Vec::new();
+        for (key, cached) in &cache.keys {
+            let stored: Vec<(u64, u64, String)> = store
+                .with("check cache", |c| {
+                    let mut statement = c.prepare(
+                        "SELECT at_ms, amount, reservation FROM counter_entries
+                         WHERE key = ?1 AND at_ms >= ?2 ORDER BY at_ms, reservation",
+                    )?;
+                    let rows = statement.query_map(
+                        params![key, sql_ms(cached.complete_from_ms)],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)? as u64,
+                                r.get::<_, f64>(1)?.to_bits(),
+                                r.get(2)?,
+                            ))
+                        },
+                    )?;
+                    rows.collect()
+                })
+                .unwrap();
+            let mut held: Vec<(u64, u64, String)> = cached
+                .entries
+                .iter()
+                .map(|e| (e.at_ms, e.amount.to_bits(), e.reservation.to_string()))
+                .collect();
+            held.sort();
+            if held != stored {
+                wrong.push((key.clone(), format!("cached {held:?}, stored {stored:?}")));
+            }
+            let exact: f64 = cached.entries.iter().map(|e| e.amount).sum();
+            if (cached.total - exact).abs() > 1e-9 {
+                wrong.push((
+                    key.clone(),
+                    format!("sum {} of entries {exact}", cached.total),
+                ));
+            }
+        }
+        wrong
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
-        /// The running sums stay equal to their entries through grants, refusals,
-        /// rollbacks, windows changing, the clock jumping ahead (sweeps) and going back.
-        /// (A sum that is too high would not show in decisions — a refusal is re-checked
-        /// on the entries — only in speed; this catches it.)
+        /// The cache stays equal to the database through grants, refusals, rollbacks,
+        /// windows changing, the clock jumping ahead (sweeps) and going back. (A sum that
+        /// is too high would not show in decisions — a refusal is re-checked on the entries
+        /// — only in speed; this catches it.)
         #[test]
-        fn running_sums_always_equal_their_entries(
+        fn the_cache_always_equals_the_stored_entries(
             ops in prop::collection::vec(
                 (
                     prop_oneof![8 => 0..2_000i64, 1 => -3_000..0i64, 1 => 0..70_000i64],
@@ -579,7 +762,7 @@ mod tests {
                         granted.push(r);
                     }
                 }
-                prop_assert_eq!(wrong_sums(&store), vec![]);
+                prop_assert_eq!(cache_mismatches(&store), vec![]);
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
