@@ -583,7 +583,7 @@ fn check(calendar: bool, keys: Vec<(u64, f64)>, ops: Vec<Op>) -> Result<(), Test
             })
             .collect();
         let expected = (0..charges.len()).find(|&j| !model.fits(&charges, j, now, now));
-        match (reserve(&store, &request), expected) {
+        match (reserve(store, &request), expected) {
             (Reserve::Granted(reservation), None) => {
                 model.grants.push(Grant {
                     at_ms: now,
