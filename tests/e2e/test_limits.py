@@ -494,14 +494,15 @@ def test_rollback_when_upstream_unreachable(procs: Procs, tmp_path: Path, upstre
 # ------------------------------------------------------------ persistence
 def test_counters_survive_restarts(procs: Procs, tmp_path: Path, upstream: Callable[[], str]) -> None:
     """Embedded store (data dir in tmp): a killed gateway and a cleanly stopped one both come
-    back with the counters they had."""
+    back with the counters they had — also when the policy document was edited meanwhile
+    (counters belong to counter names, not to a version of the policy)."""
     counter = sfx("persist")
     rule = f"/tools/echo/limits/{counter}"
     policy = {"version": "1", "default": "deny", "tools": {"echo": {"limits": [limit(counter, 4, "hour")]}}}
     config = config_text({"up": {"url": upstream()}})
 
-    def start() -> Gateway:
-        return start_gateway_config(procs, tmp_path, config, policies={"limits.json": policy},
+    def start(doc: dict[str, Any] = policy) -> Gateway:
+        return start_gateway_config(procs, tmp_path, config, policies={"limits.json": doc},
                                     name="toolgate-limits-persist")
 
     def echo(gw: Gateway) -> Any:
@@ -529,6 +530,10 @@ def test_counters_survive_restarts(procs: Procs, tmp_path: Path, upstream: Calla
     assert_limited_until_first_leaves(gw)
     gw.proc.stop()  # a clean stop (SIGTERM)
     gw = start()
+    assert_limited_until_first_leaves(gw)
+    gw.proc.stop()
+    edited = {**policy, "tools": {**policy["tools"], "add": {}}}
+    gw = start(edited)
     assert_limited_until_first_leaves(gw)
 
 

@@ -260,6 +260,21 @@ pub struct ServerSpec {
     pub fail_open: bool,
 }
 
+/// How requests are audited (`[audit]`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditSettings {
+    /// `capture = "full"`: argument values are stored (with `redact` paths masked);
+    /// otherwise only their sorted keys and digest.
+    pub capture_full: bool,
+    /// Argument paths whose values are masked when they are stored.
+    pub redact: Vec<toolgate_policy::ArgPath>,
+    /// Records older than this many days are pruned (the chain stays verifiable).
+    pub retain_days: Option<u32>,
+    /// `durability = "fsync"`: every commit is flushed to disk (survives power loss), not
+    /// just handed to the operating system (survives a killed gateway).
+    pub fsync: bool,
+}
+
 /// Everything the running gateway needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -279,6 +294,8 @@ pub struct Settings {
     pub session_idle_timeout: Duration,
     /// Cluster mode: counters in this Redis instead of the embedded store.
     pub redis_url: Option<String>,
+    /// The audit log.
+    pub audit: AuditSettings,
     /// Upstreams by name.
     pub servers: Vec<ServerSpec>,
     /// Declarative grants.
@@ -299,6 +316,7 @@ impl Settings {
             max_header_bytes: 64 << 10,
             session_idle_timeout: Duration::from_secs(3600),
             redis_url: None,
+            audit: AuditSettings::default(),
             servers: Vec::new(),
             grants: Vec::new(),
             warnings: Vec::new(),
@@ -405,6 +423,61 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
         version: to_hex(&Sha256::digest(&bytes))[..16].to_owned(),
         policy: Arc::new(policy),
     })
+}
+
+/// Validates `[audit]`.
+fn audit_settings(
+    file: &str,
+    audit: &AuditSection,
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> AuditSettings {
+    let capture_full = match audit.capture.as_deref() {
+        None | Some("keys") => false,
+        Some("full") => true,
+        Some(other) => {
+            errors.push(format!(
+                "{file}: audit.capture: {other:?} is not a capture mode; expected \"keys\" or \"full\""
+            ));
+            false
+        }
+    };
+    let fsync = match audit.durability.as_deref() {
+        None | Some("process") => false,
+        Some("fsync") => true,
+        Some(other) => {
+            errors.push(format!(
+                "{file}: audit.durability: {other:?} is not a durability; expected \"process\" or \"fsync\""
+            ));
+            false
+        }
+    };
+    let redact = audit
+        .redact
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            toolgate_policy::ArgPath::parse(text)
+                .map_err(|e| errors.push(format!("{file}: audit.redact[{i}]: {e}")))
+                .ok()
+        })
+        .collect::<Vec<_>>();
+    if !redact.is_empty() && !capture_full {
+        warnings.push(format!(
+            "{file}: audit.redact has no effect unless audit.capture = \"full\" (argument values are not stored)"
+        ));
+    }
+    if audit.retain_days == Some(0) {
+        errors.push(format!(
+            "{file}: audit.retain_days: 0 would prune every record at once; expected at least 1"
+        ));
+    }
+    AuditSettings {
+        capture_full,
+        redact,
+        retain_days: audit.retain_days.filter(|d| *d > 0),
+        fsync,
+    }
 }
 
 fn parse_duration_key(
@@ -515,6 +588,9 @@ fn resolve(
                 "{file}: store.postgres_url: the PostgreSQL store is not supported yet"
             ));
         }
+    }
+    if let Some(audit) = &raw.audit {
+        settings.audit = audit_settings(file, audit, &mut errors, &mut settings.warnings);
     }
     if raw.gateway.tls_cert.is_some() || raw.gateway.tls_key.is_some() {
         errors.push(format!(

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod answer;
+mod audit;
 pub mod body;
 pub mod catalogue;
 pub mod config;
@@ -78,6 +79,11 @@ pub struct Gateway {
     sessions: Arc<Sessions>,
     /// Where limits are counted.
     counters: Arc<dyn toolgate_store::CounterStore>,
+    /// Where every request is recorded.
+    auditor: Arc<audit::Auditor>,
+    /// The embedded store, when it holds both the counters and the audit log: then a
+    /// rate-limited call's reservation and record share one commit.
+    ledger: Option<Arc<EmbeddedStore>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -107,6 +113,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     /// The server and upstream supervisor tasks.
     tasks: Vec<JoinHandle<()>>,
+    /// Flushed last.
+    auditor: Arc<audit::Auditor>,
 }
 
 impl Running {
@@ -116,6 +124,7 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.auditor.flush().await;
     }
 }
 
@@ -151,13 +160,82 @@ async fn expire_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bo
     }
 }
 
+/// How long a queued audit outcome waits, at most, for a commit to carry it.
+const AUDIT_FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// Commits queued audit outcomes that no call's record carried along (what is left at
+/// shutdown is committed by [`Running::shutdown`], once in-flight requests are drained).
+async fn flush_audit(auditor: Arc<audit::Auditor>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(AUDIT_FLUSH_EVERY) => auditor.flush().await,
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Prunes audit records older than `days`, at start and then hourly.
+async fn prune_audit(store: Arc<EmbeddedStore>, days: u32, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let cutoff = time::format_rfc3339_ms(time::now_unix_ms() - i64::from(days) * 86_400_000);
+        let pruning = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || pruning.audit_prune(&cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(target: "toolgate::audit", "pruned {n} audit entries older than {days} days")
+            }
+            Ok(Err(e)) => tracing::error!(target: "toolgate::audit", "audit pruning failed: {e}"),
+            Err(e) => tracing::error!(target: "toolgate::audit", "audit pruning failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Stores to use instead of those the settings name: for benchmarks and tests that measure
+/// or break one store on purpose.
+#[derive(Default)]
+pub struct StoreOverrides {
+    /// Where audit entries go instead of the embedded store.
+    pub audit: Option<Arc<dyn toolgate_store::AuditLog>>,
+}
+
 /// Binds the listener, starts stdio children and serves.
 pub async fn start(settings: Settings) -> Result<Running, String> {
+    start_with(settings, StoreOverrides::default()).await
+}
+
+/// [`start`], with some stores replaced.
+pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result<Running, String> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let store = Arc::new(EmbeddedStore::open(&settings.data_dir).map_err(|e| e.to_string())?);
+    if settings.audit.fsync {
+        store.fsync_every_commit().map_err(|e| e.to_string())?;
+    }
     tracing::info!(path = %store.path().display(), "embedded store open");
+    let embedded_audit = overrides.audit.is_none();
+    let audit_log = overrides
+        .audit
+        .unwrap_or_else(|| Arc::clone(&store) as Arc<dyn toolgate_store::AuditLog>);
+    let auditor = Arc::new(audit::Auditor::new(audit_log, settings.audit.clone()));
+    // A gateway that cannot audit does not start.
+    auditor
+        .write(&audit::policies_loaded(&settings.grants))
+        .await
+        .map_err(|e| e.message)?;
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(flush_audit(
+        Arc::clone(&auditor),
+        shutdown_rx.clone(),
+    )));
+    if let Some(days) = settings.audit.retain_days {
+        tokio::spawn(prune_audit(Arc::clone(&store), days, shutdown_rx.clone()));
+    }
     // Cluster mode keeps counters in Redis so that every replica enforces one budget;
     // otherwise they live beside the sessions in the embedded store.
+    let ledger = (embedded_audit && settings.redis_url.is_none()).then(|| Arc::clone(&store));
     let counters: Arc<dyn toolgate_store::CounterStore> = match &settings.redis_url {
         Some(url) => {
             let redis =
@@ -173,7 +251,6 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         configured.contains(&record.server)
     }));
     let mut servers = HashMap::new();
-    let mut tasks = Vec::new();
     for spec in &settings.servers {
         let upstream = match &spec.upstream {
             UpstreamSpec::Http { .. } => Upstream::Http(Arc::new(HttpUpstream::new(
@@ -216,15 +293,19 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
         servers,
         sessions,
         counters,
+        auditor,
+        ledger,
     });
     tasks.push(tokio::spawn(expire_sessions(
         Arc::clone(&gateway),
         shutdown_rx.clone(),
     )));
+    let auditor = Arc::clone(&gateway.auditor);
     tasks.push(tokio::spawn(front::serve(gateway, listener, shutdown_rx)));
     Ok(Running {
         local_addr,
         shutdown,
         tasks,
+        auditor,
     })
 }

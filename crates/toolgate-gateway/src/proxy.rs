@@ -1,6 +1,7 @@
 //! The straight line of one MCP request: authenticate → session → decide → forward → answer.
 
 use crate::answer;
+use crate::audit::{self, Auditor, Awaiting};
 use crate::body::{self, Body};
 use crate::error::GatewayError;
 use crate::grants::GrantSpec;
@@ -20,7 +21,8 @@ use toolgate_mcp::jsonrpc::{self, parse_payload};
 use toolgate_mcp::sse::{self, SseDecoder};
 use toolgate_mcp::{codes, headers as mcp_headers, version, Kind, Message, Payload};
 use toolgate_policy::{Decision, Identity, Outcome, ToolCall};
-use toolgate_store::{CounterStore, Reservation};
+use toolgate_store::audit::CallRecord;
+use toolgate_store::{AuditEntry, CounterStore, Reservation};
 
 /// Upstream response headers passed to the client (the session id is replaced by ours).
 const RELAYED: &[&str] = &[
@@ -40,6 +42,16 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
 
 fn client_error(status: StatusCode, code: i64, message: impl Into<String>) -> GatewayError {
     GatewayError::client(status, code, message)
+}
+
+/// A client message, checked.
+struct Checked {
+    /// What to do with it.
+    verdict: Verdict,
+    /// Its audit record, if it is a request.
+    record: Option<CallRecord>,
+    /// The record is written already (with the call's counter reservation).
+    recorded: bool,
 }
 
 /// What to do with one client message after the policy looked at it.
@@ -228,13 +240,42 @@ impl Gateway {
         }
     }
 
-    /// Decides a `tools/call` (any other message is forwarded).
+    /// Decides a `tools/call` (any other message is forwarded), and starts the audit record
+    /// of a request (notifications and responses have none).
     async fn check(
         &self,
         server: &Server,
         grant: &GrantSpec,
         session: &Session,
         message: &Message,
+    ) -> Checked {
+        let mut record = (message.kind() == Kind::Request).then(|| {
+            self.auditor
+                .record(grant, &server.spec.name, Some(&session.id), message)
+        });
+        let mut recorded = false;
+        let verdict = self
+            .decide(server, grant, session, message, &mut record, &mut recorded)
+            .await;
+        if let (Verdict::Respond(_), Some(record)) = (&verdict, &mut record) {
+            record.forwarded = false;
+        }
+        Checked {
+            verdict,
+            record,
+            recorded,
+        }
+    }
+
+    /// The decision itself; what it decided goes into `record`.
+    async fn decide(
+        &self,
+        server: &Server,
+        grant: &GrantSpec,
+        session: &Session,
+        message: &Message,
+        record: &mut Option<CallRecord>,
+        recorded: &mut bool,
     ) -> Verdict {
         let Some(call) = message.tool_call() else {
             return Verdict::Forward(None);
@@ -243,12 +284,16 @@ impl Gateway {
         let call = match call {
             Ok(call) => call,
             Err(e) => {
+                if let Some(record) = record {
+                    record.decision = Outcome::Deny.as_str().to_owned();
+                    record.message = Some(format!("invalid tools/call: {e}"));
+                }
                 return Verdict::Respond(jsonrpc::error_response(
                     id,
                     codes::INVALID_PARAMS,
                     &e,
                     None,
-                ))
+                ));
             }
         };
         let policy = grant.policies.get(&server.spec.name);
@@ -285,7 +330,22 @@ impl Gateway {
                 identity: &identity.grant,
                 session: &session.id,
             };
-            match quota::reserve(&*self.counters, &decision.limits, &scope).await {
+            let quota = match (&self.ledger, record.as_ref()) {
+                (Some(store), Some(record)) if !decision.limits.is_empty() => {
+                    // The record as it reads if the reservation is granted, written with it.
+                    let mut intent = record.clone();
+                    audit::decided(&mut intent, &decision, shadow);
+                    let intent = [AuditEntry::Call(intent)];
+                    let quota = quota::reserve_with(&decision.limits, &scope, |charges| {
+                        std::future::ready(store.reserve_and_append(&charges, &intent))
+                    })
+                    .await;
+                    *recorded = matches!(quota, Quota::Reserved(_));
+                    quota
+                }
+                _ => quota::reserve(&*self.counters, &decision.limits, &scope).await,
+            };
+            match quota {
                 Quota::Unlimited => decision,
                 Quota::Reserved(r) => {
                     reservation = Some(r);
@@ -316,10 +376,25 @@ impl Gateway {
             counter_store = store_note.as_deref().unwrap_or("ok"),
             "{}", decision.message
         );
+        if let Some(record) = record {
+            audit::decided(record, &decision, shadow);
+            if let Some(note) = &store_note {
+                record.message = Some(match record.message.take() {
+                    Some(message) => format!("{message}; {note}"),
+                    None => note.clone(),
+                });
+            }
+        }
         if shadow && decision.outcome != Outcome::Hide {
             return Verdict::Forward(None);
         }
         if exists == Some(false) {
+            if let (Some(record), true) = (record, decision.outcome != Outcome::Hide) {
+                record.message = Some(format!(
+                    "not forwarded: server \"{}\" has no tool named \"{}\"",
+                    server.spec.name, call.name
+                ));
+            }
             return Verdict::Respond(answer::unknown_tool(id, call.name));
         }
         if decision.is_allowed() {
@@ -352,8 +427,15 @@ impl Gateway {
         let params = message.params().cloned().unwrap_or(Value::Null);
         let capabilities = params.get("capabilities").cloned().unwrap_or(json!({}));
         let requested = params.get("protocolVersion").and_then(Value::as_str);
+        let mut record = self.auditor.record(grant, &server.spec.name, None, message);
         match &server.upstream {
             Upstream::Stdio(up) => {
+                // The shared child was initialized by the gateway; its answer is reused.
+                record.forwarded = false;
+                self.auditor
+                    .write(&[AuditEntry::Call(record)])
+                    .await
+                    .map_err(|e| (e, id.clone()))?;
                 let init = up.initialize_result().await.map_err(|e| (e, id.clone()))?;
                 let negotiated = version::negotiate(requested);
                 let mut result = (*init).clone();
@@ -372,11 +454,25 @@ impl Gateway {
                 Ok(response)
             }
             Upstream::Http(up) => {
-                let upstream = up
-                    .send(Method::POST, headers, None, bytes)
+                let awaiting = Awaiting {
+                    id: id.clone(),
+                    request_id: record.request_id.clone(),
+                    started: std::time::Instant::now(),
+                };
+                self.auditor
+                    .write(&[AuditEntry::Call(record)])
                     .await
                     .map_err(|e| (e, id.clone()))?;
+                let upstream = match up.send(Method::POST, headers, None, bytes).await {
+                    Ok(upstream) => upstream,
+                    Err(e) => {
+                        self.auditor.finish(&awaiting, "unreachable");
+                        return Err((e, id.clone()));
+                    }
+                };
                 if !upstream.status().is_success() {
+                    let status = format!("http {}", upstream.status().as_u16());
+                    self.auditor.finish(&awaiting, &status);
                     return Ok(relay_raw(upstream, None));
                 }
                 let upstream_session =
@@ -398,6 +494,9 @@ impl Gateway {
                     .to_bytes();
                 let messages = http_upstream::parse_messages(&server.spec.name, sse, &collected)
                     .map_err(|e| (e, id.clone()))?;
+                let answer = messages.iter().find(|m| m.get("id") == Some(&id));
+                let status = answer.map_or_else(|| "no_answer".to_owned(), audit::upstream_status);
+                self.auditor.finish(&awaiting, &status);
                 let negotiated = messages
                     .iter()
                     .find(|m| m.get("id") == Some(&id))
@@ -438,8 +537,27 @@ impl Gateway {
         let mut forward = Vec::new();
         let mut list_ids = Vec::new();
         let mut watch = Vec::new();
+        let mut records = Vec::new();
+        let mut awaiting = Vec::new();
         for message in messages {
-            match self.check(server, grant, session, &message).await {
+            let Checked {
+                verdict,
+                record,
+                recorded,
+            } = self.check(server, grant, session, &message).await;
+            if let Some(record) = record {
+                if record.forwarded {
+                    awaiting.push(Awaiting {
+                        id: message.id().cloned().unwrap_or(Value::Null),
+                        request_id: record.request_id.clone(),
+                        started: std::time::Instant::now(),
+                    });
+                }
+                if !recorded {
+                    records.push(AuditEntry::Call(record));
+                }
+            }
+            match verdict {
                 Verdict::Respond(v) => answers.push(v),
                 Verdict::Forward(reservation) => {
                     if let Some(reservation) = reservation {
@@ -450,6 +568,18 @@ impl Gateway {
                     }
                     forward.push(message);
                 }
+            }
+        }
+        if let Err(e) = self.auditor.write(&records).await {
+            // Fail closed: nothing unrecorded goes upstream.
+            for (_, reservation) in &watch {
+                quota::rollback(&self.counters, reservation).await;
+            }
+            answers.extend(awaiting.iter().map(|a| e.to_jsonrpc(a.id.clone())));
+            self.auditor.finish_all(&awaiting, "not_sent");
+            forward.clear();
+            if answers.is_empty() {
+                return Err((e, Value::Null));
             }
         }
         if forward.is_empty() {
@@ -493,12 +623,16 @@ impl Gateway {
                     quota::rollback(&self.counters, reservation).await;
                 }
                 watch.clear();
+                let status = format!("http {}", r.status().as_u16());
+                self.auditor
+                    .finish_all(&std::mem::take(&mut awaiting), &status);
                 r
             }
             Err(e) => {
                 for (_, reservation) in &watch {
                     quota::rollback(&self.counters, reservation).await;
                 }
+                self.auditor.finish_all(&awaiting, "unreachable");
                 if request_ids.is_empty() {
                     return Ok(bad_gateway(e));
                 }
@@ -527,6 +661,8 @@ impl Gateway {
             pending: request_ids,
             deadline,
             timed_out: up.timed_out(),
+            auditor: Arc::clone(&self.auditor),
+            awaiting,
         };
         Ok(relay(upstream, Some(&session.id), Some(rewrite)))
     }
@@ -544,12 +680,28 @@ impl Gateway {
     ) -> Result<Response<Body>, (GatewayError, Value)> {
         let mut answers = Vec::new();
         let mut requests = Vec::new();
+        let mut records = Vec::new();
         for message in messages {
             match message.kind() {
-                Kind::Request => match self.check(server, grant, session, &message).await {
-                    Verdict::Respond(v) => answers.push(v),
-                    Verdict::Forward(reservation) => requests.push((message, reservation)),
-                },
+                Kind::Request => {
+                    let Checked {
+                        verdict,
+                        record,
+                        recorded,
+                    } = self.check(server, grant, session, &message).await;
+                    let awaiting = record.as_ref().filter(|r| r.forwarded).map(|r| Awaiting {
+                        id: message.id().cloned().unwrap_or(Value::Null),
+                        request_id: r.request_id.clone(),
+                        started: std::time::Instant::now(),
+                    });
+                    records.extend(record.filter(|_| !recorded).map(AuditEntry::Call));
+                    match verdict {
+                        Verdict::Respond(v) => answers.push(v),
+                        Verdict::Forward(reservation) => {
+                            requests.push((message, reservation, awaiting))
+                        }
+                    }
+                }
                 Kind::Notification => {
                     // The gateway initialized the shared child itself; a client's
                     // `initialized` must not reach it again.
@@ -562,6 +714,18 @@ impl Gateway {
                         tracing::debug!(session = %session.id, "dropped a response to no pending server request");
                     }
                 }
+            }
+        }
+        if let Err(e) = self.auditor.write(&records).await {
+            // Fail closed: nothing unrecorded goes upstream.
+            for (message, reservation, awaiting) in requests.drain(..) {
+                if let Some(reservation) = &reservation {
+                    quota::rollback(&self.counters, reservation).await;
+                }
+                if let Some(awaiting) = &awaiting {
+                    self.auditor.finish(awaiting, "not_sent");
+                }
+                answers.push(e.to_jsonrpc(message.id().cloned().unwrap_or(Value::Null)));
             }
         }
         if requests.is_empty() && answers.is_empty() {
@@ -581,12 +745,13 @@ impl Gateway {
             && accepts_sse(headers)
             && requests[0].0.method() == Some("tools/call")
         {
-            let (message, reservation) = requests.pop().expect("one request");
+            let (message, reservation, awaiting) = requests.pop().expect("one request");
             let id = message.id().cloned().unwrap_or(Value::Null);
             let (stream, rx) = session.open_stream();
             let up = Arc::clone(up);
             let session = Arc::clone(session);
             let counters = Arc::clone(&self.counters);
+            let auditor = Arc::clone(&self.auditor);
             if session.protocol_version.as_str() >= "2025-11-25" {
                 // Lets the client resume even if it loses the stream before the first event.
                 session.prime(stream);
@@ -594,6 +759,9 @@ impl Gateway {
             tokio::spawn(async move {
                 let outcome = up.request(Some(&session), message, Some(stream)).await;
                 settle(&counters, reservation, &outcome).await;
+                if let Some(awaiting) = &awaiting {
+                    auditor.finish(awaiting, &reply_status(&outcome));
+                }
                 match outcome {
                     Ok(Reply::Answer(response)) => session.push(Some(stream), &response),
                     // A cancelled request gets no response: its stream just ends.
@@ -604,11 +772,14 @@ impl Gateway {
             });
             return Ok(body::sse(rx));
         }
-        for (message, reservation) in requests {
+        for (message, reservation, awaiting) in requests {
             let is_list = message.method() == Some("tools/list");
             let id = message.id().cloned().unwrap_or(Value::Null);
             let outcome = up.request(Some(session), message, None).await;
             settle(&self.counters, reservation, &outcome).await;
+            if let Some(awaiting) = &awaiting {
+                self.auditor.finish(awaiting, &reply_status(&outcome));
+            }
             let response = match outcome {
                 Ok(Reply::Answer(response)) => response,
                 // A JSON response needs a body; say plainly that the call was cancelled.
@@ -728,6 +899,16 @@ async fn settle(
     }
 }
 
+/// A stdio upstream's answer as the audit outcome records it.
+fn reply_status(outcome: &Result<Reply, GatewayError>) -> String {
+    match outcome {
+        Ok(Reply::Answer(response)) => audit::upstream_status(response),
+        Ok(Reply::Cancelled) => "cancelled".to_owned(),
+        Err(e) if e.fault == crate::error::Fault::Upstream => "failed".to_owned(),
+        Err(_) => "not_sent".to_owned(),
+    }
+}
+
 /// An upstream failure on a message with no id to answer (a notification, a GET stream):
 /// HTTP 502 with the JSON-RPC error naming the server.
 fn bad_gateway(error: GatewayError) -> Response<Body> {
@@ -812,6 +993,18 @@ struct Rewrite {
     deadline: tokio::time::Instant,
     /// The error for a request the upstream did not answer in time (names the server).
     timed_out: GatewayError,
+    /// Where outcomes are written.
+    auditor: Arc<Auditor>,
+    /// Forwarded requests whose outcome is not written yet.
+    awaiting: Vec<Awaiting>,
+}
+
+impl Drop for Rewrite {
+    /// A stream that ends before every answer came (the upstream broke off, the client
+    /// left) still gets its outcomes written.
+    fn drop(&mut self) {
+        self.auditor.finish_all(&self.awaiting, "no_answer");
+    }
 }
 
 impl Rewrite {
@@ -819,6 +1012,7 @@ impl Rewrite {
         self.prepend.is_empty()
             && self.watch.is_empty()
             && self.pending.is_empty()
+            && self.awaiting.is_empty()
             && (self.list_ids.is_empty() || self.policy.is_none())
     }
 
@@ -828,6 +1022,10 @@ impl Rewrite {
         let Some(id) = message.get("id") else { return };
         if message.get("result").is_some() || message.get("error").is_some() {
             self.pending.retain(|p| p != id);
+            if let Some(index) = self.awaiting.iter().position(|a| &a.id == id) {
+                let one = self.awaiting.swap_remove(index);
+                self.auditor.finish(&one, &audit::upstream_status(message));
+            }
         }
         let Some(index) = self.watch.iter().position(|(watched, _)| watched == id) else {
             return;
@@ -843,6 +1041,10 @@ impl Rewrite {
     async fn expire(&mut self) -> Vec<Value> {
         let mut answers = Vec::new();
         for id in std::mem::take(&mut self.pending) {
+            if let Some(index) = self.awaiting.iter().position(|a| a.id == id) {
+                let one = self.awaiting.swap_remove(index);
+                self.auditor.finish(&one, "timeout");
+            }
             let error = self.timed_out.to_jsonrpc(id);
             self.settle(&error).await;
             answers.push(error);

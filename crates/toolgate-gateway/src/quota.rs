@@ -5,9 +5,10 @@
 //! Within a server the scope picks whose budget it is (grant, identity, session, or the
 //! server itself). A counter name shared by several tools of one policy is one budget.
 
+use std::future::Future;
 use std::sync::Arc;
 use toolgate_policy::{Decision, LimitCharge, Scope};
-use toolgate_store::{Charge, CounterStore, Reservation, Reserve};
+use toolgate_store::{Charge, CounterStore, Reservation, Reserve, StoreError};
 
 /// Who is calling where: what scopes resolve to.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +73,23 @@ pub async fn reserve(
     limits: &[LimitCharge],
     scope: &CallScope<'_>,
 ) -> Quota {
+    reserve_with(limits, scope, |charges| async move {
+        store.reserve(&charges).await
+    })
+    .await
+}
+
+/// [`reserve`], the store operation being `reserve` (which gets the charges): so that the
+/// embedded store can reserve and record the call in one commit.
+pub async fn reserve_with<F, Fut>(
+    limits: &[LimitCharge],
+    scope: &CallScope<'_>,
+    reserve: F,
+) -> Quota
+where
+    F: FnOnce(Vec<Charge>) -> Fut,
+    Fut: Future<Output = Result<Reserve, StoreError>>,
+{
     if limits.is_empty() {
         return Quota::Unlimited;
     }
@@ -85,7 +103,7 @@ pub async fn reserve(
             ),
         ));
     }
-    match store.reserve(&charges(limits, scope)).await {
+    match reserve(charges(limits, scope)).await {
         Ok(Reserve::Granted(reservation)) => Quota::Reserved(reservation),
         Ok(Reserve::Exceeded {
             charge,

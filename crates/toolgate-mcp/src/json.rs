@@ -109,6 +109,47 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// The canonical text of a JSON value: object keys sorted (by UTF-16 code units, as
+/// RFC 8785 sorts them), no whitespace, strings and numbers as serde_json writes them. Two
+/// argument objects that mean the same thing — keys in another order, other spacing — get
+/// the same text, so their SHA-256 (the audit log's `args_sha256`, an approval's binding)
+/// is the same.
+pub fn canonical(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +182,13 @@ mod tests {
         }
         let deep = "[".repeat(100_000);
         assert!(parse_strict(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn canonical_text_ignores_key_order_and_spacing() {
+        let a = parse_strict(br#"{"b": [1, {"y": 2, "x": "\u00e9"}], "a": null}"#).unwrap();
+        let b = parse_strict(br#"{"a":null,"b":[1,{"x":"\u00e9","y":2}]}"#).unwrap();
+        assert_eq!(canonical(&a), canonical(&b));
+        assert_eq!(canonical(&a), r#"{"a":null,"b":[1,{"x":"é","y":2}]}"#);
     }
 }

@@ -52,6 +52,7 @@ pub use call::{Identity, ToolCall};
 pub use decision::{Decision, Outcome};
 pub use error::{PolicyError, PolicyErrors};
 pub use limits::{LimitCharge, Scope, Window};
+pub use path::ArgPath;
 pub use policy::Policy;
 
 #[cfg(test)]

@@ -2,13 +2,17 @@
 //! (SQLite) and the Redis store, with one caller and with 64 concurrent callers, against a
 //! baseline measured in the same run (a call with no limits, i.e. no store work at all).
 //!
+//! Then the embedded store as the gateway uses it: one commit per call carrying the call's
+//! audit record, with and without the call's counter reservation.
+//!
 //! `cargo bench -p toolgate-store` (Redis from TOOLGATE_TEST_REDIS_URL, default
 //! redis://127.0.0.1:6379; skipped with a message when unreachable — this is a benchmark,
 //! not a test).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use toolgate_store::{Charge, CounterStore, EmbeddedStore, RedisCounterStore, Reserve};
+use toolgate_store::audit::CallRecord;
+use toolgate_store::{AuditEntry, Charge, CounterStore, EmbeddedStore, RedisCounterStore, Reserve};
 
 const SINGLE_CALLS: usize = 5_000;
 const CONCURRENT_CALLERS: usize = 64;
@@ -91,6 +95,57 @@ async fn report(name: &str, store: Arc<dyn CounterStore>, base: Duration) {
     );
 }
 
+/// A call record as the gateway writes one before forwarding a call.
+fn record(n: usize) -> AuditEntry {
+    AuditEntry::Call(CallRecord {
+        ts: "2026-11-25T23:00:00.000Z".into(),
+        request_id: format!("tgr-{n:024x}"),
+        grant: "bench".into(),
+        grant_id: "0123456789abcdef".into(),
+        identity: "bench".into(),
+        server: "bench".into(),
+        method: "tools/call".into(),
+        tool: Some("work".into()),
+        policy_id: Some("/etc/toolgate/policies/bench.json".into()),
+        policy_version: Some("0123456789ab".into()),
+        decision: "allow".into(),
+        rule: Some("/tools/work".into()),
+        arg_keys: vec!["n".into()],
+        args_sha256: Some("0".repeat(64)),
+        forwarded: true,
+        ..CallRecord::default()
+    })
+}
+
+/// In the embedded store a call's record is committed before the call is forwarded, with
+/// or without limits; a rate-limited call's reservation joins that same commit. So what a
+/// limit adds is `reserve_and_append` over `append_audit`, measured here in alternation.
+fn ledger(store: &EmbeddedStore) {
+    let charges = charge("bench-ledger");
+    let (mut unlimited, mut limited) = (Vec::new(), Vec::new());
+    for n in 0..SINGLE_CALLS {
+        let entry = [record(n)];
+        let t = Instant::now();
+        store.append_audit(&entry).expect("append");
+        unlimited.push(t.elapsed());
+        let t = Instant::now();
+        match store.reserve_and_append(&charges, &entry) {
+            Ok(Reserve::Granted(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        limited.push(t.elapsed());
+    }
+    unlimited.sort();
+    limited.sort();
+    let (u, l) = (percentile(&unlimited, 0.5), percentile(&limited, 0.5));
+    println!(
+        "embedded, a call's commit: record only p50 {:.1} µs; record + reservation p50 {:.1} µs (a limit adds {:.1} µs)",
+        u.as_secs_f64() * 1e6,
+        l.as_secs_f64() * 1e6,
+        (l.as_secs_f64() - u.as_secs_f64()) * 1e6,
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,6 +161,7 @@ fn main() {
         let embedded: Arc<dyn CounterStore> =
             Arc::new(EmbeddedStore::open(&dir).expect("embedded store"));
         report("embedded", embedded, base).await;
+        ledger(&EmbeddedStore::open(&dir.join("ledger")).expect("embedded store"));
         let _ = std::fs::remove_dir_all(&dir);
 
         let url = std::env::var("TOOLGATE_TEST_REDIS_URL")

@@ -1,5 +1,6 @@
 //! The embedded store: one SQLite database in the data directory, in WAL mode.
 
+mod audit;
 mod counters;
 
 use crate::{Clock, SessionRecord, SessionStore, StoreError, SystemClock};
@@ -45,7 +46,63 @@ const MIGRATIONS: &[&str] = &[
     // 3: running sums live in memory (embedded/counters.rs): writing them cost a second page
     // per reservation.
     "DROP TABLE counter_sums;",
+    // 4: the audit log (audit.rs): every chain's entries in one table, in append order.
+    // No secondary index: an append writes one page, queries scan.
+    "CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        chain TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TABLE audit_pruned (
+        chain TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    );",
 ];
+
+/// What a store remembers of the database so that its hot paths need not read it back:
+/// right exactly as long as no other connection has written (see [`begin`]).
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    /// `PRAGMA data_version` as of this store's last transaction; another value means
+    /// another connection has written since, and nothing here can be trusted.
+    data_version: Option<i64>,
+    /// Counter entries by key.
+    counters: counters::CounterCache,
+    /// The last entry of each audit chain: `(seq, hash)`.
+    chain_heads: std::collections::HashMap<String, (u64, String)>,
+}
+
+impl Memory {
+    /// Forgets everything: the next use of each part reads the database again.
+    fn forget(&mut self) {
+        self.data_version = None;
+        self.counters = counters::CounterCache::default();
+        self.chain_heads.clear();
+    }
+}
+
+/// Starts a write transaction (taking SQLite's write lock before anything is read) and
+/// makes sure `memory` is still right for it: `PRAGMA data_version` changes exactly when
+/// another connection — another store, another process — has committed since this one's
+/// last transaction.
+fn begin<'c>(
+    conn: &'c mut Connection,
+    memory: &mut Memory,
+) -> rusqlite::Result<rusqlite::Transaction<'c>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?;
+    if memory.data_version != Some(version) {
+        memory.forget();
+        memory.data_version = Some(version);
+    }
+    Ok(tx)
+}
 
 /// SQLite in `data_dir/toolgate.db`.
 pub struct EmbeddedStore {
@@ -55,8 +112,10 @@ pub struct EmbeddedStore {
     conn: Mutex<Connection>,
     /// "Now" for counters; the system clock except in tests.
     clock: Arc<dyn Clock>,
-    /// What this store knows of the counter entries (locked after `conn`, never before).
-    counter_cache: Mutex<counters::CounterCache>,
+    /// What this store remembers of the database (locked after `conn`, never before).
+    memory: Mutex<Memory>,
+    /// Audit entries waiting for the next group commit.
+    audit_queue: Mutex<Vec<audit::Queued>>,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -99,7 +158,16 @@ impl EmbeddedStore {
             path,
             conn: Mutex::new(conn),
             clock,
-            counter_cache: Mutex::default(),
+            memory: Mutex::default(),
+            audit_queue: Mutex::default(),
+        })
+    }
+
+    /// Makes every commit wait for the disk (`synchronous = FULL`): records then survive
+    /// power loss too, not just a killed gateway, at the price of an fsync per commit.
+    pub fn fsync_every_commit(&self) -> Result<(), StoreError> {
+        self.with("set synchronous = FULL", |c| {
+            c.execute_batch("PRAGMA synchronous = FULL;")
         })
     }
 

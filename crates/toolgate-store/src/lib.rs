@@ -6,11 +6,13 @@
 //! beyond the records they keep.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod counters;
 mod embedded;
 pub mod redis_counters;
 mod sessions;
 
+pub use audit::{AuditEntry, AuditLog};
 pub use counters::{Charge, Clock, CounterStore, Reservation, Reserve, StoreFuture, SystemClock};
 pub use embedded::EmbeddedStore;
 pub use redis_counters::RedisCounterStore;

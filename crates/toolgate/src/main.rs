@@ -2,6 +2,8 @@
 //! happens in `toolgate-gateway` and `toolgate-policy`.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
+
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,6 +32,12 @@ enum Command {
         /// What to do with policies.
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Read the audit log: query, verify its hash chains, export, follow.
+    Audit {
+        /// What to do with the audit log.
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
     },
 }
 
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { files },
         } => policy_check(&files),
         Command::Serve(args) => serve(args),
+        Command::Audit { command } => audit_cmd::run(command),
     }
 }
 

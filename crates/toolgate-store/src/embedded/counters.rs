@@ -16,8 +16,8 @@
 //!   at or after `complete_from_ms` in memory, oldest first, with their sum. The cache is
 //!   right exactly as long as no *other* connection has written the database, which SQLite
 //!   says cheaply: `PRAGMA data_version` changes then. Each transaction reads it once the
-//!   lock is held and, if it moved, forgets the whole cache; a key is then read back once,
-//!   on its next use. So a granted reservation writes one row per charge and nothing else,
+//!   lock is held and, if it moved, forgets the whole cache ([`begin`]); a key is then read
+//!   back once, on its next use. So a granted reservation writes one row per charge and nothing else,
 //!   and two processes taking turns on one key pay a window's re-read per turn — the price
 //!   of exactness across processes without a server.
 //!   The cache changes only after the transaction that justifies it has committed, and any
@@ -47,11 +47,11 @@
 //! - **Rollback** deletes the reservation's rows under each of its keys: a search within
 //!   the key's rows, no extra index to maintain on every write for this rare operation.
 
-use super::EmbeddedStore;
+use super::{begin, EmbeddedStore, Memory};
 use crate::counters::window::{self, Entry};
 use crate::{Charge, CounterStore, Reservation, Reserve, StoreError, StoreFuture};
 use rand::RngCore;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -66,9 +66,6 @@ const PRUNE_EVERY_MS: u64 = 1_000;
 /// What this store knows of the stored counter entries, so that deciding needs no reads.
 #[derive(Debug, Default)]
 pub(super) struct CounterCache {
-    /// `PRAGMA data_version` as of this store's last transaction; another value means
-    /// another connection has written since, and nothing here can be trusted.
-    data_version: Option<i64>,
     /// Per counter key.
     keys: HashMap<String, CachedKey>,
     /// When (clock time) to next delete expired entries of every key.
@@ -171,10 +168,10 @@ impl EmbeddedStore {
             return Ok(Reserve::Granted(Reservation { id, keys }));
         }
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cache = self.counter_cache.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = reserve_in(&mut conn, &mut cache, &*self.clock, charges, &id);
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = reserve_in(&mut conn, &mut memory, &*self.clock, charges, &id);
         if outcome.is_err() {
-            forget_everything(&mut cache);
+            memory.forget();
         }
         match outcome.map_err(|e| self.error(WHAT, e))? {
             None => Ok(Reserve::Granted(Reservation { id, keys })),
@@ -188,51 +185,60 @@ impl EmbeddedStore {
     fn rollback_now(&self, reservation: &Reservation) -> Result<(), StoreError> {
         const WHAT: &str = "roll back counter reservation";
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cache = self.counter_cache.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = rollback_in(&mut conn, &mut cache, reservation);
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = rollback_in(&mut conn, &mut memory, reservation);
         if outcome.is_err() {
-            forget_everything(&mut cache);
+            memory.forget();
         }
         outcome.map_err(|e| self.error(WHAT, e))
     }
 
-    fn error(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
+    pub(super) fn error(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
         StoreError::new(&format!("{} ({what})", self.path.display()), error)
     }
-}
-
-/// Forgets every cached key: the next use of each reads it back from the database.
-fn forget_everything(cache: &mut CounterCache) {
-    cache.data_version = None;
-    cache.keys.clear();
-}
-
-/// Starts a write transaction and makes sure the cache is still right for it.
-fn begin<'c>(
-    conn: &'c mut Connection,
-    cache: &mut CounterCache,
-) -> rusqlite::Result<rusqlite::Transaction<'c>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let version: i64 = tx
-        .prepare_cached("PRAGMA data_version")?
-        .query_row([], |r| r.get(0))?;
-    if cache.data_version != Some(version) {
-        forget_everything(cache);
-        cache.data_version = Some(version);
-    }
-    Ok(tx)
 }
 
 /// The reservation itself: `None` when granted (and committed), else the first charge that
 /// does not fit with its `retry_after_ms`.
 fn reserve_in(
     conn: &mut Connection,
-    cache: &mut CounterCache,
+    memory: &mut Memory,
     clock: &dyn crate::Clock,
     charges: &[Charge],
     id: &str,
 ) -> rusqlite::Result<Option<(usize, u64)>> {
-    let tx = begin(conn, cache)?;
+    let tx = begin(conn, memory)?;
+    let staged = match reserve_within(&tx, memory, clock, charges, id)? {
+        Ok(staged) => staged,
+        // Dropping the transaction rolls it back; nothing was written anyway.
+        Err(refused) => return Ok(Some(refused)),
+    };
+    tx.commit()?;
+    staged.committed(memory, charges, id);
+    Ok(None)
+}
+
+/// A granted reservation written in a transaction not yet committed: what the cache must
+/// learn once it is.
+#[must_use = "the cache must learn of a committed reservation"]
+pub(super) struct Staged {
+    now_ms: u64,
+    /// The transaction also swept every key's expired entries.
+    swept: bool,
+}
+
+/// Decides `charges` and, if they fit, writes them in `tx` (which must come from
+/// [`begin`]): `Ok(Staged)` to pass to [`Staged::committed`] once `tx` commits, or
+/// `Err((charge, retry_after_ms))` for the first charge that does not fit (nothing
+/// written).
+pub(super) fn reserve_within(
+    tx: &Connection,
+    memory: &mut Memory,
+    clock: &dyn crate::Clock,
+    charges: &[Charge],
+    id: &str,
+) -> rusqlite::Result<Result<Staged, (usize, u64)>> {
+    let cache = &mut memory.counters;
     // Read only now that the write lock is held (see the module documentation).
     let now_ms = clock.now_ms();
     // Each key of the call, cached back to the earliest window start the call needs on it.
@@ -246,37 +252,41 @@ fn reserve_in(
             .map(|c| window::counts_from(now_ms, c.window_ms, c.calendar))
             .min()
             .expect("the charge itself");
-        load(&tx, cache, &charge.key, from_ms)?;
+        load(tx, cache, &charge.key, from_ms)?;
     }
     if let Some(refused) = first_exceeded(cache, charges, now_ms) {
-        // Dropping the transaction rolls it back; nothing was written anyway.
-        return Ok(Some(refused));
+        return Ok(Err(refused));
     }
-    record(&tx, cache, charges, now_ms, id)?;
-    let sweep = now_ms >= cache.next_sweep_ms;
-    if sweep {
+    record(tx, cache, charges, now_ms, id)?;
+    let swept = now_ms >= cache.next_sweep_ms;
+    if swept {
         tx.prepare_cached("DELETE FROM counter_entries WHERE expires_ms <= ?1")?
             .execute([sql_ms(now_ms)])?;
     }
-    tx.commit()?;
-    // Committed: now the cache may follow.
-    let reservation: Arc<str> = Arc::from(id);
-    for charge in charges {
-        let entry = CachedEntry {
-            at_ms: now_ms,
-            amount: charge.amount,
-            expires_ms: expires(now_ms, charge),
-            reservation: Arc::clone(&reservation),
-        };
-        if let Some(key) = cache.keys.get_mut(&charge.key) {
-            key.add(entry);
+    Ok(Ok(Staged { now_ms, swept }))
+}
+
+impl Staged {
+    /// Teaches the cache what the committed transaction wrote.
+    pub(super) fn committed(self, memory: &mut Memory, charges: &[Charge], id: &str) {
+        let cache = &mut memory.counters;
+        let reservation: Arc<str> = Arc::from(id);
+        for charge in charges {
+            let entry = CachedEntry {
+                at_ms: self.now_ms,
+                amount: charge.amount,
+                expires_ms: expires(self.now_ms, charge),
+                reservation: Arc::clone(&reservation),
+            };
+            if let Some(key) = cache.keys.get_mut(&charge.key) {
+                key.add(entry);
+            }
+        }
+        if self.swept {
+            sweep_cache(cache, self.now_ms);
+            cache.next_sweep_ms = self.now_ms.saturating_add(SWEEP_EVERY_MS);
         }
     }
-    if sweep {
-        sweep_cache(cache, now_ms);
-        cache.next_sweep_ms = now_ms.saturating_add(SWEEP_EVERY_MS);
-    }
-    Ok(None)
 }
 
 /// Makes `key`'s cache hold its entries made at or after `from_ms`: dropping older ones, or
@@ -464,10 +474,11 @@ fn sweep_cache(cache: &mut CounterCache, now_ms: u64) {
 /// the cache.
 fn rollback_in(
     conn: &mut Connection,
-    cache: &mut CounterCache,
+    memory: &mut Memory,
     reservation: &Reservation,
 ) -> rusqlite::Result<()> {
-    let tx = begin(conn, cache)?;
+    let tx = begin(conn, memory)?;
+    let cache = &mut memory.counters;
     let mut forget =
         tx.prepare_cached("DELETE FROM counter_entries WHERE key = ?1 AND reservation = ?2")?;
     for (index, key) in reservation.keys.iter().enumerate() {
@@ -491,7 +502,7 @@ fn rollback_in(
 
 /// Why a charge cannot be stored, if it cannot: amounts must be finite and not negative (a
 /// negative one would hand budget out), and `max` must be a number.
-fn invalid(charge: &Charge) -> Option<String> {
+pub(super) fn invalid(charge: &Charge) -> Option<String> {
     if !charge.amount.is_finite() || charge.amount < 0.0 {
         Some(format!(
             "counter {:?}: amount {} is not a finite, non-negative number",
@@ -505,7 +516,7 @@ fn invalid(charge: &Charge) -> Option<String> {
 }
 
 /// A fresh, unguessable reservation id (128 random bits, hex).
-fn reservation_id() -> String {
+pub(super) fn reservation_id() -> String {
     let mut rng = rand::rng();
     let id = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
     format!("{id:032x}")
@@ -658,8 +669,11 @@ mod tests {
         let dir = scratch("upgrade");
         drop(EmbeddedStore::open(&dir).unwrap());
         let conn = Connection::open(dir.join("toolgate.db")).unwrap();
-        conn.execute_batch("DROP TABLE counter_entries; UPDATE schema_version SET version = 1;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE counter_entries; DROP TABLE audit_log; DROP TABLE audit_pruned;
+             UPDATE schema_version SET version = 1;",
+        )
+        .unwrap();
         drop(conn);
         let store = EmbeddedStore::open(&dir).unwrap();
         let granted = block_on(store.reserve(&[charge("k", 1_000, 1.0, 1.0)])).unwrap();
@@ -669,7 +683,7 @@ mod tests {
                 c.query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             })
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version as usize, super::super::MIGRATIONS.len());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -677,10 +691,11 @@ mod tests {
     /// cached entries are not exactly its stored entries from `complete_from_ms` on, or
     /// whose sum is off by more than rounding.
     fn cache_mismatches(store: &EmbeddedStore) -> Vec<(String, String)> {
-        let cache = store.counter_cache.lock().unwrap();
+        let memory = store.memory.lock().unwrap();
+        let cache = &memory.counters;
         let mut wrong = Vec::new();
         for (key, cached) in &cache.keys {
-            let stored: Vec<(u64, u64, String)> = store
+            let mut stored: Vec<(u64, u64, String)> = store
                 .with("check cache", |c| {
                     let mut statement = c.prepare(
                         "SELECT at_ms, amount, reservation FROM counter_entries
@@ -705,6 +720,7 @@ mod tests {
                 .map(|e| (e.at_ms, e.amount.to_bits(), e.reservation.to_string()))
                 .collect();
             held.sort();
+            stored.sort();
             if held != stored {
                 wrong.push((key.clone(), format!("cached {held:?}, stored {stored:?}")));
             }

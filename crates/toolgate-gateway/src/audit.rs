@@ -1,0 +1,247 @@
+//! The request line's audit trail (SPEC §9): a record for every authenticated JSON-RPC
+//! request, written before the request is forwarded, and its outcome once the upstream
+//! answered.
+//!
+//! Writing the record first is what makes the log complete: the gateway forwards nothing it
+//! has not recorded, so a call the upstream executed has its record even if the gateway is
+//! killed the next instant. A record that cannot be written stops the request (fail
+//! closed): an unaudited call is exactly what an operator of this gateway must never get.
+
+use crate::config::AuditSettings;
+use crate::error::GatewayError;
+use crate::grants::GrantSpec;
+use crate::time::{format_rfc3339_ms, now_unix_ms};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+use toolgate_mcp::Message;
+use toolgate_policy::{Decision, Outcome};
+use toolgate_store::audit::{hex, AdminEvent, CallOutcome, CallRecord};
+use toolgate_store::{AuditEntry, AuditLog};
+
+/// What an argument value is replaced with when the operator redacts its path.
+const REDACTED: &str = "[REDACTED]";
+
+/// Writes the audit trail.
+pub(crate) struct Auditor {
+    /// Where entries go.
+    log: Arc<dyn AuditLog>,
+    /// What is captured.
+    settings: AuditSettings,
+}
+
+/// A forwarded request whose outcome is still to be written.
+#[derive(Debug, Clone)]
+pub(crate) struct Awaiting {
+    /// The client's JSON-RPC id (how the upstream's answer is recognised).
+    pub(crate) id: Value,
+    /// The record it completes.
+    pub(crate) request_id: String,
+    /// When it was decided (latency is measured from here).
+    pub(crate) started: Instant,
+}
+
+impl Auditor {
+    pub(crate) fn new(log: Arc<dyn AuditLog>, settings: AuditSettings) -> Self {
+        Auditor { log, settings }
+    }
+
+    /// The record of request `message` from `grant` to `server`, before any decision: an
+    /// allowed, forwarded request, as most are; the caller records what differs.
+    pub(crate) fn record(
+        &self,
+        grant: &GrantSpec,
+        server: &str,
+        session: Option<&str>,
+        message: &Message,
+    ) -> CallRecord {
+        let method = message.method().unwrap_or_default().to_owned();
+        let params = message.params();
+        let (tool, arguments) = if method == "tools/call" {
+            (
+                params
+                    .and_then(|p| p.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                params.and_then(|p| p.get("arguments")),
+            )
+        } else {
+            (None, None)
+        };
+        let mut arg_keys: Vec<String> = arguments
+            .and_then(Value::as_object)
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default();
+        arg_keys.sort();
+        let policy = grant.policies.get(server);
+        CallRecord {
+            ts: format_rfc3339_ms(now_unix_ms()),
+            request_id: request_id(),
+            jsonrpc_id: message.id().cloned().unwrap_or(Value::Null),
+            session_id: session.map(str::to_owned),
+            grant_id: grant_id(grant),
+            grant: grant.name.clone(),
+            identity: grant.name.clone(),
+            server: server.to_owned(),
+            method,
+            tool,
+            policy_id: policy.map(|p| p.id.clone()),
+            policy_version: policy.map(|p| p.version.clone()),
+            decision: Outcome::Allow.as_str().to_owned(),
+            rule: None,
+            message: None,
+            shadow: false,
+            arg_keys,
+            args_sha256: arguments
+                .map(|a| hex(&Sha256::digest(toolgate_mcp::json::canonical(a).as_bytes()))),
+            args: arguments
+                .filter(|_| self.settings.capture_full)
+                .map(|a| self.redacted(a)),
+            approval_id: None,
+            forwarded: true,
+        }
+    }
+
+    /// `arguments` with every redacted path masked.
+    fn redacted(&self, arguments: &Value) -> Value {
+        let mut copy = arguments.clone();
+        let mask = Value::String(REDACTED.to_owned());
+        for path in &self.settings.redact {
+            path.mask(&mut copy, &mask);
+        }
+        copy
+    }
+
+    /// Writes `entries`, returning once they are durable; a failure is the gateway's, and
+    /// says that the audit log could not be written.
+    pub(crate) async fn write(&self, entries: &[AuditEntry]) -> Result<(), GatewayError> {
+        self.log.append(entries).await.map_err(|e| {
+            tracing::error!(target: "toolgate::audit", "audit log unavailable: {e}");
+            GatewayError::internal(format!(
+                "audit log unavailable, so the request was not forwarded: {e}"
+            ))
+        })
+    }
+
+    /// Records the outcome of a forwarded request. It is queued, not waited for: the record
+    /// that completeness rests on (the call's, written before forwarding) is durable
+    /// already, and the outcome rides along with the next commit — another call's record,
+    /// or the periodic [`Auditor::flush`] — instead of costing a commit of its own.
+    pub(crate) fn finish(&self, awaiting: &Awaiting, upstream_status: &str) {
+        self.finish_all(std::slice::from_ref(awaiting), upstream_status);
+    }
+
+    /// [`Auditor::finish`] for several requests with the same outcome.
+    pub(crate) fn finish_all(&self, awaiting: &[Awaiting], upstream_status: &str) {
+        if awaiting.is_empty() {
+            return;
+        }
+        self.log.append_later(
+            awaiting
+                .iter()
+                .map(|one| outcome(one, upstream_status.to_owned()))
+                .collect(),
+        );
+    }
+
+    /// Writes queued outcomes; a failure is logged (nobody is waiting for them).
+    pub(crate) async fn flush(&self) {
+        if let Err(e) = self.log.flush().await {
+            tracing::error!(target: "toolgate::audit", "audit log unavailable, queued outcomes not recorded: {e}");
+        }
+    }
+}
+
+/// The admin events of a start: one `policy_loaded` per grant and server with a policy,
+/// naming the file and its version (a hash of the document).
+pub(crate) fn policies_loaded(grants: &[GrantSpec]) -> Vec<AuditEntry> {
+    let ts = format_rfc3339_ms(now_unix_ms());
+    grants
+        .iter()
+        .flat_map(|grant| {
+            let ts = ts.clone();
+            grant.policies.iter().map(move |(server, policy)| {
+                AuditEntry::Admin(AdminEvent {
+                    ts: ts.clone(),
+                    action: "policy_loaded".to_owned(),
+                    actor: "gateway".to_owned(),
+                    subject: policy.id.clone(),
+                    detail: serde_json::json!({
+                        "version": policy.version,
+                        "grant": grant.name,
+                        "server": server,
+                    }),
+                })
+            })
+        })
+        .collect()
+}
+
+/// The outcome entry of `awaiting`.
+fn outcome(awaiting: &Awaiting, upstream_status: String) -> AuditEntry {
+    AuditEntry::Outcome(CallOutcome {
+        ts: format_rfc3339_ms(now_unix_ms()),
+        request_id: awaiting.request_id.clone(),
+        upstream_status,
+        latency_ms: (awaiting.started.elapsed().as_secs_f64() * 1e3 * 1e3).round() / 1e3,
+    })
+}
+
+/// Records `decision` (and whether it was only shadowed) in `record`.
+pub(crate) fn decided(record: &mut CallRecord, decision: &Decision, shadow: bool) {
+    record.decision = decision.outcome.as_str().to_owned();
+    record.rule = Some(decision.rule.clone()).filter(|r| !r.is_empty());
+    record.message = Some(decision.message.clone()).filter(|m| !m.is_empty());
+    record.shadow = shadow;
+}
+
+/// How the upstream answered, as the outcome records it: `ok`, `tool_error` (a result with
+/// `isError`: the tool ran and failed) or `error <code>` (a JSON-RPC error: it never ran).
+pub(crate) fn upstream_status(response: &Value) -> String {
+    if let Some(error) = response.get("error") {
+        return match error.get("code").and_then(Value::as_i64) {
+            Some(code) => format!("error {code}"),
+            None => "error".to_owned(),
+        };
+    }
+    let is_error = response
+        .get("result")
+        .and_then(|r| r.get("isError"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    if is_error { "tool_error" } else { "ok" }.to_owned()
+}
+
+/// A fresh request id: `tgr-` and 96 random bits.
+fn request_id() -> String {
+    use rand::RngCore;
+    let mut raw = [0u8; 12];
+    rand::rng().fill_bytes(&mut raw);
+    format!("tgr-{}", hex(&raw))
+}
+
+/// Names a grant's token without revealing anything usable: the first 8 bytes of the
+/// SHA-256 of its token's SHA-256. Stable for the token's life; a rotated token is a new id.
+fn grant_id(grant: &GrantSpec) -> String {
+    hex(&Sha256::digest(grant.token_sha256)[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn upstream_status_tells_results_tool_errors_and_jsonrpc_errors_apart() {
+        assert_eq!(upstream_status(&json!({"result": {"content": []}})), "ok");
+        assert_eq!(
+            upstream_status(&json!({"result": {"isError": true}})),
+            "tool_error"
+        );
+        assert_eq!(
+            upstream_status(&json!({"error": {"code": -32602, "message": "x"}})),
+            "error -32602"
+        );
+    }
+}

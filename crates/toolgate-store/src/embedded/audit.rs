@@ -1,0 +1,599 @@
+//! The audit log in the embedded store: chained entries in `audit_log`, written by group
+//! commit.
+//!
+//! - **Durable before the answer.** [`EmbeddedStore::append_audit`] returns once its
+//!   entries are committed: in WAL mode a commit is in the operating system's hands, so it
+//!   survives the gateway being killed (SIGKILL) at any later moment. (Surviving power loss
+//!   as well needs `synchronous = FULL`, an fsync per commit: `audit.durability = "fsync"`.)
+//! - **Group commit.** Appenders queue their entries, then take the connection. Whoever
+//!   gets it first writes *everything* queued in one transaction and marks each queued
+//!   batch done, so concurrent appenders share one commit instead of queueing for one each;
+//!   an appender that finds its batch done returns at once. Throughput grows with load
+//!   while a lone call still pays just one commit.
+//! - **One chain across processes.** The head of each chain (`(seq, hash)` of its last
+//!   entry) is read under the write lock and remembered while no other connection writes
+//!   (`PRAGMA data_version`, see [`super::begin`]), so several gateways on one data
+//!   directory extend one chain without forks.
+
+use super::counters::{invalid, reservation_id, reserve_within};
+use super::{begin, EmbeddedStore, Memory};
+use crate::audit::{
+    admin_events, chain_hash, merge, verify, AdminRecord, AuditEntry, AuditFilter, Broken,
+    MergedRecord, StoredEntry, Verified, ADMIN, CALLS, GENESIS,
+};
+use crate::{AuditLog, Charge, Reservation, Reserve, StoreError, StoreFuture};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// Entries queued by one appender, and where the outcome of their commit goes.
+#[derive(Debug)]
+pub(super) struct Queued {
+    /// `(chain, body)` per entry.
+    entries: Vec<(&'static str, String)>,
+    /// Set once the entries are committed (or could not be).
+    done: Arc<OnceLock<Result<(), StoreError>>>,
+}
+
+impl AuditLog for EmbeddedStore {
+    fn append<'a>(&'a self, entries: &'a [AuditEntry]) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.append_audit(entries) })
+    }
+
+    fn append_later(&self, entries: Vec<AuditEntry>) {
+        self.queue_audit(&entries);
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.flush_audit() })
+    }
+}
+
+impl EmbeddedStore {
+    /// Appends `entries` to their chains and returns once they are committed (with
+    /// everything queued before them).
+    pub fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let done = self.queue_audit(entries);
+        self.commit_queued(&done)
+    }
+
+    /// Queues `entries` for the next commit, without waiting for it.
+    fn queue_audit(&self, entries: &[AuditEntry]) -> Arc<OnceLock<Result<(), StoreError>>> {
+        let done = Arc::new(OnceLock::new());
+        let queued = Queued {
+            entries: entries.iter().map(|e| (e.chain(), e.body())).collect(),
+            done: Arc::clone(&done),
+        };
+        self.audit_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(queued);
+        done
+    }
+
+    /// Commits whatever is queued (nothing to do if nothing is).
+    pub fn flush_audit(&self) -> Result<(), StoreError> {
+        let queued = self.audit_queue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(last) = queued.last().map(|q| Arc::clone(&q.done)) else {
+            return Ok(());
+        };
+        drop(queued);
+        self.commit_queued(&last)
+    }
+
+    /// Returns once the batch whose outcome is `done` is committed: by this caller, which
+    /// then commits everything queued, or by another that got the connection first.
+    fn commit_queued(&self, done: &OnceLock<Result<(), StoreError>>) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(outcome) = done.get() {
+            // Another appender committed ours with its own.
+            return outcome.clone();
+        }
+        let batch =
+            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = write_batch(&mut conn, &mut memory, &batch)
+            .map_err(|e| self.error("append to the audit log", e));
+        if outcome.is_err() {
+            memory.forget();
+        }
+        // Marked while the connection is still held: an appender that gets it next must
+        // find its batch done.
+        for queued in &batch {
+            let _ = queued.done.set(outcome.clone());
+        }
+        drop(memory);
+        drop(conn);
+        done.get()
+            .cloned()
+            .expect("our batch was queued before we took the connection, so it was written")
+    }
+
+    /// Reserves `charges` and, only if they fit, appends `entries` — the call's record — in
+    /// the same commit, with whatever audit entries are queued: a rate-limited call costs one
+    /// commit, not one for its counters and another for its record. (A refusal writes no
+    /// counter rows and not `entries`; the caller records the refusal as it sees fit.)
+    pub fn reserve_and_append(
+        &self,
+        charges: &[Charge],
+        entries: &[AuditEntry],
+    ) -> Result<Reserve, StoreError> {
+        const WHAT: &str = "reserve counters and append to the audit log";
+        if let Some(problem) = charges.iter().find_map(invalid) {
+            return Err(self.error(WHAT, problem));
+        }
+        let id = reservation_id();
+        let keys: Vec<String> = charges.iter().map(|c| c.key.clone()).collect();
+        let own = Queued {
+            entries: entries.iter().map(|e| (e.chain(), e.body())).collect(),
+            done: Arc::new(OnceLock::new()),
+        };
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let batch =
+            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = reserve_and_write(
+            &mut conn,
+            &mut memory,
+            &*self.clock,
+            charges,
+            &id,
+            &own,
+            &batch,
+        )
+        .map_err(|e| self.error(WHAT, e));
+        if outcome.is_err() {
+            memory.forget();
+        }
+        for queued in &batch {
+            let _ = queued.done.set(outcome.clone().map(drop));
+        }
+        match outcome? {
+            None => Ok(Reserve::Granted(Reservation { id, keys })),
+            Some((charge, retry_after_ms)) => Ok(Reserve::Exceeded {
+                charge,
+                retry_after_ms,
+            }),
+        }
+    }
+
+    /// Entries of `chain` after row `after` (0: from the start), oldest first, at most
+    /// `limit`, with their row ids (for following the log: pass the last id back).
+    pub fn audit_entries(
+        &self,
+        chain: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredEntry)>, StoreError> {
+        self.with("read the audit log", |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT id, chain, seq, body, prev_hash, hash FROM audit_log
+                 WHERE chain = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = statement.query_map(
+                params![chain, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        StoredEntry {
+                            chain: r.get(1)?,
+                            seq: r.get::<_, i64>(2)?.max(0) as u64,
+                            body: r.get(3)?,
+                            prev_hash: r.get(4)?,
+                            hash: r.get(5)?,
+                        },
+                    ))
+                },
+            )?;
+            rows.collect()
+        })
+    }
+
+    /// Every entry of `chain`, oldest first.
+    fn whole_chain(&self, chain: &str) -> Result<Vec<StoredEntry>, StoreError> {
+        Ok(self
+            .audit_entries(chain, 0, usize::MAX)?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// Call records with their outcomes merged, oldest first (a scan of the calls chain).
+    pub fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<MergedRecord>, StoreError> {
+        Ok(merge(&self.whole_chain(CALLS)?, filter))
+    }
+
+    /// The admin stream, oldest first (`filter`'s time range and limit apply).
+    pub fn audit_admin(&self, filter: &AuditFilter) -> Result<Vec<AdminRecord>, StoreError> {
+        Ok(admin_events(&self.whole_chain(ADMIN)?, filter))
+    }
+
+    /// Verifies every chain, from where pruning left it.
+    pub fn audit_verify(&self) -> Result<Vec<Result<Verified, Broken>>, StoreError> {
+        let mut results = Vec::new();
+        for chain in [CALLS, ADMIN] {
+            let start = self.with("read the audit log", |c| pruned_head(c, chain))?;
+            let entries = self.whole_chain(chain)?;
+            results.push(verify(chain, (start.0, &start.1), &entries));
+        }
+        Ok(results)
+    }
+
+    /// Deletes each chain's entries older than `before` (RFC 3339) — the longest run of
+    /// them at the chain's start — and records the last one deleted, so that `verify`
+    /// starts from it. Returns how many entries went.
+    pub fn audit_prune(&self, before: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = prune(&mut conn, &mut memory, before);
+        if outcome.is_err() {
+            memory.forget();
+        }
+        outcome.map_err(|e| self.error("prune the audit log", e))
+    }
+}
+
+/// Writes every queued entry in one transaction.
+fn write_batch(
+    conn: &mut Connection,
+    memory: &mut Memory,
+    batch: &[Queued],
+) -> rusqlite::Result<()> {
+    let tx = begin(conn, memory)?;
+    // Heads as they will be once this transaction commits; `memory` learns them only then.
+    let mut heads = memory.chain_heads.clone();
+    write_entries(&tx, &mut heads, batch)?;
+    tx.commit()?;
+    memory.chain_heads = heads;
+    Ok(())
+}
+
+/// Appends the entries of `batch` to their chains in `tx`, moving `heads` along.
+fn write_entries(
+    tx: &Connection,
+    heads: &mut HashMap<String, (u64, String)>,
+    batch: &[Queued],
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO audit_log (chain, seq, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (chain, body) in batch.iter().flat_map(|q| q.entries.iter()) {
+        if !heads.contains_key(*chain) {
+            heads.insert((*chain).to_owned(), chain_head(tx, chain)?);
+        }
+        let head = heads.get_mut(*chain).expect("just ensured");
+        let hash = chain_hash(&head.1, body);
+        let seq = head.0 + 1;
+        insert.execute(params![chain, seq as i64, body, head.1, hash])?;
+        *head = (seq, hash);
+    }
+    Ok(())
+}
+
+/// [`EmbeddedStore::reserve_and_append`]'s transaction: `Ok(None)` when granted and
+/// committed with `own`, `Ok(Some((charge, retry_after_ms)))` when refused (`batch`
+/// committed all the same).
+fn reserve_and_write(
+    conn: &mut Connection,
+    memory: &mut Memory,
+    clock: &dyn crate::Clock,
+    charges: &[Charge],
+    id: &str,
+    own: &Queued,
+    batch: &[Queued],
+) -> rusqlite::Result<Option<(usize, u64)>> {
+    let tx = begin(conn, memory)?;
+    let staged = reserve_within(&tx, memory, clock, charges, id)?;
+    let mut heads = memory.chain_heads.clone();
+    // Queued entries first: they were made earlier.
+    write_entries(&tx, &mut heads, batch)?;
+    if staged.is_ok() {
+        write_entries(&tx, &mut heads, std::slice::from_ref(own))?;
+    }
+    tx.commit()?;
+    memory.chain_heads = heads;
+    Ok(match staged {
+        Ok(staged) => {
+            staged.committed(memory, charges, id);
+            None
+        }
+        Err(refused) => Some(refused),
+    })
+}
+
+/// The last entry of `chain` as stored (or as pruned away, or the genesis).
+fn chain_head(conn: &Connection, chain: &str) -> rusqlite::Result<(u64, String)> {
+    let last = conn
+        .prepare_cached(
+            "SELECT seq, hash FROM audit_log WHERE chain = ?1 ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([chain], |r| {
+            Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?))
+        })
+        .optional()?;
+    match last {
+        Some(head) => Ok(head),
+        None => pruned_head(conn, chain),
+    }
+}
+
+/// Where `chain` starts: the last entry pruned away, or the genesis.
+fn pruned_head(conn: &Connection, chain: &str) -> rusqlite::Result<(u64, String)> {
+    Ok(conn
+        .prepare_cached("SELECT seq, hash FROM audit_pruned WHERE chain = ?1")?
+        .query_row([chain], |r| {
+            Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?))
+        })
+        .optional()?
+        .unwrap_or((0, GENESIS.to_owned())))
+}
+
+fn prune(conn: &mut Connection, memory: &mut Memory, before: &str) -> rusqlite::Result<u64> {
+    let tx = begin(conn, memory)?;
+    let mut deleted = 0;
+    for chain in [CALLS, ADMIN] {
+        // The first entry that is not older than `before` ends the run.
+        let keep_from: Option<i64> = tx
+            .prepare_cached(
+                "SELECT MIN(id) FROM audit_log
+                 WHERE chain = ?1 AND COALESCE(json_extract(body, '$.ts'), '') >= ?2",
+            )?
+            .query_row(params![chain, before], |r| r.get(0))?;
+        let last_gone: Option<(i64, String)> = tx
+            .prepare_cached(
+                "SELECT seq, hash FROM audit_log WHERE chain = ?1 AND id < ?2
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![chain, keep_from.unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((seq, hash)) = last_gone else {
+            continue;
+        };
+        deleted += tx
+            .prepare_cached("DELETE FROM audit_log WHERE chain = ?1 AND id < ?2")?
+            .execute(params![chain, keep_from.unwrap_or(i64::MAX)])? as u64;
+        tx.prepare_cached(
+            "INSERT INTO audit_pruned (chain, seq, hash) VALUES (?1, ?2, ?3)
+             ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )?
+        .execute(params![chain, seq, hash])?;
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{CallOutcome, CallRecord};
+    use crate::AuditLog;
+    use std::path::PathBuf;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "toolgate-store-audit-{tag}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn call(id: &str, ts: &str) -> AuditEntry {
+        AuditEntry::Call(CallRecord {
+            ts: ts.into(),
+            request_id: id.into(),
+            decision: "allow".into(),
+            forwarded: true,
+            ..CallRecord::default()
+        })
+    }
+
+    fn outcome(id: &str, ts: &str) -> AuditEntry {
+        AuditEntry::Outcome(CallOutcome {
+            ts: ts.into(),
+            request_id: id.into(),
+            upstream_status: "ok".into(),
+            latency_ms: 2.0,
+        })
+    }
+
+    fn sql(store: &EmbeddedStore, statement: &str) {
+        store
+            .with("tamper", |c| c.execute_batch(statement))
+            .unwrap();
+    }
+
+    fn first_broken(store: &EmbeddedStore) -> Option<Broken> {
+        store
+            .audit_verify()
+            .unwrap()
+            .into_iter()
+            .find_map(Result::err)
+    }
+
+    #[test]
+    fn appended_entries_chain_across_stores_and_merge_in_queries() {
+        let dir = scratch("chain");
+        let a = EmbeddedStore::open(&dir).unwrap();
+        let b = EmbeddedStore::open(&dir).unwrap();
+        a.append_audit(&[call("r1", "2026-01-01T00:00:00.000Z")])
+            .unwrap();
+        b.append_audit(&[call("r2", "2026-01-01T00:00:01.000Z")])
+            .unwrap();
+        a.append_audit(&[outcome("r1", "2026-01-01T00:00:02.000Z")])
+            .unwrap();
+        let verified = a.audit_verify().unwrap();
+        assert_eq!(verified[0].as_ref().unwrap().entries, 3);
+        let records = b.audit_query(&AuditFilter::default()).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].call.request_id, "r1");
+        assert_eq!(records[0].upstream_status.as_deref(), Some("ok"));
+        assert_eq!(records[1].upstream_status, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn concurrent_appenders_share_commits_and_keep_one_chain() {
+        let dir = scratch("group");
+        let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        store
+                            .append_audit(&[call(&format!("{t}-{i}"), "2026-01-01T00:00:00.000Z")])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let verified = store.audit_verify().unwrap();
+        assert_eq!(verified[0].as_ref().unwrap().entries, 1_600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn verify_names_an_edited_a_deleted_and_an_inserted_row() {
+        let dir = scratch("tamper");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        for i in 1..=5 {
+            store
+                .append_audit(&[call(&format!("r{i}"), "2026-01-01T00:00:00.000Z")])
+                .unwrap();
+        }
+        assert_eq!(first_broken(&store), None);
+
+        sql(
+            &store,
+            "UPDATE audit_log SET body = replace(body, '\"allow\"', '\"deny\"') WHERE seq = 2",
+        );
+        let broken = first_broken(&store).unwrap();
+        assert_eq!(
+            (broken.seq, broken.reason.contains("altered")),
+            (2, true),
+            "{broken}"
+        );
+        sql(
+            &store,
+            "UPDATE audit_log SET body = replace(body, '\"deny\"', '\"allow\"') WHERE seq = 2",
+        );
+        assert_eq!(first_broken(&store), None);
+
+        sql(&store, "DELETE FROM audit_log WHERE seq = 3");
+        let broken = first_broken(&store).unwrap();
+        assert_eq!(broken.seq, 4, "{broken}");
+        assert!(broken.reason.contains("missing"), "{broken}");
+
+        let dir2 = scratch("tamper-insert");
+        let store = EmbeddedStore::open(&dir2).unwrap();
+        for i in 1..=3 {
+            store
+                .append_audit(&[call(&format!("r{i}"), "2026-01-01T00:00:00.000Z")])
+                .unwrap();
+        }
+        // A forged row between 1 and 2, hashed correctly after 1.
+        let (prev, body) = (
+            "(SELECT hash FROM audit_log WHERE seq = 1)",
+            "'{\"kind\":\"call\"}'",
+        );
+        sql(
+            &store,
+            &format!(
+                "UPDATE audit_log SET id = id + 10 WHERE seq >= 2;
+                 INSERT INTO audit_log (id, chain, seq, body, prev_hash, hash)
+                 VALUES (2, 'calls', 2, {body}, {prev}, 'x')"
+            ),
+        );
+        let forged_hash = {
+            let rows = store.audit_entries(CALLS, 0, 10).unwrap();
+            chain_hash(&rows[1].1.prev_hash, &rows[1].1.body)
+        };
+        sql(
+            &store,
+            &format!("UPDATE audit_log SET hash = '{forged_hash}' WHERE id = 2"),
+        );
+        let broken = first_broken(&store).unwrap();
+        assert_eq!(broken.seq, 2, "{broken}");
+        assert!(broken.reason.contains("inserted"), "{broken}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&dir2);
+    }
+
+    #[test]
+    fn a_reservation_and_its_record_commit_together_or_the_record_is_not_written() {
+        let dir = scratch("ledger");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let one_a_minute = [Charge::rolling("k", 60_000, 1.0, 1.0)];
+        // Queued outcomes ride along with the next commit, granted or not.
+        store.append_later(vec![outcome("r0", "2026-01-01T00:00:00.000Z")]);
+        let granted = store
+            .reserve_and_append(&one_a_minute, &[call("r1", "2026-01-01T00:00:00.000Z")])
+            .unwrap();
+        assert!(matches!(granted, Reserve::Granted(_)), "{granted:?}");
+        store.append_later(vec![outcome("r1", "2026-01-01T00:00:01.000Z")]);
+        let refused = store
+            .reserve_and_append(&one_a_minute, &[call("r2", "2026-01-01T00:00:02.000Z")])
+            .unwrap();
+        assert!(
+            matches!(refused, Reserve::Exceeded { charge: 0, .. }),
+            "{refused:?}"
+        );
+        let bodies: Vec<String> = store
+            .audit_entries(CALLS, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.body)
+            .collect();
+        assert_eq!(bodies.len(), 3, "{bodies:?}");
+        assert!(bodies[0].contains("\"r0\"") && bodies[0].contains("outcome"));
+        assert!(bodies[1].contains("\"r1\"") && bodies[1].contains("\"call\""));
+        assert!(bodies[2].contains("\"r1\"") && bodies[2].contains("outcome"));
+        assert_eq!(first_broken(&store), None);
+        // The granted reservation counts, in this store and in one opened afterwards.
+        let reopened = EmbeddedStore::open(&dir).unwrap();
+        let again = reopened
+            .reserve_and_append(&one_a_minute, &[call("r3", "2026-01-01T00:00:03.000Z")])
+            .unwrap();
+        assert!(matches!(again, Reserve::Exceeded { .. }), "{again:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pruning_keeps_the_rest_verifiable_and_appends_continue_the_chain() {
+        let dir = scratch("prune");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        for (i, ts) in ["2026-01-01", "2026-01-02", "2026-01-03"]
+            .iter()
+            .enumerate()
+        {
+            store
+                .append_audit(&[call(&format!("r{i}"), &format!("{ts}T00:00:00.000Z"))])
+                .unwrap();
+        }
+        assert_eq!(store.audit_prune("2026-01-02T12:00:00.000Z").unwrap(), 2);
+        assert_eq!(first_broken(&store), None);
+        let reopened = EmbeddedStore::open(&dir).unwrap();
+        reopened
+            .append_audit(&[call("r9", "2026-01-04T00:00:00.000Z")])
+            .unwrap();
+        let verified = reopened.audit_verify().unwrap();
+        assert_eq!(verified[0].as_ref().unwrap().entries, 2);
+        // Pruning everything still leaves a chain that continues from the recorded head.
+        assert_eq!(reopened.audit_prune("2027-01-01T00:00:00.000Z").unwrap(), 2);
+        reopened
+            .append_audit(&[call("r10", "2027-01-02T00:00:00.000Z")])
+            .unwrap();
+        assert_eq!(first_broken(&reopened), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

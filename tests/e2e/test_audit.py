@@ -1,0 +1,281 @@
+"""The audit log end to end (SPEC §9; issue 4): the official Python SDK client → toolgate →
+py_upstream.py, then `toolgate audit query|verify` on the gateway's data directory.
+
+- one record per authenticated JSON-RPC request, with the SPEC §9 fields, for allowed,
+  denied, hidden and rate-limited calls, and outcomes for forwarded ones (`ok`,
+  `tool_error`, a JSON-RPC error);
+- argument values never stored by default (only sorted keys and the SHA-256 of the
+  canonical arguments); with `capture = "full"`, `redact` paths masked;
+- a gateway killed with SIGKILL under a load of concurrent calls loses no record of any
+  call the upstream executed (the upstream writes down every call it ran);
+- fail closed: when the audit log cannot be written, calls are refused and never reach the
+  upstream; the gateway recovers by itself once it can write again;
+- the admin stream: the policies a gateway loaded, with their versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import MCPError
+
+from e2e_helpers import (
+    PYTHON,
+    PY_UPSTREAM,
+    Gateway,
+    Procs,
+    assert_allowed,
+    assert_denied,
+    assert_rate_limited,
+    gateway_binary,
+    http_client,
+    ready_url,
+    run,
+    start_gateway_config,
+)
+
+TOKEN = "tg-e2e-audit-grant-token-0123456789"
+SECRET_VALUE = "s3cret-argument-value-never-stored"
+
+POLICY: dict[str, Any] = {
+    "version": "1",
+    "default": "deny",
+    "hide": ["secret_admin"],
+    "tools": {
+        "echo": {},
+        "tool_error": {},
+        "jsonrpc_error": {},
+        "record_run": {},
+        "delete_everything": {"action": "deny", "on_deny": "Nothing gets deleted."},
+        "add": {"limits": [{"counter": "adds", "window": "minute", "max": 1}]},
+    },
+}
+
+
+def canonical_sha256(args: dict[str, Any]) -> str:
+    text = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def start_upstream(procs: Procs, ran_file: Path | None = None, name: str = "py_upstream-audit") -> str:
+    env = {"PY_UPSTREAM_RAN_FILE": str(ran_file)} if ran_file else None
+    proc = procs.start(name, [PYTHON, str(PY_UPSTREAM), "--transport", "http", "--port", "0"], env=env)
+    return proc.wait_for(ready_url)
+
+
+def start(procs: Procs, workdir: Path, upstream: str, *, audit: str = "", name: str = "toolgate-audit") -> Gateway:
+    config = "\n".join([
+        "[gateway]",
+        "[servers.py]",
+        f'url = "{upstream}"',
+        "",
+        audit,
+        "[[grants]]",
+        'name = "auditor"',
+        f'token = "{TOKEN}"',
+        'policies = { py = "policy.json" }',
+        "",
+    ])
+    return start_gateway_config(procs, workdir, config, policies={"policy.json": POLICY}, name=name)
+
+
+def data_dir(gw: Gateway, name: str = "toolgate-audit") -> Path:
+    assert gw.workdir is not None
+    return gw.workdir / f"{name}-data"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(gateway_binary()), "audit", *args], capture_output=True, text=True, timeout=60)
+
+
+def query(directory: Path, *filters: str) -> list[dict[str, Any]]:
+    done = cli("query", "--json", "--data-dir", str(directory), *filters)
+    assert done.returncode == 0, f"audit query failed ({done.returncode}): {done.stdout}\n{done.stderr}"
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def settled(directory: Path) -> list[dict[str, Any]]:
+    """The records once every forwarded request has its outcome: outcomes are committed with
+    the next record or by the gateway's periodic flush (every 20 ms), not before the answer."""
+    deadline = time.monotonic() + 5
+    while True:
+        records = query(directory)
+        if all(r["upstream_status"] for r in records if r["forwarded"]) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
+def verify_ok(directory: Path) -> None:
+    done = cli("verify", "--data-dir", str(directory))
+    assert done.returncode == 0, f"audit verify failed ({done.returncode}): {done.stdout}\n{done.stderr}"
+
+
+def test_every_request_is_recorded_with_its_decision_and_outcome(procs: Procs, tmp_path: Path) -> None:
+    gw = start(procs, tmp_path, start_upstream(procs))
+    url = gw.server_url("py")
+
+    async def body() -> None:
+        async with http_client(url, TOKEN) as client:
+            assert_allowed(await client.call_tool("echo", {"text": SECRET_VALUE}))
+            assert_denied(await client.call_tool("delete_everything", {"confirm": SECRET_VALUE}),
+                          "/tools/delete_everything/action", "Nothing gets deleted.")
+            with pytest.raises(MCPError):
+                await client.call_tool("secret_admin", {})
+            assert_allowed(await client.call_tool("add", {"a": 1, "b": 2}))
+            assert_rate_limited(await client.call_tool("add", {"b": 4, "a": 3}), "/tools/add/limits/adds",
+                                "1", "minute", "adds", 60_000)
+            assert (await client.call_tool("tool_error", {"message": "boom"})).is_error
+            with pytest.raises(MCPError):
+                await client.call_tool("jsonrpc_error", {"message": "kaput"})
+
+    run(body)
+    records = settled(data_dir(gw))
+    unsettled = [r for r in records if r["forwarded"] and not r["upstream_status"]]
+    assert not unsettled, f"forwarded requests without an outcome: {unsettled}"
+    by_tool = {r["tool"]: r for r in records if r["method"] == "tools/call" and r["tool"] != "add"}
+    adds = [r for r in records if r.get("tool") == "add"]
+    methods = [r["method"] for r in records]
+    assert methods[0] == "initialize", methods
+
+    fields = {"ts", "request_id", "jsonrpc_id", "session_id", "grant_id", "grant", "identity", "server", "method",
+              "tool", "policy_id", "policy_version", "decision", "rule", "message", "arg_keys", "args_sha256",
+              "upstream_status", "latency_ms", "approval_id", "hash", "prev_hash"}
+    for record in records:
+        assert fields <= record.keys(), f"missing {fields - record.keys()} in {record}"
+        assert record["grant"] == "auditor" and record["server"] == "py", record
+        assert len(record["grant_id"]) == 16, record
+        assert record["ts"].endswith("Z") and len(record["ts"]) == 24, record
+        assert "args" not in record, record
+    assert len({r["request_id"] for r in records}) == len(records)
+
+    echo = by_tool["echo"]
+    assert echo["decision"] == "allow" and echo["upstream_status"] == "ok", echo
+    assert echo["arg_keys"] == ["text"]
+    assert echo["args_sha256"] == canonical_sha256({"text": SECRET_VALUE})
+    assert echo["policy_id"].endswith("policy.json") and echo["policy_version"], echo
+    assert echo["session_id"] and isinstance(echo["latency_ms"], float), echo
+
+    denied = by_tool["delete_everything"]
+    assert (denied["decision"], denied["rule"], denied["message"]) == (
+        "deny", "/tools/delete_everything/action", "Nothing gets deleted."), denied
+    assert denied["upstream_status"] is None and denied["latency_ms"] is None, denied
+
+    assert by_tool["secret_admin"]["decision"] == "hide", by_tool["secret_admin"]
+    assert by_tool["secret_admin"]["upstream_status"] is None
+
+    assert [a["decision"] for a in adds] == ["allow", "rate_limited"], adds
+    assert adds[1]["rule"] == "/tools/add/limits/adds", adds[1]
+    # Key order in the call does not change the digest: the arguments are canonicalized.
+    assert adds[0]["arg_keys"] == adds[1]["arg_keys"] == ["a", "b"]
+    assert adds[1]["args_sha256"] == canonical_sha256({"a": 3, "b": 4})
+
+    assert by_tool["tool_error"]["upstream_status"] == "tool_error", by_tool["tool_error"]
+    assert by_tool["jsonrpc_error"]["upstream_status"].startswith("error -32"), by_tool["jsonrpc_error"]
+
+    # The admin stream: the policy the gateway loaded, with the version its records carry.
+    admin = query(data_dir(gw), "--admin")
+    assert [(a["action"], a["actor"], a["detail"]["grant"], a["detail"]["server"]) for a in admin] == [
+        ("policy_loaded", "gateway", "auditor", "py")], admin
+    assert admin[0]["subject"] == echo["policy_id"] and admin[0]["detail"]["version"] == echo["policy_version"]
+
+    # Filters, and the chain.
+    assert [r["tool"] for r in query(data_dir(gw), "--decision", "deny")] == ["delete_everything"]
+    assert len(query(data_dir(gw), "--tool", "add")) == 2
+    verify_ok(data_dir(gw))
+    # No argument value anywhere in the store's files.
+    for file in data_dir(gw).iterdir():
+        assert SECRET_VALUE.encode() not in file.read_bytes(), f"{file} holds an argument value"
+
+
+def test_capture_full_stores_arguments_with_redacted_paths_masked(procs: Procs, tmp_path: Path) -> None:
+    audit = '[audit]\ncapture = "full"\nredact = ["args.message"]\n'
+    gw = start(procs, tmp_path, start_upstream(procs, name="py_upstream-audit-full"), audit=audit)
+
+    async def body() -> None:
+        async with http_client(gw.server_url("py"), TOKEN) as client:
+            assert_allowed(await client.call_tool("echo", {"text": "kept"}))
+            assert (await client.call_tool("tool_error", {"message": SECRET_VALUE})).is_error
+
+    run(body)
+    calls = {r["tool"]: r for r in query(data_dir(gw)) if r["method"] == "tools/call"}
+    assert calls["echo"]["args"] == {"text": "kept"}, calls["echo"]
+    assert calls["tool_error"]["args"] == {"message": "[REDACTED]"}, calls["tool_error"]
+    # The digest is of the real arguments, so identical calls still match.
+    assert calls["tool_error"]["args_sha256"] == canonical_sha256({"message": SECRET_VALUE})
+    for file in data_dir(gw).iterdir():
+        assert SECRET_VALUE.encode() not in file.read_bytes(), f"{file} holds a redacted value"
+
+
+def test_sigkill_under_load_loses_no_record_of_a_call_that_ran(procs: Procs, tmp_path: Path) -> None:
+    ran_file = tmp_path / "ran.txt"
+    gw = start(procs, tmp_path, start_upstream(procs, ran_file, name="py_upstream-audit-kill"),
+               name="toolgate-audit-kill")
+    url = gw.server_url("py")
+    started = anyio.Event()
+
+    async def client_loop(index: int) -> None:
+        try:
+            async with http_client(url, TOKEN, timeout=10) as client:
+                for j in range(10_000):
+                    await client.call_tool("record_run", {"tag": f"c{index}-{j}-{secrets.token_hex(3)}"})
+                    if index == 0 and j == 20:
+                        started.set()
+        except BaseException:  # the gateway is killed under us: every client ends in an error
+            started.set()
+
+    async def body() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(client_loop, i)
+            await started.wait()
+            await anyio.sleep(0.3)
+            os.kill(gw.pid, signal.SIGKILL)
+
+    run(body, timeout=120)
+    gw.proc.proc.wait(timeout=10)
+    time.sleep(0.5)  # calls already inside the upstream finish writing their tag
+    ran = ran_file.read_text().split()
+    assert len(ran) >= 20, f"the load never got going: {len(ran)} calls ran"
+    recorded = {r["args_sha256"] for r in query(data_dir(gw, "toolgate-audit-kill"), "--tool", "record_run")}
+    missing = [tag for tag in ran if canonical_sha256({"tag": tag}) not in recorded]
+    assert not missing, f"{len(missing)} of {len(ran)} calls that ran have no audit record: {missing[:5]}"
+    verify_ok(data_dir(gw, "toolgate-audit-kill"))
+
+
+def test_calls_are_refused_while_the_audit_log_cannot_be_written(procs: Procs, tmp_path: Path) -> None:
+    ran_file = tmp_path / "ran.txt"
+    gw = start(procs, tmp_path, start_upstream(procs, ran_file, name="py_upstream-audit-closed"),
+               name="toolgate-audit-closed")
+    url = gw.server_url("py")
+    database = data_dir(gw, "toolgate-audit-closed") / "toolgate.db"
+
+    def tamper(sql: str) -> None:
+        with sqlite3.connect(database, timeout=10) as conn:
+            conn.executescript(sql)
+
+    async def body() -> None:
+        async with http_client(url, TOKEN) as client:
+            assert_allowed(await client.call_tool("record_run", {"tag": "before"}))
+            # The audit table goes away (as a broken disk would make it unwritable).
+            tamper("ALTER TABLE audit_log RENAME TO audit_log_away;")
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("record_run", {"tag": "unaudited"})
+            assert "audit log unavailable" in str(refused.value), refused.value
+            # Writable again: the gateway recovers without a restart.
+            tamper("ALTER TABLE audit_log_away RENAME TO audit_log;")
+            assert_allowed(await client.call_tool("record_run", {"tag": "after"}))
+
+    run(body)
+    assert ran_file.read_text().split() == ["before", "after"], "an unaudited call reached the upstream"
+    verify_ok(data_dir(gw, "toolgate-audit-closed"))
