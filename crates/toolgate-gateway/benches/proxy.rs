@@ -103,11 +103,13 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-/// A gateway in front of `upstream`, with `audit` replacing the embedded audit log if given.
+/// A gateway in front of `upstream`, with `audit` replacing the embedded audit log if given,
+/// or its audit log in PostgreSQL at `postgres`.
 async fn gateway(
     upstream: SocketAddr,
     dir: &std::path::Path,
     audit: Option<Arc<dyn AuditLog>>,
+    postgres: Option<String>,
 ) -> toolgate_gateway::Running {
     let policy_path = dir.join("policy.json");
     std::fs::write(
@@ -121,6 +123,7 @@ async fn gateway(
     .expect("write policy");
     let mut settings = Settings::new("127.0.0.1:0".parse().expect("addr"));
     settings.data_dir = dir.join("data");
+    settings.postgres_url = postgres;
     settings.servers.push(ServerSpec {
         name: "bench".into(),
         upstream: UpstreamSpec::Http {
@@ -302,13 +305,33 @@ fn main() {
         for dir in [&null_dir, &embedded_dir] {
             std::fs::create_dir_all(dir).expect("dir");
         }
-        let baseline = gateway(upstream, &null_dir, Some(Arc::new(NullAudit))).await;
-        let embedded = gateway(upstream, &embedded_dir, None).await;
-        let mut targets = [
+        let baseline = gateway(upstream, &null_dir, Some(Arc::new(NullAudit)), None).await;
+        let embedded = gateway(upstream, &embedded_dir, None, None).await;
+        let postgres_url = std::env::var("TOOLGATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://toolgate@127.0.0.1:5432/toolgate".to_owned());
+        let reachable = match toolgate_store::PostgresAuditLog::connect(&postgres_url) {
+            Ok(log) => log.ping().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let postgres = match reachable {
+            Ok(()) => {
+                let dir = root.join("postgres");
+                std::fs::create_dir_all(&dir).expect("dir");
+                Some(gateway(upstream, &dir, None, Some(postgres_url)).await)
+            }
+            Err(e) => {
+                println!("postgres: not measured ({e})");
+                None
+            }
+        };
+        let mut targets = vec![
             Target { name: "no audit (baseline), unlimited", gateway: baseline.local_addr, tool: "work", figures: Figures::default() },
             Target { name: "embedded audit, unlimited", gateway: embedded.local_addr, tool: "work", figures: Figures::default() },
             Target { name: "embedded audit, rate-limited", gateway: embedded.local_addr, tool: "limited", figures: Figures::default() },
         ];
+        if let Some(postgres) = &postgres {
+            targets.push(Target { name: "postgres audit, unlimited", gateway: postgres.local_addr, tool: "work", figures: Figures::default() });
+        }
         let mut sessions = Vec::new();
         for target in &targets {
             let single = Session::open(target.gateway).await;
@@ -328,6 +351,9 @@ fn main() {
         }
         baseline.shutdown().await;
         embedded.shutdown().await;
+        if let Some(postgres) = postgres {
+            postgres.shutdown().await;
+        }
 
         println!("tools/call through the proxy (one audit record per call; {ROUNDS} interleaved rounds):");
         for target in &targets {
@@ -339,6 +365,12 @@ fn main() {
             p50(&targets[1]) - p50(&targets[0]),
             p50(&targets[2]) - p50(&targets[1])
         );
+        if let Some(postgres) = targets.get(3) {
+            println!(
+                "postgres audit adds {:.1} µs per call at the median",
+                p50(postgres) - p50(&targets[0])
+            );
+        }
         let _ = std::fs::remove_dir_all(&root);
     });
 }

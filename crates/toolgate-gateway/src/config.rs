@@ -294,6 +294,8 @@ pub struct Settings {
     pub session_idle_timeout: Duration,
     /// Cluster mode: counters in this Redis instead of the embedded store.
     pub redis_url: Option<String>,
+    /// Cluster mode: the audit log in this PostgreSQL instead of the embedded store.
+    pub postgres_url: Option<String>,
     /// The audit log.
     pub audit: AuditSettings,
     /// Upstreams by name.
@@ -316,6 +318,7 @@ impl Settings {
             max_header_bytes: 64 << 10,
             session_idle_timeout: Duration::from_secs(3600),
             redis_url: None,
+            postgres_url: None,
             audit: AuditSettings::default(),
             servers: Vec::new(),
             grants: Vec::new(),
@@ -583,10 +586,16 @@ fn resolve(
                 Err(e) => errors.push(format!("{file}: store.redis_url: {e}")),
             }
         }
-        if store.postgres_url.is_some() {
-            errors.push(format!(
-                "{file}: store.postgres_url: the PostgreSQL store is not supported yet"
-            ));
+        if let Some(url) = &store.postgres_url {
+            match expand_env(url, lookup) {
+                Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    settings.postgres_url = Some(url)
+                }
+                Ok(_) => errors.push(format!(
+                    "{file}: store.postgres_url: must start with postgres:// or postgresql://"
+                )),
+                Err(e) => errors.push(format!("{file}: store.postgres_url: {e}")),
+            }
         }
     }
     if let Some(audit) = &raw.audit {

@@ -174,17 +174,33 @@ async fn flush_audit(auditor: Arc<audit::Auditor>, mut shutdown: watch::Receiver
     }
 }
 
+/// Where retention pruning happens: the audit log's own store.
+enum PruneTarget {
+    /// The embedded store (pruned on a blocking thread: it is synchronous).
+    Embedded(Arc<EmbeddedStore>),
+    /// PostgreSQL (cluster mode).
+    Postgres(Arc<toolgate_store::PostgresAuditLog>),
+}
+
 /// Prunes audit records older than `days`, at start and then hourly.
-async fn prune_audit(store: Arc<EmbeddedStore>, days: u32, mut shutdown: watch::Receiver<bool>) {
+async fn prune_audit(target: PruneTarget, days: u32, mut shutdown: watch::Receiver<bool>) {
     loop {
         let cutoff = time::format_rfc3339_ms(time::now_unix_ms() - i64::from(days) * 86_400_000);
-        let pruning = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || pruning.audit_prune(&cutoff)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
+        let pruned = match &target {
+            PruneTarget::Embedded(store) => {
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || store.audit_prune(&cutoff))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            PruneTarget::Postgres(log) => log.audit_prune(&cutoff).await.map_err(|e| e.to_string()),
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => {
                 tracing::info!(target: "toolgate::audit", "pruned {n} audit entries older than {days} days")
             }
-            Ok(Err(e)) => tracing::error!(target: "toolgate::audit", "audit pruning failed: {e}"),
             Err(e) => tracing::error!(target: "toolgate::audit", "audit pruning failed: {e}"),
         }
         tokio::select! {
@@ -209,16 +225,31 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
 
 /// [`start`], with some stores replaced.
 pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result<Running, String> {
+    let overrides_none = overrides.audit.is_none();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let store = Arc::new(EmbeddedStore::open(&settings.data_dir).map_err(|e| e.to_string())?);
     if settings.audit.fsync {
         store.fsync_every_commit().map_err(|e| e.to_string())?;
     }
     tracing::info!(path = %store.path().display(), "embedded store open");
-    let embedded_audit = overrides.audit.is_none();
-    let audit_log = overrides
-        .audit
-        .unwrap_or_else(|| Arc::clone(&store) as Arc<dyn toolgate_store::AuditLog>);
+    // Cluster mode writes the audit log to PostgreSQL, one hash chain per replica.
+    let (audit_log, prune_target): (Arc<dyn toolgate_store::AuditLog>, PruneTarget) =
+        match (overrides.audit, &settings.postgres_url) {
+            (Some(log), _) => (log, PruneTarget::Embedded(Arc::clone(&store))),
+            (None, Some(url)) => {
+                // "process" durability asks no more of PostgreSQL than of SQLite: the entry
+                // is in the database server's hands, not yet necessarily on its disk.
+                let postgres = Arc::new(
+                    toolgate_store::PostgresAuditLog::connect(url)
+                        .map_err(|e| e.to_string())?
+                        .with_synchronous_commit(settings.audit.fsync),
+                );
+                tracing::info!(store = ?postgres, "audit log in PostgreSQL (cluster mode)");
+                (postgres.clone(), PruneTarget::Postgres(postgres))
+            }
+            (None, None) => (store.clone(), PruneTarget::Embedded(Arc::clone(&store))),
+        };
+    let embedded_audit = overrides_none && settings.postgres_url.is_none();
     let auditor = Arc::new(audit::Auditor::new(audit_log, settings.audit.clone()));
     // A gateway that cannot audit does not start.
     auditor
@@ -231,7 +262,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         shutdown_rx.clone(),
     )));
     if let Some(days) = settings.audit.retain_days {
-        tokio::spawn(prune_audit(Arc::clone(&store), days, shutdown_rx.clone()));
+        tokio::spawn(prune_audit(prune_target, days, shutdown_rx.clone()));
     }
     // Cluster mode keeps counters in Redis so that every replica enforces one budget;
     // otherwise they live beside the sessions in the embedded store.

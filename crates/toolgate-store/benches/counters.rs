@@ -11,8 +11,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use toolgate_store::audit::CallRecord;
-use toolgate_store::{AuditEntry, Charge, CounterStore, EmbeddedStore, RedisCounterStore, Reserve};
+use support::record;
+use toolgate_store::{Charge, CounterStore, EmbeddedStore, RedisCounterStore, Reserve};
+
+mod support;
 
 const SINGLE_CALLS: usize = 5_000;
 const CONCURRENT_CALLERS: usize = 64;
@@ -93,28 +95,6 @@ async fn report(name: &str, store: Arc<dyn CounterStore>, base: Duration) {
         p99.as_secs_f64() * 1e6,
         (p50.saturating_sub(base)).as_secs_f64() * 1e6,
     );
-}
-
-/// A call record as the gateway writes one before forwarding a call.
-fn record(n: usize) -> AuditEntry {
-    AuditEntry::Call(CallRecord {
-        ts: "2026-11-25T23:00:00.000Z".into(),
-        request_id: format!("tgr-{n:024x}"),
-        grant: "bench".into(),
-        grant_id: "0123456789abcdef".into(),
-        identity: "bench".into(),
-        server: "bench".into(),
-        method: "tools/call".into(),
-        tool: Some("work".into()),
-        policy_id: Some("/etc/toolgate/policies/bench.json".into()),
-        policy_version: Some("0123456789ab".into()),
-        decision: "allow".into(),
-        rule: Some("/tools/work".into()),
-        arg_keys: vec!["n".into()],
-        args_sha256: Some("0".repeat(64)),
-        forwarded: true,
-        ..CallRecord::default()
-    })
 }
 
 /// In the embedded store a call's record is committed before the call is forwarded, with

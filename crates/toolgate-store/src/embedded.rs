@@ -7,7 +7,8 @@ use crate::{Clock, SessionRecord, SessionStore, StoreError, SystemClock};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
@@ -89,11 +90,9 @@ impl Memory {
 /// makes sure `memory` is still right for it: `PRAGMA data_version` changes exactly when
 /// another connection — another store, another process — has committed since this one's
 /// last transaction.
-fn begin<'c>(
-    conn: &'c mut Connection,
-    memory: &mut Memory,
-) -> rusqlite::Result<rusqlite::Transaction<'c>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+fn begin<'c>(conn: &'c mut Connection, memory: &mut Memory) -> rusqlite::Result<Tx<'c>> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let tx = Tx { conn, open: true };
     let version: i64 = tx
         .prepare_cached("PRAGMA data_version")?
         .query_row([], |r| r.get(0))?;
@@ -102,6 +101,41 @@ fn begin<'c>(
         memory.data_version = Some(version);
     }
     Ok(tx)
+}
+
+/// A write transaction, rolled back unless committed. Unlike `rusqlite::Transaction` it
+/// begins and commits with cached statements: every reservation and every audit commit
+/// runs one, and parsing `BEGIN IMMEDIATE` and `COMMIT` afresh each time is measurable.
+struct Tx<'c> {
+    conn: &'c Connection,
+    /// Not yet committed or rolled back.
+    open: bool,
+}
+
+impl Tx<'_> {
+    /// Commits.
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A failed COMMIT may have rolled back already: then this fails, harmlessly.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 /// SQLite in `data_dir/toolgate.db`.
@@ -116,6 +150,14 @@ pub struct EmbeddedStore {
     memory: Mutex<Memory>,
     /// Audit entries waiting for the next group commit.
     audit_queue: Mutex<Vec<audit::Queued>>,
+    /// Whether an appender is committing the queue (the others wait for it).
+    audit_leading: AtomicBool,
+    /// Synchronous appenders wait on this (with `audit_ended`) for a commit to end.
+    audit_committed: Condvar,
+    /// The mutex `audit_committed` needs; it guards nothing else.
+    audit_ended: Mutex<()>,
+    /// Asynchronous appenders wait on this for a commit to end.
+    audit_notify: tokio::sync::Notify,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -160,6 +202,10 @@ impl EmbeddedStore {
             clock,
             memory: Mutex::default(),
             audit_queue: Mutex::default(),
+            audit_leading: AtomicBool::new(false),
+            audit_committed: Condvar::new(),
+            audit_ended: Mutex::new(()),
+            audit_notify: tokio::sync::Notify::new(),
         })
     }
 

@@ -9,12 +9,14 @@
 pub mod audit;
 pub mod counters;
 mod embedded;
+pub mod postgres_audit;
 pub mod redis_counters;
 mod sessions;
 
 pub use audit::{AuditEntry, AuditLog};
 pub use counters::{Charge, Clock, CounterStore, Reservation, Reserve, StoreFuture, SystemClock};
 pub use embedded::EmbeddedStore;
+pub use postgres_audit::PostgresAuditLog;
 pub use redis_counters::RedisCounterStore;
 pub use sessions::{SessionRecord, SessionStore};
 

@@ -18,8 +18,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 use toolgate_gateway::config::{self, Settings};
 use toolgate_gateway::time::{format_rfc3339_ms, now_unix_ms, parse_rfc3339};
-use toolgate_store::audit::{self, AuditEntry, AuditFilter, MergedRecord, StoredEntry, CALLS};
-use toolgate_store::EmbeddedStore;
+use toolgate_store::audit::{
+    self, AdminRecord, AuditEntry, AuditFilter, Broken, MergedRecord, StoredEntry, Verified, CALLS,
+};
+use toolgate_store::{EmbeddedStore, PostgresAuditLog, StoreError};
 
 /// The decisions a record can carry (SPEC §1); `--decision` accepts exactly these.
 const DECISIONS: [&str; 5] = ["allow", "deny", "hide", "rate_limited", "approval_required"];
@@ -290,11 +292,20 @@ fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     seconds.checked_mul(1000)?.checked_add(ms)
 }
 
-/// Finds the data directory: `--data-dir`; else the configuration's `data_dir` (an explicit
-/// `--config` must load, the default `toolgate.toml` only if it exists); else the default.
-fn data_dir(args: &StoreArgs) -> Result<PathBuf, Failure> {
+/// Where the audit log the command reads is.
+enum Location {
+    /// The embedded store in this data directory.
+    Embedded(PathBuf),
+    /// PostgreSQL (cluster mode: the configuration's `[store] postgres_url`).
+    Postgres(String),
+}
+
+/// Finds the audit log: `--data-dir` if given; else the configuration (`--config`, or
+/// `toolgate.toml` if it exists): its PostgreSQL if it names one, else its data directory;
+/// else the default data directory.
+fn location(args: &StoreArgs) -> Result<Location, Failure> {
     if let Some(dir) = &args.data_dir {
-        return Ok(dir.clone());
+        return Ok(Location::Embedded(dir.clone()));
     }
     let (path, explicit) = match &args.config {
         Some(path) => (path.clone(), true),
@@ -303,18 +314,78 @@ fn data_dir(args: &StoreArgs) -> Result<PathBuf, Failure> {
     // An explicit --config that does not exist is an error (load says "cannot read"), not
     // a silent fall-back to the default directory: that would read some other store.
     if explicit || path.exists() {
-        return config::load(&path).map(|s| s.data_dir).map_err(|e| {
+        let settings = config::load(&path).map_err(|e| {
             Failure::Usage(format!(
                 "configuration rejected (pass --data-dir DIR to read a store without it):\n{e}"
             ))
+        })?;
+        return Ok(match settings.postgres_url {
+            Some(url) => Location::Postgres(url),
+            None => Location::Embedded(settings.data_dir),
         });
     }
-    Ok(Settings::new(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))).data_dir)
+    Ok(Location::Embedded(
+        Settings::new(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))).data_dir,
+    ))
 }
 
-/// Opens the existing store the command reads, refusing to create one.
-fn open_store(args: &StoreArgs) -> Result<EmbeddedStore, Failure> {
-    let dir = data_dir(args)?;
+/// The audit log being read.
+enum Reader {
+    /// The embedded store.
+    Embedded(Box<EmbeddedStore>),
+    /// PostgreSQL, with the runtime its client needs.
+    Postgres(Box<PostgresAuditLog>, tokio::runtime::Runtime),
+}
+
+impl Reader {
+    /// Call records with their outcomes.
+    fn query(&self, filter: &AuditFilter) -> Result<Vec<MergedRecord>, StoreError> {
+        match self {
+            Reader::Embedded(store) => store.audit_query(filter),
+            Reader::Postgres(log, runtime) => runtime.block_on(log.audit_query(filter)),
+        }
+    }
+
+    /// Admin events.
+    fn admin(&self, filter: &AuditFilter) -> Result<Vec<AdminRecord>, StoreError> {
+        match self {
+            Reader::Embedded(store) => store.audit_admin(filter),
+            Reader::Postgres(log, runtime) => runtime.block_on(log.audit_admin(filter)),
+        }
+    }
+
+    /// Every chain, verified.
+    fn verify(&self) -> Result<Vec<Result<Verified, Broken>>, StoreError> {
+        match self {
+            Reader::Embedded(store) => store.audit_verify(),
+            Reader::Postgres(log, runtime) => runtime.block_on(log.audit_verify()),
+        }
+    }
+
+    /// Call-stream entries after row `after`.
+    fn entries(&self, after: i64, limit: usize) -> Result<Vec<(i64, StoredEntry)>, StoreError> {
+        match self {
+            Reader::Embedded(store) => store.audit_entries(CALLS, after, limit),
+            Reader::Postgres(log, runtime) => {
+                runtime.block_on(log.audit_entries(CALLS, after, limit))
+            }
+        }
+    }
+}
+
+/// Opens the existing audit log the command reads, refusing to create an embedded store.
+fn open_store(args: &StoreArgs) -> Result<Reader, Failure> {
+    let dir = match location(args)? {
+        Location::Embedded(dir) => dir,
+        Location::Postgres(url) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Runtime(format!("cannot start a runtime: {e}")))?;
+            let log = PostgresAuditLog::connect(&url).map_err(|e| Failure::Usage(e.to_string()))?;
+            return Ok(Reader::Postgres(Box::new(log), runtime));
+        }
+    };
     let db = dir.join("toolgate.db");
     // `EmbeddedStore::open` creates what is missing; for a read that would turn a wrong
     // path into a plausible-looking empty log. (A race with someone deleting the file in
@@ -326,7 +397,9 @@ fn open_store(args: &StoreArgs) -> Result<EmbeddedStore, Failure> {
             dir.display()
         )));
     }
-    EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))
+    EmbeddedStore::open(&dir)
+        .map(|store| Reader::Embedded(Box::new(store)))
+        .map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 /// `audit query`: the matching records, readable or as JSON lines.
@@ -336,7 +409,7 @@ fn query(args: &QueryArgs) -> Result<ExitCode, Failure> {
         return admin(&store, args);
     }
     let records = store
-        .audit_query(&args.filter.filter())
+        .query(&args.filter.filter())
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut out = io::stdout().lock();
     for record in &records {
@@ -355,9 +428,9 @@ fn query(args: &QueryArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `audit query --admin`: the admin events, readable or as JSON lines.
-fn admin(store: &EmbeddedStore, args: &QueryArgs) -> Result<ExitCode, Failure> {
+fn admin(store: &Reader, args: &QueryArgs) -> Result<ExitCode, Failure> {
     let events = store
-        .audit_admin(&args.filter.filter())
+        .admin(&args.filter.filter())
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut out = io::stdout().lock();
     for record in &events {
@@ -380,7 +453,7 @@ fn admin(store: &EmbeddedStore, args: &QueryArgs) -> Result<ExitCode, Failure> {
 fn verify(args: &VerifyArgs) -> Result<ExitCode, Failure> {
     let store = open_store(&args.store)?;
     let results = store
-        .audit_verify()
+        .verify()
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut out = io::stdout().lock();
     let mut all_hold = true;
@@ -416,7 +489,7 @@ fn export(args: &ExportArgs) -> Result<ExitCode, Failure> {
     let store = open_store(&args.store)?;
     // Read before creating the output, so a failed read does not truncate an older export.
     let records = store
-        .audit_query(&args.filter.filter())
+        .query(&args.filter.filter())
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut text = String::new();
     if matches!(args.format, ExportFormat::Csv) {
@@ -455,7 +528,7 @@ fn tail(args: &TailArgs) -> Result<ExitCode, Failure> {
     let store = open_store(&args.store)?;
     let read = |after: i64, limit: usize| {
         store
-            .audit_entries(CALLS, after, limit)
+            .entries(after, limit)
             .map_err(|e| Failure::Runtime(e.to_string()))
     };
     // One read for both the records shown and where following starts, so that nothing

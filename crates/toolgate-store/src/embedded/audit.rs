@@ -24,7 +24,9 @@ use crate::audit::{
 use crate::{AuditLog, Charge, Reservation, Reserve, StoreError, StoreFuture};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Entries queued by one appender, and where the outcome of their commit goes.
 #[derive(Debug)]
@@ -36,8 +38,31 @@ pub(super) struct Queued {
 }
 
 impl AuditLog for EmbeddedStore {
+    /// Like [`EmbeddedStore::append_audit`], but a follower waits without blocking its
+    /// thread: on a runtime with few worker threads, appenders blocked in a wait would stop
+    /// the very requests whose records make the next batch bigger.
     fn append<'a>(&'a self, entries: &'a [AuditEntry]) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.append_audit(entries) })
+        Box::pin(async move {
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let done = self.queue_audit(entries);
+            loop {
+                // Registered before looking, so that a commit ending in between still wakes us.
+                let committed = self.audit_notify.notified();
+                tokio::pin!(committed);
+                committed.as_mut().enable();
+                if let Some(outcome) = done.get() {
+                    return outcome.clone();
+                }
+                if self.try_lead() {
+                    let outcome = self.lead_commit(&done);
+                    self.end_lead();
+                    return outcome;
+                }
+                committed.await;
+            }
+        })
     }
 
     fn append_later(&self, entries: Vec<AuditEntry>) {
@@ -84,12 +109,60 @@ impl EmbeddedStore {
         self.commit_queued(&last)
     }
 
-    /// Returns once the batch whose outcome is `done` is committed: by this caller, which
-    /// then commits everything queued, or by another that got the connection first.
+    /// Returns once the batch whose outcome is `done` is committed: by another appender
+    /// already committing (this one waits for it, and commits itself only if its batch came
+    /// too late for that commit), or by this one, which then commits everything queued.
+    ///
+    /// Followers wait to be told a commit ended, not on the connection: were they to queue
+    /// for the connection only to find their batch done, each would cost a lock hand-over
+    /// and a thread wake-up in turn, and 64 appenders would get little more than one
+    /// commit's worth of throughput each.
     fn commit_queued(&self, done: &OnceLock<Result<(), StoreError>>) -> Result<(), StoreError> {
+        loop {
+            if let Some(outcome) = done.get() {
+                return outcome.clone();
+            }
+            if self.try_lead() {
+                let outcome = self.lead_commit(done);
+                self.end_lead();
+                return outcome;
+            }
+            let ended = self.audit_ended.lock().unwrap_or_else(|e| e.into_inner());
+            if done.get().is_none() && self.audit_leading.load(Ordering::Acquire) {
+                // Bounded: a wake-up missed between the look and the wait costs at most this.
+                let _ = self
+                    .audit_committed
+                    .wait_timeout(ended, Duration::from_micros(500))
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    /// Becomes the appender that commits the queue, unless another is.
+    fn try_lead(&self) -> bool {
+        self.audit_leading
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Ends a commit of the queue and wakes every appender waiting for one.
+    fn end_lead(&self) {
+        self.audit_leading.store(false, Ordering::Release);
+        self.wake_appenders();
+    }
+
+    /// Wakes appenders waiting for a commit (synchronous and asynchronous ones).
+    fn wake_appenders(&self) {
+        drop(self.audit_ended.lock().unwrap_or_else(|e| e.into_inner()));
+        self.audit_committed.notify_all();
+        self.audit_notify.notify_waiters();
+    }
+
+    /// The leader's part of [`EmbeddedStore::commit_queued`].
+    fn lead_commit(&self, done: &OnceLock<Result<(), StoreError>>) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(outcome) = done.get() {
-            // Another appender committed ours with its own.
+            // Committed meanwhile, with a reservation (reserve_and_append).
             return outcome.clone();
         }
         let batch =
@@ -100,8 +173,6 @@ impl EmbeddedStore {
         if outcome.is_err() {
             memory.forget();
         }
-        // Marked while the connection is still held: an appender that gets it next must
-        // find its batch done.
         for queued in &batch {
             let _ = queued.done.set(outcome.clone());
         }
@@ -150,6 +221,12 @@ impl EmbeddedStore {
         }
         for queued in &batch {
             let _ = queued.done.set(outcome.clone().map(drop));
+        }
+        drop(memory);
+        drop(conn);
+        if !batch.is_empty() {
+            // Appenders waiting for a leader may be waiting for these.
+            self.wake_appenders();
         }
         match outcome? {
             None => Ok(Reserve::Granted(Reservation { id, keys })),
@@ -459,6 +536,50 @@ mod tests {
         }
         let verified = store.audit_verify().unwrap();
         assert_eq!(verified[0].as_ref().unwrap().entries, 1_600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn async_and_blocking_appenders_together_lose_nothing() {
+        let dir = scratch("async");
+        let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+        let blocking = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    store
+                        .append_audit(&[call(&format!("b{i}"), "2026-01-01T00:00:00.000Z")])
+                        .unwrap();
+                }
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..100)
+                .map(|t| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        for i in 0..20 {
+                            let entry = [call(&format!("a{t}-{i}"), "2026-01-01T00:00:00.000Z")];
+                            AuditLog::append(&*store, &entry).await.unwrap();
+                            if i % 5 == 0 {
+                                store.append_later(vec![outcome(&format!("a{t}-{i}"), "x")]);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            AuditLog::flush(&*store).await.unwrap();
+        });
+        blocking.join().unwrap();
+        let verified = store.audit_verify().unwrap();
+        assert_eq!(verified[0].as_ref().unwrap().entries, 300 + 2_000 + 400);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
