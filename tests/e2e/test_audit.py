@@ -25,19 +25,23 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
 from mcp import MCPError
 
 from e2e_helpers import (
+    FIXTURES,
     PYTHON,
     PY_UPSTREAM,
     Gateway,
+    Proc,
     Procs,
     assert_allowed,
     assert_denied,
     assert_rate_limited,
+    free_port,
     gateway_binary,
     http_client,
     ready_url,
@@ -340,3 +344,90 @@ def test_two_replicas_write_one_postgres_audit_log(procs: Procs, tmp_path: Path)
     # Nothing went to the replicas' embedded stores.
     for i, gw in enumerate(gateways):
         assert query(data_dir(gw, f"toolgate-audit-replica{i}"), "--grant", grant) == []
+
+
+def test_postgres_going_away_fails_closed_and_the_gateway_recovers(procs: Procs, tmp_path: Path) -> None:
+    """PostgreSQL disappears under a running gateway (a TCP relay in between is killed): calls
+    are refused with a message saying the audit log is unavailable, and never reach the
+    upstream; once PostgreSQL is reachable again, calls go through without a restart."""
+    parts = urlsplit(SHARED_POSTGRES)
+    relay_port = free_port()
+    relay_argv = [PYTHON, str(FIXTURES / "tcp_relay.py"), "--port", str(relay_port),
+                  "--target", f"{parts.hostname}:{parts.port or 5432}"]
+
+    def start_relay() -> Proc:
+        relay = procs.start("tcp_relay-postgres", relay_argv)
+        relay.wait_for(ready_url)
+        return relay
+
+    relay = start_relay()
+    user = f"{parts.username}@" if parts.username else ""
+    via_relay = urlunsplit((parts.scheme, f"{user}127.0.0.1:{relay_port}", parts.path, parts.query, ""))
+    grant = f"away-{secrets.token_hex(4)}"
+    ran_file = tmp_path / "ran.txt"
+    upstream = start_upstream(procs, ran_file, name="py_upstream-audit-away")
+    config = "\n".join([
+        "[gateway]", "[store]", f'postgres_url = "{via_relay}"', "[servers.py]", f'url = "{upstream}"',
+        "[[grants]]", f'name = "{grant}"', f'token = "{TOKEN}"', 'policies = { py = "policy.json" }', "",
+    ])
+    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-audit-away")
+
+    async def body() -> None:
+        # One session throughout: it outlives the outage.
+        async with http_client(gw.server_url("py"), TOKEN, timeout=15) as client:
+
+            async def call(tag: str) -> Any:
+                """The result, or the JSON-RPC error the call was answered with."""
+                try:
+                    return await client.call_tool("record_run", {"tag": tag})
+                except MCPError as e:
+                    return e
+
+            assert_allowed(await call("before"))
+            relay.signal_group(signal.SIGKILL)  # PostgreSQL is gone, as far as the gateway can tell
+            relay.proc.wait(timeout=10)
+            refused = await call("during")
+            assert isinstance(refused, MCPError), refused
+            assert "audit log unavailable" in str(refused), refused
+            start_relay()
+            # Recovery needs no restart; the first attempt may still meet the broken connection.
+            deadline = time.monotonic() + 15
+            while isinstance(result := await call("after"), MCPError):
+                assert "audit log unavailable" in str(result), result
+                assert time.monotonic() < deadline, f"no recovery within 15 s: {result}"
+                await anyio.sleep(0.5)
+            assert_allowed(result)
+
+    run(body)
+    ran = ran_file.read_text().split()
+    assert "during" not in ran and ran[0] == "before" and ran[-1] == "after", ran
+    done = cli("query", "--json", "--config", str(tmp_path / "toolgate.toml"), "--grant", grant, "--tool", "record_run")
+    assert done.returncode == 0, f"audit query failed: {done.stdout}\n{done.stderr}"
+    recorded = [json.loads(line)["args_sha256"] for line in done.stdout.splitlines()]
+    assert set(recorded) == {canonical_sha256({"tag": tag}) for tag in ran}, (recorded, ran)
+
+
+def test_a_rejected_configuration_is_recorded_in_the_admin_stream(procs: Procs, tmp_path: Path) -> None:
+    """The gateway refuses to start with a bad configuration, says so, and records why in the
+    admin stream of the store it would have used (an existing one: none is created)."""
+    gw = start(procs, tmp_path, start_upstream(procs, name="py_upstream-audit-config"), name="toolgate-audit-config")
+    gw.proc.stop()
+    config = tmp_path / "toolgate.toml"
+    config.write_text(config.read_text().replace("[gateway]", "[gateway]\nlisten_on = \"oops\""))
+    directory = data_dir(gw, "toolgate-audit-config")
+    done = subprocess.run([str(gateway_binary()), "serve", "--config", str(config), "--data-dir", str(directory)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "listen_on" in done.stderr and "recorded in the audit log" in done.stderr, done.stderr
+    events = query(directory, "--admin")
+    assert [e["action"] for e in events] == ["policy_loaded", "config_rejected"], events
+    rejected = events[-1]
+    assert rejected["subject"] == str(config), rejected
+    assert any("listen_on" in error for error in rejected["detail"]["errors"]), rejected
+    verify_ok(directory)
+    # A data directory without a store stays without one.
+    empty = tmp_path / "no-store-here"
+    done = subprocess.run([str(gateway_binary()), "serve", "--config", str(config), "--data-dir", str(empty)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "recorded in the audit log" not in done.stderr, done.stderr
+    assert not empty.exists()

@@ -178,6 +178,17 @@ pub(crate) fn policies_loaded(grants: &[GrantSpec]) -> Vec<AuditEntry> {
         .collect()
 }
 
+/// The admin event of a configuration the gateway refused to start with.
+pub(crate) fn config_rejected(config: &std::path::Path, errors: &[String]) -> AuditEntry {
+    AuditEntry::Admin(AdminEvent {
+        ts: format_rfc3339_ms(now_unix_ms()),
+        action: "config_rejected".to_owned(),
+        actor: "gateway".to_owned(),
+        subject: config.display().to_string(),
+        detail: serde_json::json!({ "errors": errors }),
+    })
+}
+
 /// The outcome entry of `awaiting`.
 fn outcome(awaiting: &Awaiting, upstream_status: String) -> AuditEntry {
     AuditEntry::Outcome(CallOutcome {

@@ -499,6 +499,23 @@ fn parse_duration_key(
     }
 }
 
+/// Where the data directory of the configuration at `path` is, read leniently (only
+/// `gateway.data_dir`): for recording why the whole configuration was rejected.
+pub fn data_dir_hint(path: &Path) -> PathBuf {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let configured = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| {
+            table
+                .get("gateway")?
+                .get("data_dir")?
+                .as_str()
+                .map(PathBuf::from)
+        });
+    base.join(configured.unwrap_or_else(|| PathBuf::from(".toolgate")))
+}
+
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
     let file = path.display().to_string();

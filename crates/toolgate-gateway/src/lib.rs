@@ -210,6 +210,24 @@ async fn prune_audit(target: PruneTarget, days: u32, mut shutdown: watch::Receiv
     }
 }
 
+/// Records in the audit log's admin stream that the configuration at `config` was
+/// rejected with `errors` — if `data_dir` already holds a store (a typo in a path must not
+/// leave a new, empty store behind). Returns whether it was recorded.
+pub fn record_rejected_config(
+    data_dir: &std::path::Path,
+    config: &std::path::Path,
+    errors: &[String],
+) -> Result<bool, String> {
+    if !data_dir.join("toolgate.db").is_file() {
+        return Ok(false);
+    }
+    let store = EmbeddedStore::open(data_dir).map_err(|e| e.to_string())?;
+    store
+        .append_audit(&[audit::config_rejected(config, errors)])
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
 /// Stores to use instead of those the settings name: for benchmarks and tests that measure
 /// or break one store on purpose.
 #[derive(Default)]

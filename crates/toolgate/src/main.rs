@@ -188,7 +188,22 @@ fn serve(args: ServeArgs) -> ExitCode {
                         }
                         (s, None)
                     })
-                    .map_err(|e| e.to_string())
+                    .map_err(|errors| {
+                        let dir = args
+                            .data_dir
+                            .clone()
+                            .unwrap_or_else(|| config::data_dir_hint(&path));
+                        match toolgate_gateway::record_rejected_config(&dir, &path, &errors.0) {
+                            Ok(true) => format!(
+                                "{errors}\n(recorded in the audit log in {})",
+                                dir.display()
+                            ),
+                            Ok(false) => errors.to_string(),
+                            Err(e) => {
+                                format!("{errors}\n(could not record this in the audit log: {e})")
+                            }
+                        }
+                    })
             }
         }
     };
