@@ -50,6 +50,7 @@ from e2e_helpers import (
 )
 
 TOKEN = "tg-e2e-audit-grant-token-0123456789"
+SHARED_POSTGRES = os.environ.get("TOOLGATE_TEST_POSTGRES_URL", "postgres://toolgate@127.0.0.1:5432/toolgate")
 SECRET_VALUE = "s3cret-argument-value-never-stored"
 
 POLICY: dict[str, Any] = {
@@ -221,9 +222,13 @@ def test_capture_full_stores_arguments_with_redacted_paths_masked(procs: Procs, 
         assert SECRET_VALUE.encode() not in file.read_bytes(), f"{file} holds a redacted value"
 
 
-def test_sigkill_under_load_loses_no_record_of_a_call_that_ran(procs: Procs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["embedded", "postgres"])
+def test_sigkill_under_load_loses_no_record_of_a_call_that_ran(procs: Procs, tmp_path: Path, store: str) -> None:
+    """The embedded store, and PostgreSQL (cluster mode; tags are unique to this run, so the
+    shared database's older records do not matter)."""
     ran_file = tmp_path / "ran.txt"
-    gw = start(procs, tmp_path, start_upstream(procs, ran_file, name="py_upstream-audit-kill"),
+    audit = f'[store]\npostgres_url = "{SHARED_POSTGRES}"\n' if store == "postgres" else ""
+    gw = start(procs, tmp_path, start_upstream(procs, ran_file, name="py_upstream-audit-kill"), audit=audit,
                name="toolgate-audit-kill")
     url = gw.server_url("py")
     started = anyio.Event()
@@ -251,10 +256,17 @@ def test_sigkill_under_load_loses_no_record_of_a_call_that_ran(procs: Procs, tmp
     time.sleep(0.5)  # calls already inside the upstream finish writing their tag
     ran = ran_file.read_text().split()
     assert len(ran) >= 20, f"the load never got going: {len(ran)} calls ran"
-    recorded = {r["args_sha256"] for r in query(data_dir(gw, "toolgate-audit-kill"), "--tool", "record_run")}
+    if store == "postgres":
+        done = cli("query", "--json", "--config", str(tmp_path / "toolgate.toml"), "--tool", "record_run")
+        assert done.returncode == 0, f"audit query failed: {done.stdout}\n{done.stderr}"
+        recorded = {json.loads(line)["args_sha256"] for line in done.stdout.splitlines()}
+        done = cli("verify", "--config", str(tmp_path / "toolgate.toml"))
+        assert done.returncode == 0, f"audit verify failed: {done.stdout}\n{done.stderr}"
+    else:
+        recorded = {r["args_sha256"] for r in query(data_dir(gw, "toolgate-audit-kill"), "--tool", "record_run")}
+        verify_ok(data_dir(gw, "toolgate-audit-kill"))
     missing = [tag for tag in ran if canonical_sha256({"tag": tag}) not in recorded]
     assert not missing, f"{len(missing)} of {len(ran)} calls that ran have no audit record: {missing[:5]}"
-    verify_ok(data_dir(gw, "toolgate-audit-kill"))
 
 
 def test_calls_are_refused_while_the_audit_log_cannot_be_written(procs: Procs, tmp_path: Path) -> None:
@@ -286,7 +298,6 @@ def test_calls_are_refused_while_the_audit_log_cannot_be_written(procs: Procs, t
 
 
 # ---------------------------------------------------------------- cluster
-SHARED_POSTGRES = os.environ.get("TOOLGATE_TEST_POSTGRES_URL", "postgres://toolgate@127.0.0.1:5432/toolgate")
 
 
 def test_two_replicas_write_one_postgres_audit_log(procs: Procs, tmp_path: Path) -> None:
@@ -431,3 +442,16 @@ def test_a_rejected_configuration_is_recorded_in_the_admin_stream(procs: Procs, 
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "recorded in the audit log" not in done.stderr, done.stderr
     assert not empty.exists()
+
+
+def test_a_data_directory_that_cannot_hold_the_store_stops_the_start(tmp_path: Path) -> None:
+    """No store, no audit: the gateway refuses to start and names the directory."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    done = subprocess.run([str(gateway_binary()), "serve", "--policy", str(policy), "--upstream",
+                           "http://127.0.0.1:9/mcp", "--listen", "127.0.0.1:0", "--data-dir", str(blocker / "data")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0, done
+    assert str(blocker / "data") in done.stderr and "Not a directory" in done.stderr, done.stderr
