@@ -483,17 +483,23 @@ impl Gateway {
                     .collect()
                     .await
                     .map_err(|e| {
-                        (
-                            GatewayError::upstream(
-                                &server.spec.name,
-                                format_args!("sent an unreadable initialize response: {e}"),
-                            ),
-                            id.clone(),
+                        GatewayError::upstream(
+                            &server.spec.name,
+                            format_args!("sent an unreadable initialize response: {e}"),
                         )
-                    })?
-                    .to_bytes();
-                let messages = http_upstream::parse_messages(&server.spec.name, sse, &collected)
-                    .map_err(|e| (e, id.clone()))?;
+                    })
+                    .map(|c| c.to_bytes());
+                let messages = collected.and_then(|collected| {
+                    http_upstream::parse_messages(&server.spec.name, sse, &collected)
+                        .map(|messages| (collected, messages))
+                });
+                let (collected, messages) = match messages {
+                    Ok(read) => read,
+                    Err(e) => {
+                        self.auditor.finish(&awaiting, "unreadable");
+                        return Err((e, id.clone()));
+                    }
+                };
                 let answer = messages.iter().find(|m| m.get("id") == Some(&id));
                 let status = answer.map_or_else(|| "no_answer".to_owned(), audit::upstream_status);
                 self.auditor.finish(&awaiting, &status);

@@ -102,7 +102,9 @@ pub struct CallOutcome {
     /// The [`CallRecord::request_id`] it completes.
     pub request_id: String,
     /// `ok`, `tool_error` (an `isError` result), `error <code>` (a JSON-RPC error),
-    /// `cancelled`, `timeout`, `unreachable`, or `http <status>`.
+    /// `cancelled`, `timeout`, `unreachable`, `http <status>`, `unreadable` (an answer that
+    /// was not MCP), `no_answer` (the stream ended first), `failed` (a stdio child failed),
+    /// or `not_sent` (refused after all: the audit log could not be written).
     pub upstream_status: String,
     /// From the decision to the answer.
     pub latency_ms: f64,
