@@ -7,7 +7,7 @@ use crate::{Clock, SessionRecord, SessionStore, StoreError, SystemClock};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,8 @@ pub struct EmbeddedStore {
     audit_ended: Mutex<()>,
     /// Asynchronous appenders wait on this for a commit to end.
     audit_notify: tokio::sync::Notify,
+    /// Entries queued for later dropped since the last flush (see `MAX_QUEUED_LATER`).
+    audit_dropped: AtomicU64,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -206,6 +208,7 @@ impl EmbeddedStore {
             audit_committed: Condvar::new(),
             audit_ended: Mutex::new(()),
             audit_notify: tokio::sync::Notify::new(),
+            audit_dropped: AtomicU64::new(0),
         })
     }
 

@@ -28,11 +28,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// How many entries queued for later (`append_later`) are kept for another try after
+/// failed commits; beyond it the oldest are dropped, and the next flush says how many.
+pub const MAX_QUEUED_LATER: usize = 100_000;
+
 /// Entries queued by one appender, and where the outcome of their commit goes.
 #[derive(Debug)]
 pub(super) struct Queued {
     /// `(chain, body)` per entry.
     entries: Vec<(&'static str, String)>,
+    /// Someone waits for the outcome (an append); else (`append_later`) a failed commit
+    /// queues the entries again instead of losing them.
+    awaited: bool,
     /// Set once the entries are committed (or could not be).
     done: Arc<OnceLock<Result<(), StoreError>>>,
 }
@@ -46,7 +53,7 @@ impl AuditLog for EmbeddedStore {
             if entries.is_empty() {
                 return Ok(());
             }
-            let done = self.queue_audit(entries);
+            let done = self.queue_audit(entries, true);
             loop {
                 // Registered before looking, so that a commit ending in between still wakes us.
                 let committed = self.audit_notify.notified();
@@ -66,7 +73,7 @@ impl AuditLog for EmbeddedStore {
     }
 
     fn append_later(&self, entries: Vec<AuditEntry>) {
-        self.queue_audit(&entries);
+        self.queue_audit(&entries, false);
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {
@@ -81,15 +88,21 @@ impl EmbeddedStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let done = self.queue_audit(entries);
+        let done = self.queue_audit(entries, true);
         self.commit_queued(&done)
     }
 
-    /// Queues `entries` for the next commit, without waiting for it.
-    fn queue_audit(&self, entries: &[AuditEntry]) -> Arc<OnceLock<Result<(), StoreError>>> {
+    /// Queues `entries` for the next commit, without waiting for it (`awaited`: the caller
+    /// will wait for the outcome).
+    fn queue_audit(
+        &self,
+        entries: &[AuditEntry],
+        awaited: bool,
+    ) -> Arc<OnceLock<Result<(), StoreError>>> {
         let done = Arc::new(OnceLock::new());
         let queued = Queued {
             entries: entries.iter().map(|e| (e.chain(), e.body())).collect(),
+            awaited,
             done: Arc::clone(&done),
         };
         self.audit_queue
@@ -99,14 +112,63 @@ impl EmbeddedStore {
         done
     }
 
-    /// Commits whatever is queued (nothing to do if nothing is).
+    /// Commits whatever is queued (nothing to do if nothing is), and reports entries
+    /// queued for later that had to be dropped since the last flush.
     pub fn flush_audit(&self) -> Result<(), StoreError> {
-        let queued = self.audit_queue.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(last) = queued.last().map(|q| Arc::clone(&q.done)) else {
-            return Ok(());
-        };
-        drop(queued);
-        self.commit_queued(&last)
+        if self
+            .audit_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return self.dropped_audit();
+        }
+        // An awaited marker with no entries: committed with everything queued before it.
+        let marker = self.queue_audit(&[], true);
+        self.commit_queued(&marker)?;
+        self.dropped_audit()
+    }
+
+    /// An error if entries queued for later were dropped since the last report.
+    fn dropped_audit(&self) -> Result<(), StoreError> {
+        match self.audit_dropped.swap(0, Ordering::AcqRel) {
+            0 => Ok(()),
+            n => Err(self.error(
+                "append to the audit log",
+                format!(
+                    "{n} entries queued for later (outcomes) were dropped: commits kept failing \
+                     and at most {MAX_QUEUED_LATER} are kept"
+                ),
+            )),
+        }
+    }
+
+    /// Hands each committed (or failed) batch its outcome; on failure, entries nobody waits
+    /// for go back to the front of the queue for the next commit (bounded).
+    fn settle_batch(&self, batch: Vec<Queued>, outcome: &Result<(), StoreError>) {
+        let mut again = Vec::new();
+        for queued in batch {
+            if outcome.is_err() && !queued.awaited {
+                again.push(queued);
+            } else {
+                let _ = queued.done.set(outcome.clone());
+            }
+        }
+        if again.is_empty() {
+            return;
+        }
+        let mut queue = self.audit_queue.lock().unwrap_or_else(|e| e.into_inner());
+        again.append(&mut queue);
+        let mut held: usize = again.iter().map(|q| q.entries.len()).sum();
+        let mut first_kept = 0;
+        while held > MAX_QUEUED_LATER && first_kept < again.len() && !again[first_kept].awaited {
+            held -= again[first_kept].entries.len();
+            self.audit_dropped
+                .fetch_add(again[first_kept].entries.len() as u64, Ordering::AcqRel);
+            first_kept += 1;
+        }
+        again.drain(..first_kept);
+        *queue = again;
     }
 
     /// Returns once the batch whose outcome is `done` is committed: by another appender
@@ -173,9 +235,7 @@ impl EmbeddedStore {
         if outcome.is_err() {
             memory.forget();
         }
-        for queued in &batch {
-            let _ = queued.done.set(outcome.clone());
-        }
+        self.settle_batch(batch, &outcome);
         drop(memory);
         drop(conn);
         done.get()
@@ -200,6 +260,7 @@ impl EmbeddedStore {
         let keys: Vec<String> = charges.iter().map(|c| c.key.clone()).collect();
         let own = Queued {
             entries: entries.iter().map(|e| (e.chain(), e.body())).collect(),
+            awaited: true,
             done: Arc::new(OnceLock::new()),
         };
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -219,12 +280,11 @@ impl EmbeddedStore {
         if outcome.is_err() {
             memory.forget();
         }
-        for queued in &batch {
-            let _ = queued.done.set(outcome.clone().map(drop));
-        }
+        let woken = !batch.is_empty();
+        self.settle_batch(batch, &outcome.clone().map(drop));
         drop(memory);
         drop(conn);
-        if !batch.is_empty() {
+        if woken {
             // Appenders waiting for a leader may be waiting for these.
             self.wake_appenders();
         }
@@ -580,6 +640,37 @@ mod tests {
         blocking.join().unwrap();
         let verified = store.audit_verify().unwrap();
         assert_eq!(verified[0].as_ref().unwrap().entries, 300 + 2_000 + 400);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn entries_queued_for_later_survive_failed_commits() {
+        let dir = scratch("requeue");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        store
+            .append_audit(&[call("r1", "2026-01-01T00:00:00.000Z")])
+            .unwrap();
+        store.append_later(vec![outcome("r1", "2026-01-01T00:00:01.000Z")]);
+        // The log cannot be written for a while (as a broken disk would make it).
+        let other = rusqlite::Connection::open(dir.join("toolgate.db")).unwrap();
+        other
+            .execute_batch("ALTER TABLE audit_log RENAME TO audit_log_away")
+            .unwrap();
+        let err = store
+            .append_audit(&[call("r2", "2026-01-01T00:00:02.000Z")])
+            .unwrap_err();
+        assert!(err.message.contains("append to the audit log"), "{err}");
+        assert!(store.flush_audit().is_err());
+        other
+            .execute_batch("ALTER TABLE audit_log_away RENAME TO audit_log")
+            .unwrap();
+        // Back: the outcome queued before the failures is written; the refused append is
+        // the caller's to handle (the gateway refused that call).
+        store.flush_audit().unwrap();
+        let records = store.audit_query(&AuditFilter::default()).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].upstream_status.as_deref(), Some("ok"));
+        assert_eq!(first_broken(&store), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
