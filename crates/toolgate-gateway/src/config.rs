@@ -275,6 +275,10 @@ pub struct AuditSettings {
     pub fsync: bool,
 }
 
+/// `gateway.data_dir` when the configuration does not set it (relative to the configuration
+/// file; to the working directory in quick mode).
+pub const DEFAULT_DATA_DIR: &str = ".toolgate";
+
 /// Everything the running gateway needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -311,7 +315,7 @@ impl Settings {
     pub fn new(listen: SocketAddr) -> Self {
         Settings {
             listen,
-            data_dir: PathBuf::from(".toolgate"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             allowed_hosts: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 4 << 20,
@@ -513,7 +517,7 @@ pub fn data_dir_hint(path: &Path) -> PathBuf {
                 .as_str()
                 .map(PathBuf::from)
         });
-    base.join(configured.unwrap_or_else(|| PathBuf::from(".toolgate")))
+    base.join(configured.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)))
 }
 
 /// Reads and validates a configuration file.
@@ -564,7 +568,11 @@ fn resolve(
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
     let mut settings = Settings::new(listen);
-    settings.data_dir = base.join(raw.gateway.data_dir.unwrap_or_else(|| ".toolgate".into()));
+    settings.data_dir = base.join(
+        raw.gateway
+            .data_dir
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+    );
     settings.allowed_hosts = raw.gateway.allowed_hosts;
     settings.header_read_timeout = parse_duration_key(
         file,

@@ -174,8 +174,9 @@ async fn flush_audit(auditor: Arc<audit::Auditor>, mut shutdown: watch::Receiver
     }
 }
 
-/// Where retention pruning happens: the audit log's own store.
-enum PruneTarget {
+/// The store that holds the audit log: where retention pruning runs, and whether a call's
+/// reservation can share its record's commit.
+enum AuditStore {
     /// The embedded store (pruned on a blocking thread: it is synchronous).
     Embedded(Arc<EmbeddedStore>),
     /// PostgreSQL (cluster mode).
@@ -183,18 +184,18 @@ enum PruneTarget {
 }
 
 /// Prunes audit records older than `days`, at start and then hourly.
-async fn prune_audit(target: PruneTarget, days: u32, mut shutdown: watch::Receiver<bool>) {
+async fn prune_audit(target: AuditStore, days: u32, mut shutdown: watch::Receiver<bool>) {
     loop {
         let cutoff = time::format_rfc3339_ms(time::now_unix_ms() - i64::from(days) * 86_400_000);
         let pruned = match &target {
-            PruneTarget::Embedded(store) => {
+            AuditStore::Embedded(store) => {
                 let store = Arc::clone(store);
                 tokio::task::spawn_blocking(move || store.audit_prune(&cutoff))
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()))
             }
-            PruneTarget::Postgres(log) => log.audit_prune(&cutoff).await.map_err(|e| e.to_string()),
+            AuditStore::Postgres(log) => log.audit_prune(&cutoff).await.map_err(|e| e.to_string()),
         };
         match pruned {
             Ok(0) => {}
@@ -243,7 +244,6 @@ pub async fn start(settings: Settings) -> Result<Running, String> {
 
 /// [`start`], with some stores replaced.
 pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result<Running, String> {
-    let overrides_none = overrides.audit.is_none();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let store = Arc::new(EmbeddedStore::open(&settings.data_dir).map_err(|e| e.to_string())?);
     if settings.audit.fsync {
@@ -251,9 +251,10 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     }
     tracing::info!(path = %store.path().display(), "embedded store open");
     // Cluster mode writes the audit log to PostgreSQL, one hash chain per replica.
-    let (audit_log, prune_target): (Arc<dyn toolgate_store::AuditLog>, PruneTarget) =
+    // The store that holds the log (and is pruned); none for a log the caller supplied.
+    let (audit_log, log_store): (Arc<dyn toolgate_store::AuditLog>, Option<AuditStore>) =
         match (overrides.audit, &settings.postgres_url) {
-            (Some(log), _) => (log, PruneTarget::Embedded(Arc::clone(&store))),
+            (Some(log), _) => (log, None),
             (None, Some(url)) => {
                 // "process" durability asks no more of PostgreSQL than of SQLite: the entry
                 // is in the database server's hands, not yet necessarily on its disk.
@@ -263,11 +264,14 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
                         .with_synchronous_commit(settings.audit.fsync),
                 );
                 tracing::info!(store = ?postgres, "audit log in PostgreSQL (cluster mode)");
-                (postgres.clone(), PruneTarget::Postgres(postgres))
+                (postgres.clone(), Some(AuditStore::Postgres(postgres)))
             }
-            (None, None) => (store.clone(), PruneTarget::Embedded(Arc::clone(&store))),
+            (None, None) => (
+                store.clone(),
+                Some(AuditStore::Embedded(Arc::clone(&store))),
+            ),
         };
-    let embedded_audit = overrides_none && settings.postgres_url.is_none();
+    let embedded_audit = matches!(log_store, Some(AuditStore::Embedded(_)));
     let auditor = Arc::new(audit::Auditor::new(audit_log, settings.audit.clone()));
     // A gateway that cannot audit does not start.
     auditor
@@ -279,8 +283,8 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         Arc::clone(&auditor),
         shutdown_rx.clone(),
     )));
-    if let Some(days) = settings.audit.retain_days {
-        tokio::spawn(prune_audit(prune_target, days, shutdown_rx.clone()));
+    if let (Some(days), Some(log_store)) = (settings.audit.retain_days, log_store) {
+        tokio::spawn(prune_audit(log_store, days, shutdown_rx.clone()));
     }
     // Cluster mode keeps counters in Redis so that every replica enforces one budget;
     // otherwise they live beside the sessions in the embedded store.

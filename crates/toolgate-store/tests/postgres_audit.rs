@@ -6,10 +6,11 @@
 //! tables. Without that PostgreSQL they fail, saying so: they never skip.
 
 use std::collections::HashSet;
+mod support;
+
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use toolgate_store::audit::{
     AdminEvent, AuditFilter, Broken, CallOutcome, CallRecord, Verified, ADMIN, CALLS,
 };
@@ -22,16 +23,7 @@ fn postgres_url() -> String {
 
 /// A table prefix no other test (or earlier run) uses.
 fn unique_prefix() -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "tgt_{}_{nanos}_{}_",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("tgt_{}_", support::unique_name('_'))
 }
 
 /// A plain connection, for tampering and looking at what the store wrote.
@@ -621,7 +613,7 @@ async fn an_unreachable_server_fails_within_the_deadline_naming_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_connection_is_replaced_on_the_next_call() {
     let prefix = unique_prefix();
-    let replica = format!("terminated-{}-{}", std::process::id(), rand_suffix());
+    let replica = format!("terminated-{}", support::unique_name('-'));
     let log = log_on(&prefix).await.with_replica(&*replica);
     log.append(&[call("r1", TS)]).await.unwrap();
     assert_eq!(
@@ -720,12 +712,4 @@ async fn terminate(db: &tokio_postgres::Client, application_name: &str) -> i64 {
     .await
     .unwrap()
     .get(0)
-}
-
-fn rand_suffix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        .into()
 }

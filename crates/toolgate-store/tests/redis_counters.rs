@@ -5,11 +5,12 @@
 //! that Redis they fail, saying so: they never skip. The outage tests start private
 //! `redis-server` processes on spare ports (the binary must be on PATH).
 
+mod support;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use toolgate_store::counters::window::{self, Entry};
 use toolgate_store::redis_counters::DEFAULT_KEY_PREFIX;
 use toolgate_store::{Charge, CounterStore, RedisCounterStore, Reservation, Reserve};
@@ -20,16 +21,7 @@ fn redis_url() -> String {
 
 /// A key prefix no other test run uses.
 fn unique_prefix() -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "toolgate-test:{}:{nanos}:{}:",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("toolgate-test:{}:", support::unique_name(':'))
 }
 
 /// A store on the shared test Redis under a fresh prefix; fails the test if Redis is absent.

@@ -380,12 +380,10 @@ fn write_batch(
     batch: &[Queued],
 ) -> rusqlite::Result<()> {
     let tx = begin(conn, memory)?;
-    // Heads as they will be once this transaction commits; `memory` learns them only then.
-    let mut heads = memory.chain_heads.clone();
-    write_entries(&tx, &mut heads, batch)?;
-    tx.commit()?;
-    memory.chain_heads = heads;
-    Ok(())
+    // The heads move on before the commit; should it fail, the caller forgets `memory`,
+    // these heads with it.
+    write_entries(&tx, &mut memory.chain_heads, batch)?;
+    tx.commit()
 }
 
 /// Appends the entries of `batch` to their chains in `tx`, moving `heads` along.
@@ -424,14 +422,13 @@ fn reserve_and_write(
 ) -> rusqlite::Result<Option<(usize, u64)>> {
     let tx = begin(conn, memory)?;
     let staged = reserve_within(&tx, memory, clock, charges, id)?;
-    let mut heads = memory.chain_heads.clone();
-    // Queued entries first: they were made earlier.
-    write_entries(&tx, &mut heads, batch)?;
+    // Queued entries first: they were made earlier. (Heads move on before the commit, as in
+    // `write_batch`.)
+    write_entries(&tx, &mut memory.chain_heads, batch)?;
     if staged.is_ok() {
-        write_entries(&tx, &mut heads, std::slice::from_ref(own))?;
+        write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(own))?;
     }
     tx.commit()?;
-    memory.chain_heads = heads;
     Ok(match staged {
         Ok(staged) => {
             staged.committed(memory, charges, id);
