@@ -9,7 +9,8 @@ py_upstream.py, then `toolgate audit query|verify` on the gateway's data directo
 - a gateway killed with SIGKILL under a load of concurrent calls loses no record of any
   call the upstream executed (the upstream writes down every call it ran);
 - fail closed: when the audit log cannot be written, calls are refused and never reach the
-  upstream; the gateway recovers by itself once it can write again;
+  upstream (those already taken by the journal are committed once the store is back); the
+  gateway recovers by itself once it can write again;
 - the admin stream: the policies a gateway loaded, with their versions.
 """
 
@@ -110,15 +111,23 @@ def query(directory: Path, *filters: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def settled(directory: Path) -> list[dict[str, Any]]:
-    """The records once every forwarded request has its outcome: outcomes are committed with
-    the next record or by the gateway's periodic flush (every 20 ms), not before the answer."""
+def settled(directory: Path, calls: int) -> list[dict[str, Any]]:
+    """The records once `calls` tools/call records are in and every forwarded request has its
+    outcome: a record is durable in the journal before its request is forwarded, but SQLite
+    (which the audit commands read) takes the journal in only every 20 ms, and outcomes too."""
     deadline = time.monotonic() + 5
     while True:
         records = query(directory)
-        if all(r["upstream_status"] for r in records if r["forwarded"]) or time.monotonic() > deadline:
+        complete = sum(r["method"] == "tools/call" for r in records) >= calls and all(
+            r["upstream_status"] for r in records if r["forwarded"])
+        if complete or time.monotonic() > deadline:
             return records
         time.sleep(0.05)
+
+
+def store_files(directory: Path) -> list[Path]:
+    """Every file the gateway keeps in its data directory (the database, its WAL, the journal)."""
+    return [path for path in directory.rglob("*") if path.is_file()]
 
 
 def verify_ok(directory: Path) -> None:
@@ -145,7 +154,7 @@ def test_every_request_is_recorded_with_its_decision_and_outcome(procs: Procs, t
                 await client.call_tool("jsonrpc_error", {"message": "kaput"})
 
     run(body)
-    records = settled(data_dir(gw))
+    records = settled(data_dir(gw), calls=7)
     unsettled = [r for r in records if r["forwarded"] and not r["upstream_status"]]
     assert not unsettled, f"forwarded requests without an outcome: {unsettled}"
     by_tool = {r["tool"]: r for r in records if r["method"] == "tools/call" and r["tool"] != "add"}
@@ -199,7 +208,7 @@ def test_every_request_is_recorded_with_its_decision_and_outcome(procs: Procs, t
     assert len(query(data_dir(gw), "--tool", "add")) == 2
     verify_ok(data_dir(gw))
     # No argument value anywhere in the store's files.
-    for file in data_dir(gw).iterdir():
+    for file in store_files(data_dir(gw)):
         assert SECRET_VALUE.encode() not in file.read_bytes(), f"{file} holds an argument value"
 
 
@@ -213,12 +222,12 @@ def test_capture_full_stores_arguments_with_redacted_paths_masked(procs: Procs, 
             assert (await client.call_tool("tool_error", {"message": SECRET_VALUE})).is_error
 
     run(body)
-    calls = {r["tool"]: r for r in query(data_dir(gw)) if r["method"] == "tools/call"}
+    calls = {r["tool"]: r for r in settled(data_dir(gw), calls=2) if r["method"] == "tools/call"}
     assert calls["echo"]["args"] == {"text": "kept"}, calls["echo"]
     assert calls["tool_error"]["args"] == {"message": "[REDACTED]"}, calls["tool_error"]
     # The digest is of the real arguments, so identical calls still match.
     assert calls["tool_error"]["args_sha256"] == canonical_sha256({"message": SECRET_VALUE})
-    for file in data_dir(gw).iterdir():
+    for file in store_files(data_dir(gw)):
         assert SECRET_VALUE.encode() not in file.read_bytes(), f"{file} holds a redacted value"
 
 
@@ -280,21 +289,43 @@ def test_calls_are_refused_while_the_audit_log_cannot_be_written(procs: Procs, t
         with sqlite3.connect(database, timeout=10) as conn:
             conn.executescript(sql)
 
+    refused_tags: list[str] = []
+
     async def body() -> None:
         async with http_client(url, TOKEN) as client:
             assert_allowed(await client.call_tool("record_run", {"tag": "before"}))
-            # The audit table goes away (as a broken disk would make it unwritable).
+            # The audit table goes away (as a broken disk would make it unwritable). Calls
+            # the journal takes until the next commit fails are durable and go ahead; once
+            # commits fail, every call must commit its own record, and is refused.
             tamper("ALTER TABLE audit_log RENAME TO audit_log_away;")
-            with pytest.raises(MCPError) as refused:
-                await client.call_tool("record_run", {"tag": "unaudited"})
-            assert "audit log unavailable" in str(refused.value), refused.value
+            deadline = time.monotonic() + 10
+            while not refused_tags:
+                assert time.monotonic() < deadline, "calls were still forwarded 10 s after the audit log broke"
+                tag = f"during-{secrets.token_hex(4)}"
+                try:
+                    assert_allowed(await client.call_tool("record_run", {"tag": tag}))
+                except MCPError as refused:
+                    assert "audit log unavailable" in str(refused), refused
+                    refused_tags.append(tag)
+                await anyio.sleep(0.005)
+            with pytest.raises(MCPError) as again:
+                await client.call_tool("record_run", {"tag": "refused-again"})
+            assert "audit log unavailable" in str(again.value), again.value
             # Writable again: the gateway recovers without a restart.
             tamper("ALTER TABLE audit_log_away RENAME TO audit_log;")
             assert_allowed(await client.call_tool("record_run", {"tag": "after"}))
 
     run(body)
-    assert ran_file.read_text().split() == ["before", "after"], "an unaudited call reached the upstream"
-    verify_ok(data_dir(gw, "toolgate-audit-closed"))
+    ran = ran_file.read_text().split()
+    assert ran[0] == "before" and ran[-1] == "after", ran
+    assert refused_tags[0] not in ran and "refused-again" not in ran, "a refused call reached the upstream"
+    # Every call that ran has its record, those taken while the store was broken included.
+    directory = data_dir(gw, "toolgate-audit-closed")
+    records = settled(directory, calls=len(ran))
+    recorded = {r["args_sha256"] for r in records if r["tool"] == "record_run"}
+    missing = [tag for tag in ran if canonical_sha256({"tag": tag}) not in recorded]
+    assert not missing, f"calls that ran without an audit record: {missing}"
+    verify_ok(directory)
 
 
 # ---------------------------------------------------------------- cluster

@@ -804,10 +804,17 @@ mod tests {
     }
 
     fn load_text(text: &str) -> Result<Settings, ConfigErrors> {
-        let dir = std::env::temp_dir().join(format!("tg-config-test-{}", std::process::id()));
+        // A directory per call: tests run in parallel, and one rewriting the policy while
+        // another reads it would hand that one an empty file.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("tg-config-test-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("p.json"), r#"{"version":"1","default":"allow"}"#).unwrap();
-        from_toml("toolgate.toml", text, &dir, &lookup)
+        let loaded = from_toml("toolgate.toml", text, &dir, &lookup);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
     }
 
     #[test]

@@ -272,6 +272,16 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             ),
         };
     let embedded_audit = matches!(log_store, Some(AuditStore::Embedded(_)));
+    // What a killed predecessor left in the journal goes in first, ahead of this start's
+    // entries; then this gateway journals its own (unless every record must reach the
+    // disk, which the journal does not do: see toolgate-store's embedded/journal.rs).
+    let recovered = store.recover_audit_journals().map_err(|e| e.to_string())?;
+    if recovered > 0 {
+        tracing::warn!(target: "toolgate::audit", "recovered {recovered} audit entries from the journal of a gateway that did not stop cleanly");
+    }
+    if embedded_audit && !settings.audit.fsync {
+        store.journal_audit().map_err(|e| e.to_string())?;
+    }
     let auditor = Arc::new(audit::Auditor::new(audit_log, settings.audit.clone()));
     // A gateway that cannot audit does not start.
     auditor

@@ -2,6 +2,7 @@
 
 mod audit;
 mod counters;
+mod journal;
 
 use crate::{Clock, SessionRecord, SessionStore, StoreError, SystemClock};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -62,6 +63,12 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL,
         hash TEXT NOT NULL
     );",
+    // 5: how far each audit journal segment (embedded/journal.rs) is in `audit_log`, moved
+    // on in the transaction that moves its entries.
+    "CREATE TABLE audit_journal (
+        segment TEXT PRIMARY KEY,
+        upto INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// What a store remembers of the database so that its hot paths need not read it back:
@@ -160,6 +167,24 @@ pub struct EmbeddedStore {
     audit_notify: tokio::sync::Notify,
     /// Entries queued for later dropped since the last flush (see `MAX_QUEUED_LATER`).
     audit_dropped: AtomicU64,
+    /// Where appends are made durable without a commit, once
+    /// [`EmbeddedStore::journal_audit`] started it (locked before `audit_queue`).
+    audit_journal: Mutex<Option<journal::Journal>>,
+    /// The last commit of audit entries failed: appends commit (not journal) until one
+    /// succeeds, so that a store that cannot take records refuses calls at once.
+    audit_failing: AtomicBool,
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        let journal = self
+            .audit_journal
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(journal) = journal.take() {
+            journal.close();
+        }
+    }
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -209,6 +234,8 @@ impl EmbeddedStore {
             audit_ended: Mutex::new(()),
             audit_notify: tokio::sync::Notify::new(),
             audit_dropped: AtomicU64::new(0),
+            audit_journal: Mutex::new(None),
+            audit_failing: AtomicBool::new(false),
         })
     }
 

@@ -397,9 +397,13 @@ fn open_store(args: &StoreArgs) -> Result<Reader, Failure> {
             dir.display()
         )));
     }
-    EmbeddedStore::open(&dir)
-        .map(|store| Reader::Embedded(Box::new(store)))
-        .map_err(|e| Failure::Runtime(e.to_string()))
+    let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+    // Entries a killed gateway left in its journal belong in what is read; should they not
+    // go in (a read-only copy of the data directory, say), the rest is still worth reading.
+    if let Err(e) = store.recover_audit_journals() {
+        eprintln!("warning: entries in the audit journal could not be recovered, so some recent ones may be missing: {e}");
+    }
+    Ok(Reader::Embedded(Box::new(store)))
 }
 
 /// `audit query`: the matching records, readable or as JSON lines.

@@ -10,12 +10,18 @@
 //!   batch done, so concurrent appenders share one commit instead of queueing for one each;
 //!   an appender that finds its batch done returns at once. Throughput grows with load
 //!   while a lone call still pays just one commit.
+//! - **Journaled when it can be.** Once the gateway starts the journal
+//!   ([`EmbeddedStore::journal_audit`]), an append writes its entries to an append-only file
+//!   and queues them — durable against a killed process without a commit on the request
+//!   line — and the periodic flush commits the queue (see `journal.rs`). While commits fail,
+//!   appends commit themselves again, so a broken store refuses calls at once.
 //! - **One chain across processes.** The head of each chain (`(seq, hash)` of its last
 //!   entry) is read under the write lock and remembered while no other connection writes
 //!   (`PRAGMA data_version`, see [`super::begin`]), so several gateways on one data
 //!   directory extend one chain without forks.
 
 use super::counters::{invalid, reservation_id, reserve_within};
+use super::journal::{self, Journal, Mark};
 use super::{begin, EmbeddedStore, Memory};
 use crate::audit::{
     admin_events, chain_hash, merge, verify, AdminRecord, AuditEntry, AuditFilter, Broken,
@@ -36,12 +42,26 @@ pub const MAX_QUEUED_LATER: usize = 100_000;
 #[derive(Debug)]
 pub(super) struct Queued {
     /// `(chain, body)` per entry.
-    entries: Vec<(&'static str, String)>,
+    entries: Vec<journal::Entry>,
     /// Someone waits for the outcome (an append); else (`append_later`) a failed commit
     /// queues the entries again instead of losing them.
     awaited: bool,
     /// Set once the entries are committed (or could not be).
     done: Arc<OnceLock<Result<(), StoreError>>>,
+    /// Where the entries end in the journal, if they are in it: then they are never dropped
+    /// from the queue (the journal's mark must only move past committed entries).
+    journaled: Option<Mark>,
+}
+
+impl Queued {
+    fn new(entries: Vec<journal::Entry>, awaited: bool) -> Queued {
+        Queued {
+            entries,
+            awaited,
+            done: Arc::new(OnceLock::new()),
+            journaled: None,
+        }
+    }
 }
 
 impl AuditLog for EmbeddedStore {
@@ -51,6 +71,9 @@ impl AuditLog for EmbeddedStore {
     fn append<'a>(&'a self, entries: &'a [AuditEntry]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             if entries.is_empty() {
+                return Ok(());
+            }
+            if self.journal_entries(entries) {
                 return Ok(());
             }
             let done = self.queue_audit(entries, true);
@@ -92,6 +115,58 @@ impl EmbeddedStore {
         self.commit_queued(&done)
     }
 
+    /// Starts the audit journal in the data directory's `audit-journal` folder: from now
+    /// on appends are durable once written there, and committed by the next flush.
+    pub fn journal_audit(&self) -> Result<(), StoreError> {
+        let dir = self.journal_dir();
+        let journal = Journal::create(&dir).map_err(|e| {
+            self.error("start the audit journal", format!("{}: {e}", dir.display()))
+        })?;
+        if let Some(old) = self
+            .audit_journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(journal)
+        {
+            old.close();
+        }
+        Ok(())
+    }
+
+    fn journal_dir(&self) -> std::path::PathBuf {
+        self.path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("audit-journal")
+    }
+
+    /// Writes `entries` to the journal and queues them for the next commit: `false` when
+    /// there is no journal, commits are failing, or the write failed (the caller commits
+    /// them itself then, and a failure of that commit refuses the call).
+    fn journal_entries(&self, entries: &[AuditEntry]) -> bool {
+        if self.audit_failing.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut journal = self.audit_journal.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(journal) = journal.as_mut() else {
+            return false;
+        };
+        let mut queued = Queued::new(
+            entries.iter().map(|e| (e.chain(), e.body())).collect(),
+            false,
+        );
+        let Ok(mark) = journal.append(&journal::encode(&queued.entries)) else {
+            return false;
+        };
+        queued.journaled = Some(mark);
+        // Queued while the journal is still held, so that the queue's order is the journal's.
+        self.audit_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(queued);
+        true
+    }
+
     /// Queues `entries` for the next commit, without waiting for it (`awaited`: the caller
     /// will wait for the outcome).
     fn queue_audit(
@@ -99,12 +174,11 @@ impl EmbeddedStore {
         entries: &[AuditEntry],
         awaited: bool,
     ) -> Arc<OnceLock<Result<(), StoreError>>> {
-        let done = Arc::new(OnceLock::new());
-        let queued = Queued {
-            entries: entries.iter().map(|e| (e.chain(), e.body())).collect(),
+        let queued = Queued::new(
+            entries.iter().map(|e| (e.chain(), e.body())).collect(),
             awaited,
-            done: Arc::clone(&done),
-        };
+        );
+        let done = Arc::clone(&queued.done);
         self.audit_queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -144,8 +218,24 @@ impl EmbeddedStore {
     }
 
     /// Hands each committed (or failed) batch its outcome; on failure, entries nobody waits
-    /// for go back to the front of the queue for the next commit (bounded).
+    /// for go back to the front of the queue for the next commit (bounded, except for
+    /// journaled ones). Also tells the journal how far the database now holds it.
     fn settle_batch(&self, batch: Vec<Queued>, outcome: &Result<(), StoreError>) {
+        self.audit_failing
+            .store(outcome.is_err(), Ordering::Release);
+        if outcome.is_ok() {
+            let marks: Vec<Mark> = batch.iter().filter_map(|q| q.journaled.clone()).collect();
+            if !marks.is_empty() {
+                if let Some(journal) = self
+                    .audit_journal
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                {
+                    journal.committed(&marks);
+                }
+            }
+        }
         let mut again = Vec::new();
         for queued in batch {
             if outcome.is_err() && !queued.awaited {
@@ -159,15 +249,21 @@ impl EmbeddedStore {
         }
         let mut queue = self.audit_queue.lock().unwrap_or_else(|e| e.into_inner());
         again.append(&mut queue);
-        let mut held: usize = again.iter().map(|q| q.entries.len()).sum();
-        let mut first_kept = 0;
-        while held > MAX_QUEUED_LATER && first_kept < again.len() && !again[first_kept].awaited {
-            held -= again[first_kept].entries.len();
+        let mut held: usize = again
+            .iter()
+            .filter(|q| q.journaled.is_none())
+            .map(|q| q.entries.len())
+            .sum();
+        again.retain(|queued| {
+            let droppable = !queued.awaited && queued.journaled.is_none();
+            if held <= MAX_QUEUED_LATER || !droppable {
+                return true;
+            }
+            held -= queued.entries.len();
             self.audit_dropped
-                .fetch_add(again[first_kept].entries.len() as u64, Ordering::AcqRel);
-            first_kept += 1;
-        }
-        again.drain(..first_kept);
+                .fetch_add(queued.entries.len() as u64, Ordering::AcqRel);
+            false
+        });
         *queue = again;
     }
 
@@ -258,11 +354,10 @@ impl EmbeddedStore {
         }
         let id = reservation_id();
         let keys: Vec<String> = charges.iter().map(|c| c.key.clone()).collect();
-        let own = Queued {
-            entries: entries.iter().map(|e| (e.chain(), e.body())).collect(),
-            awaited: true,
-            done: Arc::new(OnceLock::new()),
-        };
+        let own = Queued::new(
+            entries.iter().map(|e| (e.chain(), e.body())).collect(),
+            true,
+        );
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let batch =
             std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
@@ -295,6 +390,58 @@ impl EmbeddedStore {
                 retry_after_ms,
             }),
         }
+    }
+
+    /// Commits what gateways killed before their flush left in the audit journal (segments
+    /// no live process holds), then forgets the marks of segments that are gone. Returns
+    /// how many entries were recovered. A gateway runs this before it starts; the audit
+    /// commands do too, so that they show those entries.
+    pub fn recover_audit_journals(&self) -> Result<u64, StoreError> {
+        const WHAT: &str = "recover the audit journal";
+        let dir = self.journal_dir();
+        let io = |e: std::io::Error| self.error(WHAT, format!("{}: {e}", dir.display()));
+        let mut recovered = 0;
+        for orphan in journal::orphans(&dir).map_err(io)? {
+            let upto: i64 = self
+                .with(WHAT, |c| {
+                    c.prepare_cached("SELECT upto FROM audit_journal WHERE segment = ?1")?
+                        .query_row([&orphan.name], |r| r.get(0))
+                        .optional()
+                })?
+                .unwrap_or(0);
+            let (entries, end) = journal::parse(&orphan.contents, upto.max(0) as u64, known_chain)
+                .map_err(|e| self.error(WHAT, format!("{}: {e}", orphan.path.display())))?;
+            if !entries.is_empty() {
+                recovered += entries.len() as u64;
+                let mut queued = Queued::new(entries, true);
+                queued.journaled = Some(Mark {
+                    segment: Arc::from(orphan.name.as_str()),
+                    end,
+                });
+                let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+                let outcome = write_batch(&mut conn, &mut memory, std::slice::from_ref(&queued));
+                if outcome.is_err() {
+                    memory.forget();
+                }
+                outcome.map_err(|e| self.error(WHAT, e))?;
+            }
+            // Committed: a removal that fails leaves nothing past the mark to replay.
+            let _ = std::fs::remove_file(&orphan.path);
+        }
+        let present = journal::segment_names(&dir).map_err(io)?;
+        self.with(WHAT, |c| {
+            let marked: Vec<String> = c
+                .prepare_cached("SELECT segment FROM audit_journal")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for gone in marked.iter().filter(|m| !present.contains(m)) {
+                c.prepare_cached("DELETE FROM audit_journal WHERE segment = ?1")?
+                    .execute([gone])?;
+            }
+            Ok(())
+        })?;
+        Ok(recovered)
     }
 
     /// Entries of `chain` after row `after` (0: from the start), oldest first, at most
@@ -373,6 +520,11 @@ impl EmbeddedStore {
     }
 }
 
+/// The chain name of a journal line, if it is one of the embedded store's.
+fn known_chain(chain: &str) -> Option<&'static str> {
+    [CALLS, ADMIN].into_iter().find(|known| *known == chain)
+}
+
 /// Writes every queued entry in one transaction.
 fn write_batch(
     conn: &mut Connection,
@@ -404,6 +556,18 @@ fn write_entries(
         let seq = head.0 + 1;
         insert.execute(params![chain, seq as i64, body, head.1, hash])?;
         *head = (seq, hash);
+    }
+    // Queue order is journal order, so the last mark of each segment is its furthest.
+    let mut furthest: HashMap<&str, u64> = HashMap::new();
+    for mark in batch.iter().filter_map(|q| q.journaled.as_ref()) {
+        furthest.insert(&mark.segment, mark.end);
+    }
+    for (segment, upto) in furthest {
+        tx.prepare_cached(
+            "INSERT INTO audit_journal (segment, upto) VALUES (?1, ?2)
+             ON CONFLICT (segment) DO UPDATE SET upto = excluded.upto",
+        )?
+        .execute(params![segment, upto as i64])?;
     }
     Ok(())
 }
@@ -499,6 +663,16 @@ fn prune(conn: &mut Connection, memory: &mut Memory, before: &str) -> rusqlite::
     }
     tx.commit()?;
     Ok(deleted)
+}
+
+#[cfg(test)]
+impl EmbeddedStore {
+    /// Dies as a killed process would: the journal's files are closed (and so unlocked)
+    /// but left as they are, and nothing queued is committed.
+    fn abandon_journal(&self) {
+        drop(self.audit_journal.lock().unwrap().take());
+        self.audit_queue.lock().unwrap().clear();
+    }
 }
 
 #[cfg(test)]
@@ -668,6 +842,87 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].upstream_status.as_deref(), Some("ok"));
         assert_eq!(first_broken(&store), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn append(store: &EmbeddedStore, entry: AuditEntry) -> Result<(), StoreError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(AuditLog::append(store, &[entry]))
+    }
+
+    fn request_ids(store: &EmbeddedStore) -> Vec<String> {
+        let records = store.audit_query(&AuditFilter::default()).unwrap();
+        records.into_iter().map(|r| r.call.request_id).collect()
+    }
+
+    #[test]
+    fn journaled_entries_of_a_killed_store_are_recovered_exactly_once() {
+        let dir = scratch("journal");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        store.journal_audit().unwrap();
+        append(&store, call("r1", "2026-01-01T00:00:00.000Z")).unwrap();
+        store.flush_audit().unwrap();
+        append(&store, call("r2", "2026-01-01T00:00:01.000Z")).unwrap();
+        append(&store, call("r3", "2026-01-01T00:00:02.000Z")).unwrap();
+        assert_eq!(
+            request_ids(&store),
+            ["r1"],
+            "r2 and r3 wait in the journal for a flush"
+        );
+        // Another store (the audit commands) leaves a live gateway's journal alone.
+        let reader = EmbeddedStore::open(&dir).unwrap();
+        assert_eq!(reader.recover_audit_journals().unwrap(), 0);
+        store.abandon_journal();
+        drop(store);
+        // r1 was committed with its mark, so only what came after it is replayed.
+        assert_eq!(reader.recover_audit_journals().unwrap(), 2);
+        assert_eq!(reader.recover_audit_journals().unwrap(), 0);
+        assert_eq!(request_ids(&reader), ["r1", "r2", "r3"]);
+        assert_eq!(first_broken(&reader), None);
+        let left = std::fs::read_dir(reader.journal_dir()).unwrap().count();
+        assert_eq!(left, 0, "a replayed segment is deleted");
+        let marks: i64 = reader
+            .with("marks", |c| {
+                c.query_row("SELECT COUNT(*) FROM audit_journal", [], |r| r.get(0))
+            })
+            .unwrap();
+        assert_eq!(marks, 0, "the marks of deleted segments are forgotten");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_clean_stop_leaves_no_journal_and_a_failing_store_refuses_appends_at_once() {
+        let dir = scratch("journal-failing");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        store.journal_audit().unwrap();
+        append(&store, call("r1", "2026-01-01T00:00:00.000Z")).unwrap();
+        let other = rusqlite::Connection::open(dir.join("toolgate.db")).unwrap();
+        other
+            .execute_batch("ALTER TABLE audit_log RENAME TO audit_log_away")
+            .unwrap();
+        // The journal took r1; the flush that would commit it fails, and from then on an
+        // append must commit itself, so it is refused while the store is broken.
+        assert!(store.flush_audit().is_err());
+        let err = append(&store, call("r2", "2026-01-01T00:00:01.000Z")).unwrap_err();
+        assert!(err.message.contains("append to the audit log"), "{err}");
+        other
+            .execute_batch("ALTER TABLE audit_log_away RENAME TO audit_log")
+            .unwrap();
+        // The first commit that works carries r1 along and restores journaling.
+        append(&store, call("r3", "2026-01-01T00:00:02.000Z")).unwrap();
+        assert_eq!(request_ids(&store), ["r1", "r3"]);
+        append(&store, call("r4", "2026-01-01T00:00:03.000Z")).unwrap();
+        assert_eq!(request_ids(&store), ["r1", "r3"], "journaled again");
+        store.flush_audit().unwrap();
+        let journal_dir = store.journal_dir();
+        drop(store);
+        assert_eq!(std::fs::read_dir(&journal_dir).unwrap().count(), 0);
+        let reopened = EmbeddedStore::open(&dir).unwrap();
+        assert_eq!(reopened.recover_audit_journals().unwrap(), 0);
+        assert_eq!(request_ids(&reopened), ["r1", "r3", "r4"]);
+        assert_eq!(first_broken(&reopened), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

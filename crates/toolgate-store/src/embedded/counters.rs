@@ -671,6 +671,7 @@ mod tests {
         let conn = Connection::open(dir.join("toolgate.db")).unwrap();
         conn.execute_batch(
             "DROP TABLE counter_entries; DROP TABLE audit_log; DROP TABLE audit_pruned;
+             DROP TABLE audit_journal;
              UPDATE schema_version SET version = 1;",
         )
         .unwrap();
