@@ -328,6 +328,80 @@ def test_calls_are_refused_while_the_audit_log_cannot_be_written(procs: Procs, t
     verify_ok(directory)
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A real 8 MiB filesystem (tmpfs) for a gateway's data directory, and a way to fill it.
+    Mounting needs root, which the CI machine has; elsewhere this fails, saying so."""
+    mount_point = tmp_path / "toolgate-audit-full-data"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, f"the full-disk test mounts a small tmpfs and needs root: {mounted.stderr}"
+    try:
+        yield mount_point
+    finally:
+        # Lazy: the gateway may still hold files there until the fixture that started it ends.
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Writes a file into `directory` until its filesystem is full; returns the file."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError:
+            pass
+        try:
+            while True:
+                out.write(b"\0")
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_refuses_calls_and_the_gateway_recovers_when_space_returns(
+        procs: Procs, tmp_path: Path, small_disk: Path) -> None:
+    """The data directory's filesystem fills up: calls are refused, saying the audit log is
+    unavailable because the disk is full, and never run; space comes back, and calls work
+    again without a restart. Every call that ran has its record and the chain verifies."""
+    ran_file = tmp_path / "ran.txt"
+    gw = start(procs, tmp_path, start_upstream(procs, ran_file, name="py_upstream-audit-full-disk"),
+               name="toolgate-audit-full")
+    assert data_dir(gw, "toolgate-audit-full") == small_disk
+    refusals: list[str] = []
+
+    async def body() -> None:
+        async with http_client(gw.server_url("py"), TOKEN) as client:
+            assert_allowed(await client.call_tool("record_run", {"tag": "before"}))
+            filler = fill(small_disk)
+            deadline = time.monotonic() + 20
+            while not refusals:
+                assert time.monotonic() < deadline, "calls were still forwarded 20 s after the disk filled up"
+                tag = f"full-{secrets.token_hex(4)}"
+                try:
+                    assert_allowed(await client.call_tool("record_run", {"tag": tag}))
+                except MCPError as refused:
+                    refusals.append(tag)
+                    message = str(refused)
+                    assert "audit log unavailable" in message and "full" in message, message
+                await anyio.sleep(0.005)
+            filler.unlink()
+            assert_allowed(await client.call_tool("record_run", {"tag": "after"}))
+
+    run(body, timeout=60)
+    ran = ran_file.read_text().split()
+    assert ran[0] == "before" and ran[-1] == "after", ran
+    assert refusals[0] not in ran, "a call refused for want of an audit record reached the upstream"
+    records = settled(small_disk, calls=len(ran))
+    recorded = {r["args_sha256"] for r in records if r["tool"] == "record_run"}
+    missing = [tag for tag in ran if canonical_sha256({"tag": tag}) not in recorded]
+    assert not missing, f"calls that ran without an audit record: {missing}"
+    verify_ok(small_disk)
+
+
 # ---------------------------------------------------------------- cluster
 
 

@@ -13,6 +13,7 @@ use crate::grants::GrantSpec;
 use crate::time::{format_rfc3339_ms, now_unix_ms};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use toolgate_mcp::Message;
@@ -29,6 +30,9 @@ pub(crate) struct Auditor {
     log: Arc<dyn AuditLog>,
     /// What is captured.
     settings: AuditSettings,
+    /// The last flush failed: the next failure is not logged again (flushes run every
+    /// 20 ms), the next success is.
+    flush_failing: AtomicBool,
 }
 
 /// A forwarded request whose outcome is still to be written.
@@ -44,7 +48,11 @@ pub(crate) struct Awaiting {
 
 impl Auditor {
     pub(crate) fn new(log: Arc<dyn AuditLog>, settings: AuditSettings) -> Self {
-        Auditor { log, settings }
+        Auditor {
+            log,
+            settings,
+            flush_failing: AtomicBool::new(false),
+        }
     }
 
     /// The record of request `message` from `grant` to `server`, before any decision: an
@@ -145,10 +153,20 @@ impl Auditor {
         );
     }
 
-    /// Writes queued outcomes; a failure is logged (nobody is waiting for them).
+    /// Writes queued entries; a failure is logged (nobody is waiting for them) once, and
+    /// so is the recovery. Queued entries are kept for the next flush meanwhile.
     pub(crate) async fn flush(&self) {
-        if let Err(e) = self.log.flush().await {
-            tracing::error!(target: "toolgate::audit", "audit log unavailable, queued outcomes not recorded: {e}");
+        match self.log.flush().await {
+            Err(e) => {
+                if !self.flush_failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(target: "toolgate::audit", "audit log unavailable, queued entries wait for it (calls are refused meanwhile): {e}");
+                }
+            }
+            Ok(()) => {
+                if self.flush_failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!(target: "toolgate::audit", "audit log writable again; queued entries recorded");
+                }
+            }
         }
     }
 }
