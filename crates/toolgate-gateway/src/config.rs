@@ -381,6 +381,11 @@ pub fn token_sha256_hex(token: &str) -> String {
     to_hex(&Sha256::digest(token.as_bytes()))
 }
 
+/// A policy document's version: the first 16 hex digits of the SHA-256 of its bytes.
+pub fn policy_version(document: &[u8]) -> String {
+    to_hex(&Sha256::digest(document))[..16].to_owned()
+}
+
 /// Lower-case hex.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -392,7 +397,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+/// 64 hex digits (a SHA-256) as bytes.
+pub(crate) fn parse_hex32(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
     if text.len() != 64 {
         return None;
@@ -427,7 +433,7 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
     }
     Ok(PolicyRef {
         id: path.display().to_string(),
-        version: to_hex(&Sha256::digest(&bytes))[..16].to_owned(),
+        version: policy_version(&bytes),
         policy: Arc::new(policy),
     })
 }

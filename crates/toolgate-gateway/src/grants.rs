@@ -4,9 +4,11 @@ use crate::error::GatewayError;
 use crate::time::now_unix;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use toolgate_policy::Policy;
+use toolgate_store::{EmbeddedStore, GrantsStamp, StoredGrant};
 
 /// A loaded, compiled policy and where it came from.
 #[derive(Debug, Clone)]
@@ -43,22 +45,76 @@ impl GrantSpec {
     }
 }
 
-/// The set of grants, indexed by token hash.
-#[derive(Debug, Default)]
+/// Every grant a request may present: those of the configuration and those minted at
+/// runtime into the embedded store (`toolgate grant create`), which are read again as soon
+/// as they change.
+#[derive(Debug)]
 pub struct Grants {
-    /// Grants by SHA-256 of their token.
-    by_token: HashMap<[u8; 32], Arc<GrantSpec>>,
+    /// The configuration's grants; they never change while the gateway runs.
+    configured: Vec<Arc<GrantSpec>>,
+    /// Where minted grants are read from, if anywhere.
+    minted: Option<Minted>,
+    /// What requests authenticate against (swapped whole on a reload).
+    index: RwLock<Arc<Index>>,
 }
 
+/// The source of minted grants.
+#[derive(Debug)]
+struct Minted {
+    store: Arc<EmbeddedStore>,
+    /// The stamp the index was built at (held while reloading, so one request reloads
+    /// and the others wait for it).
+    loaded_at: Mutex<(GrantsStamp, Instant)>,
+    /// Compiled policies by document hash: a reload recompiles only what is new.
+    compiled: Mutex<HashMap<String, Arc<Policy>>>,
+}
+
+/// Grants by SHA-256 of their token.
+#[derive(Debug, Default)]
+struct Index {
+    by_token: HashMap<[u8; 32], Arc<GrantSpec>>,
+    /// Minted grants could not be read: why (their tokens are refused meanwhile — a
+    /// revocation must not be missed because the store was unreadable).
+    minted_unreadable: Option<String>,
+}
+
+/// A reload happens at least this often even without a changed stamp (a change whose
+/// stamp could not be written).
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
 impl Grants {
-    /// Indexes `grants`.
+    /// The configuration's `grants` only.
     pub fn new(grants: Vec<GrantSpec>) -> Self {
-        Grants {
-            by_token: grants
-                .into_iter()
-                .map(|g| (g.token_sha256, Arc::new(g)))
+        let configured: Vec<Arc<GrantSpec>> = grants.into_iter().map(Arc::new).collect();
+        let index = Index {
+            by_token: configured
+                .iter()
+                .map(|g| (g.token_sha256, Arc::clone(g)))
                 .collect(),
+            minted_unreadable: None,
+        };
+        Grants {
+            configured,
+            minted: None,
+            index: RwLock::new(Arc::new(index)),
         }
+    }
+
+    /// The configuration's `grants` and those minted into `store`, which must be readable
+    /// now (a gateway does not start with grants it cannot read).
+    pub fn with_minted(grants: Vec<GrantSpec>, store: Arc<EmbeddedStore>) -> Result<Self, String> {
+        let mut this = Grants::new(grants);
+        this.minted = Some(Minted {
+            loaded_at: Mutex::new((store.grants_stamp(), Instant::now())),
+            store,
+            compiled: Mutex::default(),
+        });
+        let index = this.build_index();
+        if let Some(why) = &index.minted_unreadable {
+            return Err(why.clone());
+        }
+        *this.index.get_mut().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+        Ok(this)
     }
 
     /// Authenticates an `Authorization` header value.
@@ -80,11 +136,17 @@ impl Grants {
                 GatewayError::unauthorized("Authorization header must be \"Bearer <token>\"")
             })?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let grant = self
+        let index = self.current();
+        let grant = index
             .by_token
             .get(&digest)
             .filter(|g| bool::from(g.token_sha256.ct_eq(&digest)))
-            .ok_or_else(|| GatewayError::unauthorized("unknown or revoked token"))?;
+            .ok_or_else(|| match &index.minted_unreadable {
+                Some(_) => GatewayError::unauthorized(
+                    "unknown or revoked token (grants minted with `toolgate grant` cannot be read from the store just now)",
+                ),
+                None => GatewayError::unauthorized("unknown or revoked token"),
+            })?;
         if let Some(expires) = grant.expires_unix {
             if now_unix() >= expires {
                 return Err(GatewayError::unauthorized(format!(
@@ -95,6 +157,128 @@ impl Grants {
         }
         Ok(Arc::clone(grant))
     }
+
+    /// The index, read again first if minted grants changed since it was built.
+    fn current(&self) -> Arc<Index> {
+        if let Some(minted) = &self.minted {
+            let stamp = minted.store.grants_stamp();
+            let mut loaded_at = minted.loaded_at.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = self.index_ref().minted_unreadable.is_some()
+                || loaded_at.0 != stamp
+                || loaded_at.1.elapsed() >= RELOAD_EVERY;
+            if stale {
+                // The stamp is read before the grants: a change landing meanwhile moves it
+                // again, and the next request reloads once more.
+                *loaded_at = (stamp, Instant::now());
+                let index = Arc::new(self.build_index());
+                *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&index);
+                return index;
+            }
+        }
+        self.index_ref()
+    }
+
+    fn index_ref(&self) -> Arc<Index> {
+        Arc::clone(&self.index.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The configured grants plus the minted ones that are active; a minted grant named
+    /// like a configured one is skipped (the configuration wins), with a warning.
+    fn build_index(&self) -> Index {
+        let mut by_token: HashMap<[u8; 32], Arc<GrantSpec>> = self
+            .configured
+            .iter()
+            .map(|g| (g.token_sha256, Arc::clone(g)))
+            .collect();
+        let Some(minted) = &self.minted else {
+            return Index {
+                by_token,
+                minted_unreadable: None,
+            };
+        };
+        let stored = match minted.store.grants() {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!("minted grants cannot be read, so their tokens are refused: {e}");
+                return Index {
+                    by_token,
+                    minted_unreadable: Some(e.to_string()),
+                };
+            }
+        };
+        let mut compiled = minted.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        for grant in stored.iter().filter(|g| g.revoked_ts.is_none()) {
+            if self.configured.iter().any(|c| c.name == grant.name) {
+                tracing::warn!(grant = %grant.name, "a minted grant has the name of a configured one; the configured one applies");
+                continue;
+            }
+            match spec_of(grant, &mut compiled) {
+                Ok(spec) => {
+                    by_token.insert(spec.token_sha256, Arc::new(spec));
+                }
+                Err(e) => tracing::error!(grant = %grant.name, "minted grant refused: {e}"),
+            }
+        }
+        Index {
+            by_token,
+            minted_unreadable: None,
+        }
+    }
+}
+
+/// The grant a stored one describes, its policies compiled (or taken from `compiled`).
+fn spec_of(
+    grant: &StoredGrant,
+    compiled: &mut HashMap<String, Arc<Policy>>,
+) -> Result<GrantSpec, String> {
+    let token_sha256: [u8; 32] = crate::config::parse_hex32(&grant.token_sha256)
+        .ok_or_else(|| "its token hash is not 64 hex digits".to_owned())?;
+    let mut policies = BTreeMap::new();
+    for (server, stored) in &grant.policies {
+        let version = crate::config::policy_version(stored.document.as_bytes());
+        let policy = match compiled.get(&version) {
+            Some(policy) => Arc::clone(policy),
+            None => {
+                let policy = Policy::from_json_bytes(stored.document.as_bytes())
+                    .map(Arc::new)
+                    .map_err(|errors| {
+                        format!(
+                            "its policy for {server} ({}) is invalid: {}",
+                            stored.source,
+                            errors
+                                .0
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })?;
+                compiled.insert(version.clone(), Arc::clone(&policy));
+                policy
+            }
+        };
+        policies.insert(
+            server.clone(),
+            PolicyRef {
+                id: stored.source.clone(),
+                version,
+                policy,
+            },
+        );
+    }
+    let servers = policies
+        .keys()
+        .cloned()
+        .chain(grant.servers.iter().cloned())
+        .collect();
+    Ok(GrantSpec {
+        name: grant.name.clone(),
+        token_sha256,
+        policies,
+        servers,
+        expires_unix: grant.expires_unix,
+        note: grant.note.clone(),
+    })
 }
 
 /// A new grant token: 32 random bytes, `tg_` + base64url (SPEC §7). Printed once; only its
@@ -135,6 +319,100 @@ mod tests {
             expires_unix: expires,
             note: None,
         }
+    }
+
+    fn minted(name: &str, token: &str) -> toolgate_store::StoredGrant {
+        toolgate_store::StoredGrant {
+            name: name.into(),
+            token_sha256: crate::config::token_sha256_hex(token),
+            policies: BTreeMap::from([(
+                "a".to_owned(),
+                toolgate_store::StoredPolicy {
+                    source: "p.json".into(),
+                    document: r#"{"version":"1","default":"allow"}"#.into(),
+                },
+            )]),
+            servers: Vec::new(),
+            expires_unix: None,
+            note: None,
+            created_ts: "2026-11-26T00:00:00.000Z".into(),
+            token_ts: "2026-11-26T00:00:00.000Z".into(),
+            revoked_ts: None,
+        }
+    }
+
+    fn event() -> toolgate_store::AuditEntry {
+        toolgate_store::AuditEntry::Admin(toolgate_store::audit::AdminEvent {
+            ts: "2026-11-26T00:00:00.000Z".into(),
+            action: "test".into(),
+            actor: "test".into(),
+            subject: "test".into(),
+            detail: serde_json::Value::Null,
+        })
+    }
+
+    #[test]
+    fn minted_grants_are_honoured_and_revoked_from_the_next_request_on() {
+        use toolgate_store::GrantChange;
+        let dir = std::env::temp_dir().join(format!(
+            "toolgate-grants-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+        // Another process (the CLI) changes the grants: another store on the directory.
+        let cli = EmbeddedStore::open(&dir).unwrap();
+        let grants =
+            Grants::with_minted(vec![grant("ops", "tg_ops", None)], Arc::clone(&store)).unwrap();
+        assert!(grants.authenticate(Some("Bearer tg_new")).is_err());
+        cli.change_grant(&GrantChange::Create(minted("new", "tg_new")), &event())
+            .unwrap();
+        let found = grants.authenticate(Some("Bearer tg_new")).unwrap();
+        assert_eq!(found.name, "new");
+        assert!(found.policies.contains_key("a") && found.allows_server("a"));
+        cli.change_grant(
+            &GrantChange::Revoke {
+                name: "new".into(),
+                ts: "2026-11-26T00:00:01.000Z".into(),
+            },
+            &event(),
+        )
+        .unwrap();
+        assert!(grants.authenticate(Some("Bearer tg_new")).is_err());
+        // A minted grant cannot take over a configured one's name.
+        cli.change_grant(&GrantChange::Create(minted("ops", "tg_impostor")), &event())
+            .unwrap();
+        assert!(grants.authenticate(Some("Bearer tg_impostor")).is_err());
+        assert_eq!(
+            grants.authenticate(Some("Bearer tg_ops")).unwrap().name,
+            "ops"
+        );
+        // Grants that cannot be read are refused (a revocation must not be missed); the
+        // configured ones still work.
+        cli.change_grant(&GrantChange::Create(minted("later", "tg_later")), &event())
+            .unwrap();
+        drop(cli);
+        let db = rusqlite::Connection::open(dir.join("toolgate.db")).unwrap();
+        db.execute_batch("ALTER TABLE grants RENAME TO grants_away")
+            .unwrap();
+        std::fs::write(dir.join("grants.changed"), "moved").unwrap();
+        let refused = grants.authenticate(Some("Bearer tg_later")).unwrap_err();
+        assert!(
+            refused.message.contains("cannot be read"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            grants.authenticate(Some("Bearer tg_ops")).unwrap().name,
+            "ops"
+        );
+        db.execute_batch("ALTER TABLE grants_away RENAME TO grants")
+            .unwrap();
+        assert_eq!(
+            grants.authenticate(Some("Bearer tg_later")).unwrap().name,
+            "later"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

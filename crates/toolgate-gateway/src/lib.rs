@@ -310,7 +310,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     };
     let configured: std::collections::HashSet<String> =
         settings.servers.iter().map(|s| s.name.clone()).collect();
-    let sessions = Arc::new(Sessions::restore(store, |record| {
+    let sessions = Arc::new(Sessions::restore(store.clone(), |record| {
         configured.contains(&record.server)
     }));
     let mut servers = HashMap::new();
@@ -349,7 +349,14 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let grants = Grants::new(settings.grants.clone());
+    // Grants minted with `toolgate grant` live in the embedded store (not yet in
+    // PostgreSQL: cluster mode serves the configuration's grants only).
+    let grants = if settings.postgres_url.is_none() {
+        Grants::with_minted(settings.grants.clone(), Arc::clone(&store))
+            .map_err(|e| format!("cannot read the grants minted into the store: {e}"))?
+    } else {
+        Grants::new(settings.grants.clone())
+    };
     let gateway = Arc::new(Gateway {
         settings,
         grants,

@@ -2,7 +2,10 @@
 
 mod audit;
 mod counters;
+mod grants;
 mod journal;
+
+pub use grants::GrantsStamp;
 
 use crate::{Clock, SessionRecord, SessionStore, StoreError, SystemClock};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -69,6 +72,12 @@ const MIGRATIONS: &[&str] = &[
         segment TEXT PRIMARY KEY,
         upto INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 6: grants minted at runtime (grants.rs): the grant as JSON, its token's hash beside it.
+    "CREATE TABLE grants (
+        name TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        body TEXT NOT NULL
+    );",
 ];
 
 /// What a store remembers of the database so that its hot paths need not read it back:

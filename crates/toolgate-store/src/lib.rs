@@ -9,13 +9,15 @@
 pub mod audit;
 pub mod counters;
 mod embedded;
+pub mod grants;
 pub mod postgres_audit;
 pub mod redis_counters;
 mod sessions;
 
 pub use audit::{AuditEntry, AuditLog};
 pub use counters::{Charge, Clock, CounterStore, Reservation, Reserve, StoreFuture, SystemClock};
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, GrantsStamp};
+pub use grants::{GrantChange, StoredGrant, StoredPolicy};
 pub use postgres_audit::PostgresAuditLog;
 pub use redis_counters::RedisCounterStore;
 pub use sessions::{SessionRecord, SessionStore};

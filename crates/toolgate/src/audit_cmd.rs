@@ -75,11 +75,11 @@ pub enum AuditCommand {
 pub struct StoreArgs {
     /// Configuration file (default: toolgate.toml in the working directory, if it exists).
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The data directory holding toolgate.db (overrides the configuration's data_dir; the
     /// configuration is then not read at all).
     #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 /// Which records: shared by `query` and `export`. Every filter given must match.
@@ -200,7 +200,7 @@ pub struct TailArgs {
 
 /// Why a command stopped early: what to tell the operator, and the exit code.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// A usage or setup problem (exit 2).
     Usage(String),
     /// The store or the output failed (exit 1).
@@ -211,7 +211,7 @@ enum Failure {
 
 impl Failure {
     /// A failed write to an output named `what`; a closed pipe is not worth a message.
-    fn write(what: &str, e: io::Error) -> Failure {
+    pub(crate) fn write(what: &str, e: io::Error) -> Failure {
         if e.kind() == io::ErrorKind::BrokenPipe {
             Failure::ClosedOutput
         } else {
@@ -228,6 +228,11 @@ pub fn run(command: AuditCommand) -> ExitCode {
         AuditCommand::Export(args) => export(&args),
         AuditCommand::Tail(args) => tail(&args),
     };
+    exit_code(outcome)
+}
+
+/// The exit code of a command's outcome, saying why on stderr when it failed.
+pub(crate) fn exit_code(outcome: Result<ExitCode, Failure>) -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(Failure::ClosedOutput) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod audit_cmd;
+mod grant_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -38,6 +39,12 @@ enum Command {
         /// What to do with the audit log.
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
+    },
+    /// Mint, list, revoke and rotate grants in the embedded store.
+    Grant {
+        /// What to do with grants.
+        #[command(subcommand)]
+        command: grant_cmd::GrantCommand,
     },
 }
 
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
         } => policy_check(&files),
         Command::Serve(args) => serve(args),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Grant { command } => grant_cmd::run(command),
     }
 }
 

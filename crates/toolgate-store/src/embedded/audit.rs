@@ -54,7 +54,7 @@ pub(super) struct Queued {
 }
 
 impl Queued {
-    fn new(entries: Vec<journal::Entry>, awaited: bool) -> Queued {
+    pub(super) fn new(entries: Vec<journal::Entry>, awaited: bool) -> Queued {
         Queued {
             entries,
             awaited,
@@ -539,7 +539,7 @@ fn write_batch(
 }
 
 /// Appends the entries of `batch` to their chains in `tx`, moving `heads` along.
-fn write_entries(
+pub(super) fn write_entries(
     tx: &Connection,
     heads: &mut HashMap<String, (u64, String)>,
     batch: &[Queued],

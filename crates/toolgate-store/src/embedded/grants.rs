@@ -1,0 +1,288 @@
+//! Stored grants in the embedded store. Each change commits together with its admin audit
+//! event, so the admin stream has exactly the changes that happened.
+//!
+//! Running gateways learn of a change through the stamp file `grants.changed` beside the
+//! database, rewritten after each change: a gateway looks at it (one `stat`) before it
+//! authenticates a request, so a revoked or rotated token is refused on its very next
+//! request, also on a session that is already open — whichever process changed it.
+
+use super::audit::{write_entries, Queued};
+use super::{begin, EmbeddedStore, Memory};
+use crate::grants::{GrantChange, StoredGrant};
+use crate::{AuditEntry, StoreError};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::PathBuf;
+
+/// What the stamp file looked like; a different stamp means the grants changed since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantsStamp(Option<(u64, std::time::SystemTime, u64)>);
+
+/// Why a change was refused: the change itself, not the store, was at fault.
+const CONFLICT: &str = "change the grants";
+
+impl EmbeddedStore {
+    /// Applies `change` and appends `event` (its admin audit entry) in one commit, then
+    /// tells running gateways. Returns the grant as it now is.
+    pub fn change_grant(
+        &self,
+        change: &GrantChange,
+        event: &AuditEntry,
+    ) -> Result<StoredGrant, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = apply(&mut conn, &mut memory, change, event);
+        if outcome.is_err() {
+            memory.forget();
+        }
+        drop(memory);
+        drop(conn);
+        let grant = outcome
+            .map_err(|e| self.error(CONFLICT, e))?
+            .map_err(|refused| StoreError { message: refused })?;
+        self.touch_grants_stamp();
+        Ok(grant)
+    }
+
+    /// Every stored grant, revoked ones included, by name.
+    pub fn grants(&self) -> Result<Vec<StoredGrant>, StoreError> {
+        let bodies: Vec<String> = self.with("read the grants", |c| {
+            c.prepare_cached("SELECT body FROM grants ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })?;
+        bodies
+            .iter()
+            .map(|body| {
+                serde_json::from_str(body).map_err(|e| {
+                    self.error(
+                        "read the grants",
+                        format!("a stored grant is unreadable: {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The stamp as it is now (see the module's documentation).
+    pub fn grants_stamp(&self) -> GrantsStamp {
+        GrantsStamp(std::fs::metadata(self.grants_stamp_path()).ok().map(|m| {
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let inode = 0;
+            (
+                m.len(),
+                m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                inode,
+            )
+        }))
+    }
+
+    fn grants_stamp_path(&self) -> PathBuf {
+        self.path.with_file_name("grants.changed")
+    }
+
+    /// Replaces the stamp file (a new file each time, so its inode changes even when two
+    /// changes fall in one tick of the file system's clock). Failing to is not an error of
+    /// the change, which is committed: gateways also reload on their own every few seconds.
+    fn touch_grants_stamp(&self) {
+        use rand::RngCore;
+        let path = self.grants_stamp_path();
+        let temporary = path.with_extension(format!("{:016x}", rand::rng().next_u64()));
+        let written = std::fs::write(&temporary, format!("{:016x}\n", rand::rng().next_u64()))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+    }
+}
+
+/// The change's transaction: `Ok(Err(why))` when the change was refused (nothing written).
+fn apply(
+    conn: &mut Connection,
+    memory: &mut Memory,
+    change: &GrantChange,
+    event: &AuditEntry,
+) -> rusqlite::Result<Result<StoredGrant, String>> {
+    let tx = begin(conn, memory)?;
+    let name = match change {
+        GrantChange::Create(grant) => &grant.name,
+        GrantChange::Revoke { name, .. } | GrantChange::Rotate { name, .. } => name,
+    };
+    let existing: Option<StoredGrant> = tx
+        .prepare_cached("SELECT body FROM grants WHERE name = ?1")?
+        .query_row([name], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|body| serde_json::from_str(&body).ok());
+    let active = existing.filter(|g| g.revoked_ts.is_none());
+    let grant = match (change, active) {
+        (GrantChange::Create(_), Some(_)) => {
+            return Ok(Err(format!(
+                "a grant named {name:?} exists already; revoke it first or choose another name"
+            )))
+        }
+        (GrantChange::Create(grant), None) => grant.clone(),
+        (_, None) => return Ok(Err(format!("there is no active grant named {name:?}"))),
+        (GrantChange::Revoke { ts, .. }, Some(mut grant)) => {
+            grant.revoked_ts = Some(ts.clone());
+            grant
+        }
+        (
+            GrantChange::Rotate {
+                token_sha256, ts, ..
+            },
+            Some(mut grant),
+        ) => {
+            grant.token_sha256 = token_sha256.clone();
+            grant.token_ts = ts.clone();
+            grant
+        }
+    };
+    let body = serde_json::to_string(&grant).expect("a grant serializes");
+    tx.prepare_cached(
+        "INSERT INTO grants (name, token_sha256, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256, body = excluded.body",
+    )?
+    .execute(params![grant.name, grant.token_sha256, body])?;
+    let record = Queued::new(vec![(event.chain(), event.body())], true);
+    write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(&record))?;
+    tx.commit()?;
+    Ok(Ok(grant))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AdminEvent, AuditFilter};
+    use crate::grants::StoredPolicy;
+    use std::collections::BTreeMap;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "toolgate-store-grants-{tag}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn event(action: &str, name: &str) -> AuditEntry {
+        AuditEntry::Admin(AdminEvent {
+            ts: "2026-11-26T00:00:00.000Z".into(),
+            action: action.into(),
+            actor: "test".into(),
+            subject: name.into(),
+            detail: serde_json::Value::Null,
+        })
+    }
+
+    fn grant(name: &str, token_sha256: &str) -> StoredGrant {
+        StoredGrant {
+            name: name.into(),
+            token_sha256: token_sha256.into(),
+            policies: BTreeMap::from([(
+                "mail".to_owned(),
+                StoredPolicy {
+                    source: "mail.json".into(),
+                    document: r#"{"version":"1","default":"allow"}"#.into(),
+                },
+            )]),
+            servers: vec!["files".into()],
+            expires_unix: Some(2_000_000_000),
+            note: Some("nightly".into()),
+            created_ts: "2026-11-26T00:00:00.000Z".into(),
+            token_ts: "2026-11-26T00:00:00.000Z".into(),
+            revoked_ts: None,
+        }
+    }
+
+    #[test]
+    fn grants_are_created_rotated_and_revoked_each_with_its_admin_event() {
+        let dir = scratch("lifecycle");
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let other = EmbeddedStore::open(&dir).unwrap();
+        let before = store.grants_stamp();
+        let created = store
+            .change_grant(
+                &GrantChange::Create(grant("ci", "aa")),
+                &event("grant_minted", "ci"),
+            )
+            .unwrap();
+        assert_eq!(other.grants().unwrap(), vec![created.clone()]);
+        let after_create = other.grants_stamp();
+        assert_ne!(before, after_create, "other processes see the change");
+
+        let refused = store
+            .change_grant(
+                &GrantChange::Create(grant("ci", "bb")),
+                &event("grant_minted", "ci"),
+            )
+            .unwrap_err();
+        assert!(refused.message.contains("exists already"), "{refused}");
+
+        let rotated = store
+            .change_grant(
+                &GrantChange::Rotate {
+                    name: "ci".into(),
+                    token_sha256: "cc".into(),
+                    ts: "2026-11-26T01:00:00.000Z".into(),
+                },
+                &event("grant_rotated", "ci"),
+            )
+            .unwrap();
+        assert_eq!(rotated.token_sha256, "cc");
+        assert_eq!(rotated.created_ts, created.created_ts);
+        assert_ne!(other.grants_stamp(), after_create);
+
+        let revoked = store
+            .change_grant(
+                &GrantChange::Revoke {
+                    name: "ci".into(),
+                    ts: "2026-11-26T02:00:00.000Z".into(),
+                },
+                &event("grant_revoked", "ci"),
+            )
+            .unwrap();
+        assert_eq!(
+            revoked.revoked_ts.as_deref(),
+            Some("2026-11-26T02:00:00.000Z")
+        );
+        let again = store
+            .change_grant(
+                &GrantChange::Revoke {
+                    name: "ci".into(),
+                    ts: "x".into(),
+                },
+                &event("grant_revoked", "ci"),
+            )
+            .unwrap_err();
+        assert!(again.message.contains("no active grant"), "{again}");
+        // A revoked name may be minted again.
+        store
+            .change_grant(
+                &GrantChange::Create(grant("ci", "dd")),
+                &event("grant_minted", "ci"),
+            )
+            .unwrap();
+
+        let actions: Vec<String> = other
+            .audit_admin(&AuditFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|a| a.event.action)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "grant_minted",
+                "grant_rotated",
+                "grant_revoked",
+                "grant_minted"
+            ],
+            "refused changes leave no event"
+        );
+        assert!(other.audit_verify().unwrap().iter().all(Result::is_ok));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,447 @@
+//! `toolgate grant create|list|revoke|rotate`: grants minted at runtime into the embedded
+//! store (SPEC §7). Running gateways on the same data directory pick each change up on
+//! their next request; every change is recorded in the audit log's admin stream.
+//!
+//! A token is printed once, by `create` and `rotate`, and never stored: the store keeps
+//! its SHA-256. `list` shows neither.
+
+use crate::audit_cmd::{exit_code, Failure, StoreArgs};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use toolgate_gateway::config::{self, Settings};
+use toolgate_gateway::grants::mint_token;
+use toolgate_gateway::time::{format_rfc3339_ms, now_unix, now_unix_ms, parse_rfc3339};
+use toolgate_store::audit::AdminEvent;
+use toolgate_store::{AuditEntry, EmbeddedStore, GrantChange, StoredGrant, StoredPolicy};
+
+/// `toolgate grant …`.
+#[derive(Subcommand)]
+pub enum GrantCommand {
+    /// Mint a grant and print its token (once: only its SHA-256 is stored).
+    Create(CreateArgs),
+    /// List minted grants: names, servers, policies, expiry, status (never tokens).
+    List(ListArgs),
+    /// Revoke a grant: its token is refused from the next request on, open sessions too.
+    Revoke(NameArgs),
+    /// Give a grant a new token (printed once); the old one is refused from the next
+    /// request on. Counters and audit history stay with the grant.
+    Rotate(NameArgs),
+}
+
+/// `grant create`.
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The grant's name (letters, digits, `.`, `_`, `-`).
+    #[arg(long)]
+    name: String,
+    /// The policy for a server, as SERVER=FILE; repeat for more servers.
+    #[arg(long = "policy", value_name = "SERVER=FILE", required = true)]
+    policies: Vec<String>,
+    /// More servers the grant may use without a policy (refused there with rule
+    /// `(no policy)`), comma-separated.
+    #[arg(long, value_name = "S,…", value_delimiter = ',')]
+    servers: Vec<String>,
+    /// When the grant stops working: an RFC 3339 time, or a duration from now (`30d`).
+    #[arg(long, value_name = "TIME|DURATION")]
+    expires: Option<String>,
+    /// A note for operators.
+    #[arg(long)]
+    note: Option<String>,
+    /// Print the new grant as one JSON object (with its token).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `grant list`.
+#[derive(Args)]
+pub struct ListArgs {
+    /// One JSON object per grant.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `grant revoke|rotate`.
+#[derive(Args)]
+pub struct NameArgs {
+    /// The grant's name.
+    name: String,
+    /// Print the outcome as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Runs a grant subcommand and maps its outcome to the process exit code.
+pub fn run(command: GrantCommand) -> ExitCode {
+    exit_code(match command {
+        GrantCommand::Create(args) => create(&args),
+        GrantCommand::List(args) => list(&args),
+        GrantCommand::Revoke(args) => revoke(&args),
+        GrantCommand::Rotate(args) => rotate(&args),
+    })
+}
+
+/// Where the grants are, and the configuration (if one was found) to check them against.
+struct Target {
+    store: EmbeddedStore,
+    settings: Option<Settings>,
+}
+
+/// Opens the store the grants live in. `create` may create it (the gateway may not have
+/// run yet); the other commands need an existing one.
+fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
+    let (path, explicit) = match &args.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from("toolgate.toml"), false),
+    };
+    let settings = if explicit || path.exists() {
+        Some(config::load(&path).map_err(|e| {
+            Failure::Usage(format!(
+                "configuration rejected (pass --data-dir DIR without --config to use a store without it):\n{e}"
+            ))
+        })?)
+    } else {
+        None
+    };
+    if settings.as_ref().is_some_and(|s| s.postgres_url.is_some()) {
+        return Err(Failure::Usage(
+            "this configuration is in cluster mode ([store] postgres_url), and grants in \
+             PostgreSQL are not supported yet: declare them as [[grants]] in the configuration"
+                .to_owned(),
+        ));
+    }
+    let dir = match (&args.data_dir, &settings) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(settings)) => settings.data_dir.clone(),
+        (None, None) => Settings::new(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))).data_dir,
+    };
+    if !create && !dir.join("toolgate.db").is_file() {
+        return Err(Failure::Usage(format!(
+            "no store in {}: there is no toolgate.db there (point --data-dir or --config at the \
+             gateway's data directory)",
+            dir.display()
+        )));
+    }
+    let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+    Ok(Target { store, settings })
+}
+
+fn create(args: &CreateArgs) -> Result<ExitCode, Failure> {
+    check_name(&args.name)?;
+    let target = open(&args.store, true)?;
+    let mut policies = BTreeMap::new();
+    for pair in &args.policies {
+        let (server, file) = pair
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(format!("--policy {pair:?}: expected SERVER=FILE")))?;
+        let (server, file) = (server.trim(), Path::new(file.trim()));
+        if server.is_empty() {
+            return Err(Failure::Usage(format!(
+                "--policy {pair:?}: the server name is empty"
+            )));
+        }
+        // The absolute path, so that the grant says which file it came from wherever it
+        // is listed; then compiled: a grant never gets a policy the gateway would refuse.
+        let file = &std::fs::canonicalize(file).map_err(|e| {
+            Failure::Usage(format!(
+                "--policy {pair}: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        let loaded = config::load_policy(file)
+            .map_err(|errors| Failure::Usage(format!("--policy {pair}:\n{}", errors.join("\n"))))?;
+        let document = std::fs::read_to_string(file).map_err(|e| {
+            Failure::Usage(format!(
+                "--policy {pair}: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        let policy = StoredPolicy {
+            source: loaded.id,
+            document,
+        };
+        if policies.insert(server.to_owned(), policy).is_some() {
+            return Err(Failure::Usage(format!(
+                "--policy: two policies for server {server:?}"
+            )));
+        }
+    }
+    let mut servers: Vec<String> = args.servers.iter().map(|s| s.trim().to_owned()).collect();
+    servers.retain(|s| !s.is_empty() && !policies.contains_key(s));
+    servers.sort();
+    servers.dedup();
+    if let Some(settings) = &target.settings {
+        for server in policies.keys().chain(&servers) {
+            if !settings.servers.iter().any(|s| &s.name == server) {
+                return Err(Failure::Usage(format!(
+                    "no server named {server:?} is configured (servers: {})",
+                    settings
+                        .servers
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        if settings.grants.iter().any(|g| g.name == args.name) {
+            return Err(Failure::Usage(format!(
+                "the configuration declares a grant named {:?}; choose another name",
+                args.name
+            )));
+        }
+    }
+    let expires_unix = args.expires.as_deref().map(expiry).transpose()?;
+    let token = mint_token();
+    let now = format_rfc3339_ms(now_unix_ms());
+    let grant = StoredGrant {
+        name: args.name.clone(),
+        token_sha256: config::token_sha256_hex(&token),
+        policies,
+        servers,
+        expires_unix,
+        note: args.note.clone(),
+        created_ts: now.clone(),
+        token_ts: now.clone(),
+        revoked_ts: None,
+    };
+    let event = admin_event("grant_minted", &grant.name, describe(&grant));
+    let grant = target
+        .store
+        .change_grant(&GrantChange::Create(grant), &event)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    print_token(&grant, &token, args.json, "minted")
+}
+
+fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
+    let target = open(&args.store, false)?;
+    let grants = target
+        .store
+        .grants()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let mut out = io::stdout().lock();
+    let write = |e| Failure::write("the grants", e);
+    if args.json {
+        for grant in &grants {
+            let mut line = describe(grant);
+            line["name"] = json!(grant.name);
+            line["status"] = json!(status(grant));
+            line["created"] = json!(grant.created_ts);
+            line["token_minted"] = json!(grant.token_ts);
+            line["revoked"] = json!(grant.revoked_ts);
+            writeln!(out, "{line}").map_err(write)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if grants.is_empty() {
+        writeln!(
+            out,
+            "no grants minted (grants declared in the configuration are not listed here)"
+        )
+        .map_err(write)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = grants
+        .iter()
+        .map(|g| {
+            let servers: Vec<String> = g
+                .policies
+                .keys()
+                .cloned()
+                .chain(g.servers.iter().map(|s| format!("{s} (no policy)")))
+                .collect();
+            [
+                g.name.clone(),
+                status(g),
+                servers.join(", "),
+                g.expires_unix
+                    .map(|t| format_rfc3339_ms(t * 1000))
+                    .unwrap_or_else(|| "never".into()),
+                g.note.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATUS", "SERVERS", "EXPIRES", "NOTE"];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(header.map(str::to_owned)).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        writeln!(out, "{}", cells.join("  ").trim_end()).map_err(write)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(args: &NameArgs) -> Result<ExitCode, Failure> {
+    let target = open(&args.store, false)?;
+    let change = GrantChange::Revoke {
+        name: args.name.clone(),
+        ts: format_rfc3339_ms(now_unix_ms()),
+    };
+    let event = admin_event("grant_revoked", &args.name, json!({}));
+    let grant = target
+        .store
+        .change_grant(&change, &event)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let mut out = io::stdout().lock();
+    let line = if args.json {
+        json!({"name": grant.name, "status": status(&grant), "revoked": grant.revoked_ts})
+            .to_string()
+    } else {
+        format!(
+            "grant {:?} revoked: its token is refused from the next request on",
+            grant.name
+        )
+    };
+    writeln!(out, "{line}").map_err(|e| Failure::write("the outcome", e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate(args: &NameArgs) -> Result<ExitCode, Failure> {
+    let target = open(&args.store, false)?;
+    let token = mint_token();
+    let change = GrantChange::Rotate {
+        name: args.name.clone(),
+        token_sha256: config::token_sha256_hex(&token),
+        ts: format_rfc3339_ms(now_unix_ms()),
+    };
+    let event = admin_event("grant_rotated", &args.name, json!({}));
+    let grant = target
+        .store
+        .change_grant(&change, &event)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    print_token(
+        &grant,
+        &token,
+        args.json,
+        "rotated (the old token is refused from the next request on)",
+    )
+}
+
+/// Prints a grant's new token: the one time anyone sees it.
+fn print_token(
+    grant: &StoredGrant,
+    token: &str,
+    json: bool,
+    what: &str,
+) -> Result<ExitCode, Failure> {
+    let mut out = io::stdout().lock();
+    let text = if json {
+        let mut line = describe(grant);
+        line["name"] = json!(grant.name);
+        line["token"] = json!(token);
+        line.to_string()
+    } else {
+        format!(
+            "grant {:?} {what}.\nIts token is shown only this once; store it now:\n{token}",
+            grant.name
+        )
+    };
+    writeln!(out, "{text}").map_err(|e| Failure::write("the token", e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a grant allows, for the admin stream and `list --json`: never its token or hash.
+fn describe(grant: &StoredGrant) -> Value {
+    let policies: serde_json::Map<String, Value> = grant
+        .policies
+        .iter()
+        .map(|(server, policy)| {
+            (
+                server.clone(),
+                json!({"source": policy.source, "version": config::policy_version(policy.document.as_bytes())}),
+            )
+        })
+        .collect();
+    json!({
+        "policies": policies,
+        "servers": grant.servers,
+        "expires": grant.expires_unix.map(|t| format_rfc3339_ms(t * 1000)),
+        "note": grant.note,
+    })
+}
+
+/// `active`, `expired` or `revoked`.
+fn status(grant: &StoredGrant) -> String {
+    if grant.revoked_ts.is_some() {
+        "revoked".into()
+    } else if grant.expires_unix.is_some_and(|t| t <= now_unix()) {
+        "expired".into()
+    } else {
+        "active".into()
+    }
+}
+
+/// The admin event of a change, made by whoever runs this command.
+fn admin_event(action: &str, name: &str, detail: Value) -> AuditEntry {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_default();
+    AuditEntry::Admin(AdminEvent {
+        ts: format_rfc3339_ms(now_unix_ms()),
+        action: action.to_owned(),
+        actor: if user.is_empty() {
+            "cli".into()
+        } else {
+            format!("cli:{user}")
+        },
+        subject: name.to_owned(),
+        detail,
+    })
+}
+
+/// Names appear in logs, audit records and URLs: keep them plain.
+fn check_name(name: &str) -> Result<(), Failure> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        Ok(())
+    } else {
+        Err(Failure::Usage(format!(
+            "--name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
+/// `--expires`: an RFC 3339 time or a duration from now, in the future.
+fn expiry(text: &str) -> Result<i64, Failure> {
+    let unix = match parse_rfc3339(text) {
+        Some(unix) => unix,
+        None => {
+            let duration = toolgate_policy::duration::parse(text).map_err(|e| {
+                Failure::Usage(format!(
+                    "--expires {text:?}: neither an RFC 3339 time (2027-01-01T00:00:00Z) nor a duration (30d): {e}"
+                ))
+            })?;
+            now_unix() + duration.as_secs() as i64
+        }
+    };
+    if unix <= now_unix() {
+        return Err(Failure::Usage(format!(
+            "--expires {text:?} is not in the future"
+        )));
+    }
+    Ok(unix)
+}

@@ -1,0 +1,235 @@
+"""Grants minted at runtime (SPEC §7; issue 5): `toolgate grant create|list|revoke|rotate`
+against a running gateway's data directory, with the official Python SDK client and raw
+sessions through the gateway.
+
+- a minted grant works on the gateway's next request, without a restart; its token is
+  printed once and stored nowhere in clear; `grant list` never shows it;
+- scoped grants: servers with and without a policy (`(no policy)`), an expiry time;
+- a revoked or rotated token is refused on its next request, also on an open session; a
+  rotated grant keeps its counters and its audit history;
+- each change is in the audit log's admin stream, with who made it;
+- bad input is refused, naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e_helpers import (
+    Gateway,
+    Procs,
+    RawSession,
+    assert_allowed,
+    assert_denied,
+    assert_rate_limited,
+    gateway_binary,
+    http_client,
+    run,
+    start_gateway_config,
+    start_py_upstream_http,
+    started_lazily,
+)
+
+CONFIGURED = "tg-e2e-grants-configured-0123456789"
+POLICY: dict[str, Any] = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "echo": {},
+        "add": {"limits": [{"counter": "adds", "window": "minute", "max": 2}]},
+    },
+}
+
+
+class Setup:
+    def __init__(self, procs: Procs, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        upstream, _ = start_py_upstream_http(procs, name="py_upstream-grants")
+        self.workdir = workdir
+        self.config = workdir / "toolgate.toml"
+        config = f"""
+[gateway]
+data_dir = "data"
+
+[servers.py]
+url = "{upstream}"
+
+[servers.other]
+url = "{upstream}"
+
+[[grants]]
+name = "ops"
+token = "{CONFIGURED}"
+policies = {{ py = "policy.json" }}
+"""
+        self.gateway: Gateway = start_gateway_config(procs, workdir, config, policies={"policy.json": POLICY},
+                                                     name="toolgate-grants")
+        (workdir / "broken.json").write_text(json.dumps({"version": "1", "default": "sometimes"}))
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "toolgate-grants-data"  # start_gateway_config's --data-dir
+
+    def url(self, server: str = "py") -> str:
+        return self.gateway.server_url(server)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(gateway_binary()), *args, "--config", str(self.config), "--data-dir", str(self.data)],
+                              capture_output=True, text=True, timeout=60, cwd=self.workdir)
+
+    def grant(self, *args: str) -> dict[str, Any]:
+        done = self.cli("grant", *args, "--json")
+        assert done.returncode == 0, f"grant {args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return json.loads(done.stdout)
+
+    def listed(self) -> dict[str, dict[str, Any]]:
+        done = self.cli("grant", "list", "--json")
+        assert done.returncode == 0, f"grant list: {done.stdout}\n{done.stderr}"
+        return {g["name"]: g for g in map(json.loads, done.stdout.splitlines())}
+
+    def admin_events(self, subject: str) -> list[dict[str, Any]]:
+        done = self.cli("audit", "query", "--admin", "--json")
+        assert done.returncode == 0, f"audit query --admin: {done.stdout}\n{done.stderr}"
+        return [e for e in map(json.loads, done.stdout.splitlines()) if e["subject"] == subject]
+
+
+@pytest.fixture(scope="module")
+def setup(module_procs: Procs, module_tmp: Path) -> Callable[[], Setup]:
+    return started_lazily(lambda: Setup(module_procs, module_tmp / "grants"))
+
+
+def call(raw: RawSession, tool: str, arguments: dict[str, Any]) -> Any:
+    return raw.post(raw.message("tools/call", {"name": tool, "arguments": arguments}))
+
+
+def assert_refused(response: Any) -> None:
+    assert response.status_code == 401, f"expected 401, got {response.status_code}: {response.text}"
+    assert "unknown or revoked token" in response.text, response.text
+
+
+def test_a_minted_grant_works_at_once_and_its_token_is_shown_only_once(setup: Callable[[], Setup]) -> None:
+    s = setup()
+    minted = s.grant("create", "--name", "ci-bot", "--policy", "py=policy.json", "--servers", "other",
+                     "--note", "nightly CI")
+    token = minted["token"]
+    assert token.startswith("tg_") and len(token) >= 40, minted
+    assert minted["servers"] == ["other"] and minted["note"] == "nightly CI", minted
+
+    async def body() -> None:
+        async with http_client(s.url("py"), token) as client:
+            assert_allowed(await client.call_tool("echo", {"text": "hello"}))
+        async with http_client(s.url("other"), token) as client:
+            assert_denied(await client.call_tool("echo", {"text": "hello"}), "(no policy)",
+                          'Tool "echo" is not permitted by policy')
+
+    run(body)
+    listed = s.listed()["ci-bot"]
+    assert listed["status"] == "active" and listed["servers"] == ["other"], listed
+    version = hashlib.sha256((s.workdir / "policy.json").read_bytes()).hexdigest()[:16]
+    assert listed["policies"] == {"py": {"source": str(s.workdir / "policy.json"), "version": version}}, listed
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    human = s.cli("grant", "list")
+    assert human.returncode == 0 and "ci-bot" in human.stdout and "other (no policy)" in human.stdout, human.stdout
+    for shown in (json.dumps(listed), human.stdout, human.stderr):
+        assert token not in shown and digest not in shown, "grant list shows a token or its hash"
+    # Stored as its hash only: the token itself is in no file of the data directory.
+    for file in (p for p in s.data.rglob("*") if p.is_file()):
+        assert token.encode() not in file.read_bytes(), f"{file} holds the token in clear"
+    events = s.admin_events("ci-bot")
+    assert [e["action"] for e in events] == ["grant_minted"], events
+    assert events[0]["actor"].startswith("cli"), events[0]
+    assert events[0]["detail"]["policies"]["py"]["version"] == version, events[0]
+    assert token not in json.dumps(events) and digest not in json.dumps(events)
+
+
+def test_revoked_and_rotated_tokens_are_refused_on_their_next_request_even_on_an_open_session(
+        setup: Callable[[], Setup]) -> None:
+    s = setup()
+    old = s.grant("create", "--name", "rotating", "--policy", "py=policy.json")["token"]
+    first = RawSession(s.url(), old)
+    first.initialize()
+    r = call(first, "add", {"a": 1, "b": 2})
+    assert r.status_code == 200 and '"isError":true' not in r.text.replace(" ", ""), r.text
+
+    new = s.grant("rotate", "rotating")["token"]
+    assert new != old
+    assert_refused(call(first, "add", {"a": 1, "b": 2}))
+    assert_refused(RawSession(s.url(), old).post(first.message("ping")))
+
+    async def with_new_token() -> None:
+        async with http_client(s.url(), new) as client:
+            assert_allowed(await client.call_tool("add", {"a": 2, "b": 3}))
+            # The counter carried over the rotation: the third call in the minute is refused.
+            assert_rate_limited(await client.call_tool("add", {"a": 3, "b": 4}), "/tools/add/limits/adds",
+                                "2", "minute", "adds", 60_000)
+
+    run(with_new_token)
+    second = RawSession(s.url(), new)
+    second.initialize()
+    revoked = s.cli("grant", "revoke", "rotating")
+    assert revoked.returncode == 0, revoked.stderr
+    assert_refused(call(second, "echo", {"text": "after revoke"}))
+    assert_refused(RawSession(s.url(), new).post(second.message("ping")))
+    again = s.cli("grant", "revoke", "rotating")
+    assert again.returncode == 1 and "no active grant named \"rotating\"" in again.stderr, again
+    assert s.listed()["rotating"]["status"] == "revoked"
+
+    assert [e["action"] for e in s.admin_events("rotating")] == ["grant_minted", "grant_rotated", "grant_revoked"]
+    # The audit history stays with the grant across its rotation.
+    done = s.cli("audit", "query", "--json", "--grant", "rotating", "--tool", "add")
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    deadline = time.monotonic() + 5
+    while len(records) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        done = s.cli("audit", "query", "--json", "--grant", "rotating", "--tool", "add")
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["decision"] for r in records] == ["allow", "allow", "rate_limited"], records
+
+
+def test_an_expired_grant_is_refused(setup: Callable[[], Setup]) -> None:
+    s = setup()
+    token = s.grant("create", "--name", "short-lived", "--policy", "py=policy.json", "--expires", "2s")["token"]
+    raw = RawSession(s.url(), token)
+    raw.initialize()
+    assert call(raw, "echo", {"text": "in time"}).status_code == 200
+    time.sleep(2.2)
+    r = call(raw, "echo", {"text": "too late"})
+    assert r.status_code == 401 and 'grant \\"short-lived\\" has expired' in r.text, r.text
+    assert s.listed()["short-lived"]["status"] == "expired"
+
+
+def test_bad_input_is_refused_naming_what_is_wrong(setup: Callable[[], Setup]) -> None:
+    s = setup()
+    cases = [
+        (["--name", "x1", "--policy", "nowhere=policy.json"], 2, 'no server named "nowhere"'),
+        (["--name", "x2", "--policy", "py=broken.json"], 2, "/default"),
+        (["--name", "x3", "--policy", "py=missing.json"], 2, "missing.json"),
+        (["--name", "x4", "--policy", "py"], 2, "expected SERVER=FILE"),
+        (["--name", "x5", "--policy", "py=policy.json", "--expires", "soonish"], 2, "--expires"),
+        (["--name", "x6", "--policy", "py=policy.json", "--expires", "2020-01-01T00:00:00Z"], 2,
+         "not in the future"),
+        (["--name", "ops", "--policy", "py=policy.json"], 2, 'declares a grant named "ops"'),
+        (["--name", "bad name!", "--policy", "py=policy.json"], 2, "--name"),
+    ]
+    for args, code, needle in cases:
+        done = s.cli("grant", "create", *args)
+        assert done.returncode == code and needle in done.stderr, f"{args}: {done.returncode} {done.stderr}"
+        assert "tg_" not in done.stdout, f"{args}: a token was printed for a refused grant"
+    s.grant("create", "--name", "twice", "--policy", "py=policy.json")
+    done = s.cli("grant", "create", "--name", "twice", "--policy", "py=policy.json")
+    assert done.returncode == 1 and "exists already" in done.stderr, done
+    missing = s.cli("grant", "rotate", "nobody")
+    assert missing.returncode == 1 and 'no active grant named "nobody"' in missing.stderr, missing
+    assert {"x1", "x2", "x3", "x4", "x5", "x6", "bad name!"}.isdisjoint(s.listed())
+    # The configured grant is untouched by all this.
+    raw = RawSession(s.url(), CONFIGURED)
+    raw.initialize()
+    assert call(raw, "echo", {"text": "still here"}).status_code == 200
