@@ -233,3 +233,42 @@ def test_bad_input_is_refused_naming_what_is_wrong(setup: Callable[[], Setup]) -
     raw = RawSession(s.url(), CONFIGURED)
     raw.initialize()
     assert call(raw, "echo", {"text": "still here"}).status_code == 200
+
+
+def test_repeated_authentication_failures_are_answered_late_and_tokens_stay_out_of_logs(
+        procs: Procs, tmp_path: Path) -> None:
+    """A fresh gateway (the slowdown is per process): five bad tokens from one address are
+    answered at once, then each further one later than the last (250 ms, 500 ms, 1 s); a
+    valid token from the same address is never slowed down. Neither token appears in the
+    gateway's log or in its answers."""
+    upstream, _ = start_py_upstream_http(procs, name="py_upstream-throttle")
+    config = f"""
+[gateway]
+
+[servers.py]
+url = "{upstream}"
+
+[[grants]]
+name = "ops"
+token_sha256 = "{hashlib.sha256(CONFIGURED.encode()).hexdigest()}"
+policies = {{ py = "policy.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-throttle")
+    wrong = "tg_wrong_token_from_a_prober_0123456789"
+    elapsed = []
+    for i in range(8):
+        started = time.monotonic()
+        r = RawSession(gw.server_url("py"), wrong + str(i)).post({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        elapsed.append(time.monotonic() - started)
+        assert r.status_code == 401 and wrong not in r.text, r.text
+    assert all(t < 0.2 for t in elapsed[:5]), f"the first five failures must not be delayed: {elapsed}"
+    for t, floor in zip(elapsed[5:], (0.25, 0.5, 1.0)):
+        assert t >= floor, f"failures past the fifth must be answered later and later: {elapsed}"
+    started = time.monotonic()
+    good = RawSession(gw.server_url("py"), CONFIGURED)
+    good.initialize()
+    assert time.monotonic() - started < 1.0, "a valid token was slowed down"
+    log = gw.proc.stderr()
+    assert "answering late" in log, log[-2000:]
+    for secret in (wrong, CONFIGURED):
+        assert secret not in log, "a token appears in the gateway's log"

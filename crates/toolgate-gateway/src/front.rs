@@ -29,7 +29,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -42,7 +42,7 @@ pub async fn serve(
                 let gw = Arc::clone(&gateway);
                 let service = service_fn(move |request| {
                     let gw = Arc::clone(&gw);
-                    async move { Ok::<_, Infallible>(gw.route(request).await) }
+                    async move { Ok::<_, Infallible>(gw.route(request, peer.ip()).await) }
                 });
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -103,7 +103,7 @@ pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 
 impl Gateway {
     /// Routes one request; never fails (every problem becomes a response).
-    async fn route(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+    async fn route(self: Arc<Self>, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let forbidden = |what: String| {
             GatewayError::client(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, what)
                 .into_response(serde_json::Value::Null)
@@ -141,7 +141,7 @@ impl Gateway {
                 .map(|s| s.strip_suffix('/').unwrap_or(s))
             {
                 Some(server) if !server.is_empty() && !server.contains('/') => {
-                    self.handle_mcp(server, request).await
+                    self.handle_mcp(server, request, peer).await
                 }
                 _ => body::text(
                     StatusCode::NOT_FOUND,

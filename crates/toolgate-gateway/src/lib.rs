@@ -20,6 +20,7 @@ mod proxy;
 pub mod quota;
 pub mod session;
 pub mod stdio_upstream;
+mod throttle;
 pub mod time;
 
 use crate::catalogue::Catalogue;
@@ -73,6 +74,8 @@ pub struct Gateway {
     pub settings: Settings,
     /// Grants by token.
     grants: Grants,
+    /// Slows down addresses that keep failing to authenticate.
+    auth_throttle: throttle::AuthThrottle,
     /// Servers by name.
     servers: HashMap<String, Arc<Server>>,
     /// Client sessions.
@@ -360,6 +363,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     let gateway = Arc::new(Gateway {
         settings,
         grants,
+        auth_throttle: throttle::AuthThrottle::default(),
         servers,
         sessions,
         counters,

@@ -69,13 +69,21 @@ impl Gateway {
         &self,
         server_name: &str,
         request: Request<Incoming>,
+        peer: std::net::IpAddr,
     ) -> Response<Body> {
         let grant = match self.grants.authenticate(header_str(
             request.headers(),
             header::AUTHORIZATION.as_str(),
         )) {
             Ok(g) => g,
-            Err(e) => return e.into_response(Value::Null),
+            Err(e) => {
+                let delay = self.auth_throttle.failed(peer, std::time::Instant::now());
+                if !delay.is_zero() {
+                    tracing::info!(%peer, delay_ms = delay.as_millis() as u64, "repeated authentication failures: answering late");
+                    tokio::time::sleep(delay).await;
+                }
+                return e.into_response(Value::Null);
+            }
         };
         let Some(server) = self.servers.get(server_name).cloned() else {
             return client_error(
