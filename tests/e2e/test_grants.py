@@ -217,7 +217,7 @@ def test_bad_input_is_refused_naming_what_is_wrong(setup: Callable[[], Setup]) -
         (["--name", "x6", "--policy", "py=policy.json", "--expires", "2020-01-01T00:00:00Z"], 2,
          "not in the future"),
         (["--name", "ops", "--policy", "py=policy.json"], 2, 'declares a grant named "ops"'),
-        (["--name", "bad name!", "--policy", "py=policy.json"], 2, "--name"),
+        (["--name", "bad name!", "--policy", "py=policy.json"], 2, "grant name \"bad name!\""),
     ]
     for args, code, needle in cases:
         done = s.cli("grant", "create", *args)

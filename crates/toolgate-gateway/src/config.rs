@@ -306,6 +306,8 @@ pub struct Settings {
     pub servers: Vec<ServerSpec>,
     /// Declarative grants.
     pub grants: Vec<GrantSpec>,
+    /// Who may use the admin API, with which role (`[admin]`); empty: the API is off.
+    pub admins: Vec<AdminSpec>,
     /// Warnings to log at start-up (e.g. clear-text tokens).
     pub warnings: Vec<String>,
 }
@@ -326,9 +328,53 @@ impl Settings {
             audit: AuditSettings::default(),
             servers: Vec::new(),
             grants: Vec::new(),
+            admins: Vec::new(),
             warnings: Vec::new(),
         }
     }
+}
+
+/// What an admin token may do (SPEC §7); each role includes those before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdminRole {
+    /// Reads logs, policies, servers and grant labels.
+    Viewer,
+    /// Also edits and attaches policies.
+    PolicyManager,
+    /// Also mints, rotates and revokes grants, and reads the admin audit stream.
+    Admin,
+}
+
+impl AdminRole {
+    /// The name used in the configuration and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Viewer => "viewer",
+            AdminRole::PolicyManager => "policy_manager",
+            AdminRole::Admin => "admin",
+        }
+    }
+
+    fn parse(text: &str) -> Option<AdminRole> {
+        [
+            AdminRole::Viewer,
+            AdminRole::PolicyManager,
+            AdminRole::Admin,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+}
+
+/// One holder of an admin token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSpec {
+    /// Who (`admin` for `[admin] token_sha256`), for the admin audit stream.
+    pub name: String,
+    /// What they may do.
+    pub role: AdminRole,
+    /// SHA-256 of their token.
+    pub token_sha256: [u8; 32],
 }
 
 /// A configuration problem; every one found is reported, each naming file and key.
@@ -436,6 +482,59 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
         version: policy_version(&bytes),
         policy: Arc::new(policy),
     })
+}
+
+/// Validates `[admin]`: roles, token hashes, and that no two holders (nor a grant) share a
+/// token — a token must say who is calling.
+fn admins(
+    file: &str,
+    admin: Option<&AdminSection>,
+    grants: &[GrantSpec],
+    errors: &mut Vec<String>,
+) -> Vec<AdminSpec> {
+    let Some(admin) = admin else {
+        return Vec::new();
+    };
+    let mut found: Vec<AdminSpec> = Vec::new();
+    let mut add = |key: String, name: &str, role: AdminRole, hex: &str| {
+        let Some(token_sha256) = parse_hex32(hex) else {
+            errors.push(format!(
+                "{file}: {key}.token_sha256: expected 64 hex digits (the SHA-256 of the token)"
+            ));
+            return;
+        };
+        if found.iter().any(|a| a.name == name) {
+            errors.push(format!("{file}: {key}.name: {name:?} is named twice"));
+        } else if found.iter().any(|a| a.token_sha256 == token_sha256)
+            || grants.iter().any(|g| g.token_sha256 == token_sha256)
+        {
+            errors.push(format!(
+                "{file}: {key}.token_sha256: this token is already used by another admin or a grant"
+            ));
+        } else {
+            found.push(AdminSpec {
+                name: name.to_owned(),
+                role,
+                token_sha256,
+            });
+        }
+    };
+    if let Some(hex) = &admin.token_sha256 {
+        add("admin".to_owned(), "admin", AdminRole::Admin, hex);
+    }
+    let mut unknown_roles = Vec::new();
+    for (index, member) in admin.members.iter().enumerate() {
+        let key = format!("admin.members[{index}]");
+        match AdminRole::parse(&member.role) {
+            Some(role) => add(key, &member.name, role, &member.token_sha256),
+            None => unknown_roles.push(format!(
+                "{file}: {key}.role: {:?} is not a role; expected \"viewer\", \"policy_manager\" or \"admin\"",
+                member.role
+            )),
+        }
+    }
+    errors.extend(unknown_roles);
+    found
 }
 
 /// Validates `[audit]`.
@@ -793,6 +892,7 @@ fn resolve(
             });
         }
     }
+    settings.admins = admins(file, raw.admin.as_ref(), &grants, &mut errors);
     settings.grants = grants;
     if errors.is_empty() {
         Ok(settings)

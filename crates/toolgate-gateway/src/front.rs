@@ -136,6 +136,9 @@ impl Gateway {
                     )
                 }
             }
+            p if p == "/admin/api" || p.starts_with("/admin/api/") => {
+                self.handle_admin(request, peer).await
+            }
             _ => match path
                 .strip_prefix("/mcp/")
                 .map(|s| s.strip_suffix('/').unwrap_or(s))

@@ -158,6 +158,13 @@ impl Grants {
         Ok(Arc::clone(grant))
     }
 
+    /// Every grant a token can use now (configured and minted), by name.
+    pub fn all(&self) -> Vec<Arc<GrantSpec>> {
+        let mut all: Vec<Arc<GrantSpec>> = self.current().by_token.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
     /// The index, read again first if minted grants changed since it was built.
     fn current(&self) -> Arc<Index> {
         if let Some(minted) = &self.minted {
@@ -366,6 +373,7 @@ mod tests {
             Grants::with_minted(vec![grant("ops", "tg_ops", None)], Arc::clone(&store)).unwrap();
         assert!(grants.authenticate(Some("Bearer tg_new")).is_err());
         cli.change_grant(&GrantChange::Create(minted("new", "tg_new")), &event())
+            .unwrap()
             .unwrap();
         let found = grants.authenticate(Some("Bearer tg_new")).unwrap();
         assert_eq!(found.name, "new");
@@ -377,10 +385,12 @@ mod tests {
             },
             &event(),
         )
+        .unwrap()
         .unwrap();
         assert!(grants.authenticate(Some("Bearer tg_new")).is_err());
         // A minted grant cannot take over a configured one's name.
         cli.change_grant(&GrantChange::Create(minted("ops", "tg_impostor")), &event())
+            .unwrap()
             .unwrap();
         assert!(grants.authenticate(Some("Bearer tg_impostor")).is_err());
         assert_eq!(
@@ -390,6 +400,7 @@ mod tests {
         // Grants that cannot be read are refused (a revocation must not be missed); the
         // configured ones still work.
         cli.change_grant(&GrantChange::Create(minted("later", "tg_later")), &event())
+            .unwrap()
             .unwrap();
         drop(cli);
         let db = rusqlite::Connection::open(dir.join("toolgate.db")).unwrap();

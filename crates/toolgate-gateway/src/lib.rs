@@ -7,6 +7,7 @@
 //! request is answered.
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod answer;
 mod audit;
 pub mod body;
@@ -14,6 +15,7 @@ pub mod catalogue;
 pub mod config;
 pub mod error;
 pub mod front;
+pub mod grant_admin;
 pub mod grants;
 pub mod http_upstream;
 mod proxy;
@@ -71,7 +73,12 @@ pub struct Server {
 /// The gateway's shared state.
 pub struct Gateway {
     /// Validated settings.
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
+    /// The embedded store (sessions; minted grants; counters and the audit log unless
+    /// cluster mode puts them elsewhere).
+    store: Arc<EmbeddedStore>,
+    /// Where the admin API reads the audit log (none for a log a benchmark supplied).
+    audit_reader: Option<AuditStore>,
     /// Grants by token.
     grants: Grants,
     /// Slows down addresses that keep failing to authenticate.
@@ -179,6 +186,7 @@ async fn flush_audit(auditor: Arc<audit::Auditor>, mut shutdown: watch::Receiver
 
 /// The store that holds the audit log: where retention pruning runs, and whether a call's
 /// reservation can share its record's commit.
+#[derive(Clone)]
 enum AuditStore {
     /// The embedded store (pruned on a blocking thread: it is synchronous).
     Embedded(Arc<EmbeddedStore>),
@@ -296,7 +304,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         Arc::clone(&auditor),
         shutdown_rx.clone(),
     )));
-    if let (Some(days), Some(log_store)) = (settings.audit.retain_days, log_store) {
+    if let (Some(days), Some(log_store)) = (settings.audit.retain_days, log_store.clone()) {
         tokio::spawn(prune_audit(log_store, days, shutdown_rx.clone()));
     }
     // Cluster mode keeps counters in Redis so that every replica enforces one budget;
@@ -361,7 +369,9 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         Grants::new(settings.grants.clone())
     };
     let gateway = Arc::new(Gateway {
-        settings,
+        settings: Arc::new(settings),
+        store,
+        audit_reader: log_store,
         grants,
         auth_throttle: throttle::AuthThrottle::default(),
         servers,

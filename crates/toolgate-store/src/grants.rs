@@ -60,6 +60,16 @@ pub enum GrantChange {
         /// When (RFC 3339).
         ts: String,
     },
+    /// The grant with this name gets `policy` on `server` (attached, or replacing the one
+    /// it had there).
+    SetPolicy {
+        /// The grant's name.
+        name: String,
+        /// The server.
+        server: String,
+        /// The policy.
+        policy: StoredPolicy,
+    },
     /// The grant with this name gets a new token; the old one stops working.
     Rotate {
         /// The grant's name.
@@ -70,3 +80,26 @@ pub enum GrantChange {
         ts: String,
     },
 }
+
+/// Why a change was refused (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantRefused {
+    /// `Create`: a grant that is not revoked has this name.
+    NameTaken(String),
+    /// Any other change: no grant with this name, or only a revoked one.
+    NotActive(String),
+}
+
+impl std::fmt::Display for GrantRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantRefused::NameTaken(name) => write!(
+                f,
+                "a grant named {name:?} exists already; revoke it first or choose another name"
+            ),
+            GrantRefused::NotActive(name) => write!(f, "there is no active grant named {name:?}"),
+        }
+    }
+}
+
+impl std::error::Error for GrantRefused {}

@@ -17,7 +17,7 @@ mod sessions;
 pub use audit::{AuditEntry, AuditLog};
 pub use counters::{Charge, Clock, CounterStore, Reservation, Reserve, StoreFuture, SystemClock};
 pub use embedded::{EmbeddedStore, GrantsStamp};
-pub use grants::{GrantChange, StoredGrant, StoredPolicy};
+pub use grants::{GrantChange, GrantRefused, StoredGrant, StoredPolicy};
 pub use postgres_audit::PostgresAuditLog;
 pub use redis_counters::RedisCounterStore;
 pub use sessions::{SessionRecord, SessionStore};

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use toolgate_gateway::config::{self, Settings};
-use toolgate_gateway::time::{format_rfc3339_ms, now_unix_ms, parse_rfc3339};
+use toolgate_gateway::time::parse_time_bound as parse_time;
 use toolgate_store::audit::{
     self, AdminRecord, AuditEntry, AuditFilter, Broken, MergedRecord, StoredEntry, Verified, CALLS,
 };
@@ -245,56 +245,6 @@ pub(crate) fn exit_code(outcome: Result<ExitCode, Failure>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Normalizes a `--since`/`--until` value to the audit log's fixed time form
-/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`), which the store compares as text.
-///
-/// RFC 3339 is tried first: a bare number is a duration in seconds to
-/// `toolgate_policy::duration::parse`, and no RFC 3339 text is one.
-fn parse_time(text: &str) -> Result<String, String> {
-    if let Some(ms) = parse_rfc3339_ms(text) {
-        return Ok(format_rfc3339_ms(ms));
-    }
-    if let Ok(ago) = toolgate_policy::duration::parse(text) {
-        let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
-        return Ok(format_rfc3339_ms(now_unix_ms().saturating_sub(ago)));
-    }
-    Err(format!(
-        "{text:?} is neither an RFC 3339 time (e.g. 2026-01-02T15:04:05Z) nor a duration \
-         meaning that long ago (e.g. 7d, 30m, 90s)"
-    ))
-}
-
-/// Parses RFC 3339 to Unix milliseconds, keeping the fraction that `parse_rfc3339` (whole
-/// seconds) drops.
-///
-/// A finer fraction is rounded *up* to the next millisecond. Records carry whole
-/// milliseconds, so for both bounds that is exact: with `since = .1234`, a record at `.123`
-/// is earlier and must be excluded (`ts >= .124` does), and with `until = .1234` a record
-/// at `.123` is earlier and must be included (`ts < .124` does) while `.124` is not.
-fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    let seconds = parse_rfc3339(text)?;
-    // parse_rfc3339 accepted it, so bytes 0..19 are `YYYY-MM-DDTHH:MM:SS` (ASCII) and any
-    // fraction follows directly.
-    let digits: Vec<i64> = text
-        .get(19..)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .map(|frac| {
-            frac.bytes()
-                .take_while(u8::is_ascii_digit)
-                .map(|d| i64::from(d - b'0'))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut ms = 0;
-    for i in 0..3 {
-        ms = ms * 10 + digits.get(i).copied().unwrap_or(0);
-    }
-    if digits.iter().skip(3).any(|&d| d != 0) {
-        ms += 1;
-    }
-    seconds.checked_mul(1000)?.checked_add(ms)
 }
 
 /// Where the audit log the command reads is.
@@ -726,6 +676,7 @@ fn csv_field(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use toolgate_gateway::time::{format_rfc3339_ms, now_unix_ms};
 
     #[test]
     fn rfc3339_times_keep_milliseconds_and_round_finer_fractions_up() {

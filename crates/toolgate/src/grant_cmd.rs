@@ -7,16 +7,15 @@
 
 use crate::audit_cmd::{exit_code, Failure, StoreArgs};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use toolgate_gateway::config::{self, Settings};
-use toolgate_gateway::grants::mint_token;
-use toolgate_gateway::time::{format_rfc3339_ms, now_unix, now_unix_ms, parse_rfc3339};
-use toolgate_store::audit::AdminEvent;
-use toolgate_store::{AuditEntry, EmbeddedStore, GrantChange, StoredGrant, StoredPolicy};
+use toolgate_gateway::grant_admin::{self, GrantError, NewGrant};
+use toolgate_gateway::time::format_rfc3339_ms;
+use toolgate_store::{EmbeddedStore, StoredGrant, StoredPolicy};
 
 /// `toolgate grant …`.
 #[derive(Subcommand)]
@@ -136,89 +135,51 @@ fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
 }
 
 fn create(args: &CreateArgs) -> Result<ExitCode, Failure> {
-    check_name(&args.name)?;
     let target = open(&args.store, true)?;
     let mut policies = BTreeMap::new();
     for pair in &args.policies {
         let (server, file) = pair
             .split_once('=')
             .ok_or_else(|| Failure::Usage(format!("--policy {pair:?}: expected SERVER=FILE")))?;
-        let (server, file) = (server.trim(), Path::new(file.trim()));
-        if server.is_empty() {
-            return Err(Failure::Usage(format!(
-                "--policy {pair:?}: the server name is empty"
-            )));
-        }
-        // The absolute path, so that the grant says which file it came from wherever it
-        // is listed; then compiled: a grant never gets a policy the gateway would refuse.
-        let file = &std::fs::canonicalize(file).map_err(|e| {
-            Failure::Usage(format!(
-                "--policy {pair}: cannot read {}: {e}",
-                file.display()
-            ))
+        // The absolute path, so that the grant says which file it came from wherever it is
+        // listed.
+        let file = std::fs::canonicalize(file.trim()).map_err(|e| {
+            Failure::Usage(format!("--policy {pair}: cannot read {}: {e}", file.trim()))
         })?;
-        let loaded = config::load_policy(file)
-            .map_err(|errors| Failure::Usage(format!("--policy {pair}:\n{}", errors.join("\n"))))?;
-        let document = std::fs::read_to_string(file).map_err(|e| {
+        let document = std::fs::read_to_string(&file).map_err(|e| {
             Failure::Usage(format!(
                 "--policy {pair}: cannot read {}: {e}",
                 file.display()
             ))
         })?;
         let policy = StoredPolicy {
-            source: loaded.id,
+            source: file.display().to_string(),
             document,
         };
-        if policies.insert(server.to_owned(), policy).is_some() {
+        if policies.insert(server.trim().to_owned(), policy).is_some() {
             return Err(Failure::Usage(format!(
-                "--policy: two policies for server {server:?}"
+                "--policy: two policies for server {:?}",
+                server.trim()
             )));
         }
     }
-    let mut servers: Vec<String> = args.servers.iter().map(|s| s.trim().to_owned()).collect();
-    servers.retain(|s| !s.is_empty() && !policies.contains_key(s));
-    servers.sort();
-    servers.dedup();
-    if let Some(settings) = &target.settings {
-        for server in policies.keys().chain(&servers) {
-            if !settings.servers.iter().any(|s| &s.name == server) {
-                return Err(Failure::Usage(format!(
-                    "no server named {server:?} is configured (servers: {})",
-                    settings
-                        .servers
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        }
-        if settings.grants.iter().any(|g| g.name == args.name) {
-            return Err(Failure::Usage(format!(
-                "the configuration declares a grant named {:?}; choose another name",
-                args.name
-            )));
-        }
-    }
-    let expires_unix = args.expires.as_deref().map(expiry).transpose()?;
-    let token = mint_token();
-    let now = format_rfc3339_ms(now_unix_ms());
-    let grant = StoredGrant {
+    let expires_unix = args
+        .expires
+        .as_deref()
+        .map(|text| {
+            grant_admin::parse_expiry(text).map_err(|e| Failure::Usage(format!("--expires {e}")))
+        })
+        .transpose()?;
+    let grant = NewGrant {
         name: args.name.clone(),
-        token_sha256: config::token_sha256_hex(&token),
         policies,
-        servers,
+        servers: args.servers.clone(),
         expires_unix,
         note: args.note.clone(),
-        created_ts: now.clone(),
-        token_ts: now.clone(),
-        revoked_ts: None,
     };
-    let event = admin_event("grant_minted", &grant.name, describe(&grant));
-    let grant = target
-        .store
-        .change_grant(&GrantChange::Create(grant), &event)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let (grant, token) =
+        grant_admin::mint(&target.store, target.settings.as_ref(), grant, &actor())
+            .map_err(failure)?;
     print_token(&grant, &token, args.json, "minted")
 }
 
@@ -232,9 +193,9 @@ fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
     let write = |e| Failure::write("the grants", e);
     if args.json {
         for grant in &grants {
-            let mut line = describe(grant);
+            let mut line = grant_admin::describe(grant);
             line["name"] = json!(grant.name);
-            line["status"] = json!(status(grant));
+            line["status"] = json!(grant_admin::status(grant));
             line["created"] = json!(grant.created_ts);
             line["token_minted"] = json!(grant.token_ts);
             line["revoked"] = json!(grant.revoked_ts);
@@ -261,7 +222,7 @@ fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
                 .collect();
             [
                 g.name.clone(),
-                status(g),
+                grant_admin::status(g).to_owned(),
                 servers.join(", "),
                 g.expires_unix
                     .map(|t| format_rfc3339_ms(t * 1000))
@@ -293,18 +254,10 @@ fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
 
 fn revoke(args: &NameArgs) -> Result<ExitCode, Failure> {
     let target = open(&args.store, false)?;
-    let change = GrantChange::Revoke {
-        name: args.name.clone(),
-        ts: format_rfc3339_ms(now_unix_ms()),
-    };
-    let event = admin_event("grant_revoked", &args.name, json!({}));
-    let grant = target
-        .store
-        .change_grant(&change, &event)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let grant = grant_admin::revoke(&target.store, &args.name, &actor()).map_err(failure)?;
     let mut out = io::stdout().lock();
     let line = if args.json {
-        json!({"name": grant.name, "status": status(&grant), "revoked": grant.revoked_ts})
+        json!({"name": grant.name, "status": grant_admin::status(&grant), "revoked": grant.revoked_ts})
             .to_string()
     } else {
         format!(
@@ -318,23 +271,34 @@ fn revoke(args: &NameArgs) -> Result<ExitCode, Failure> {
 
 fn rotate(args: &NameArgs) -> Result<ExitCode, Failure> {
     let target = open(&args.store, false)?;
-    let token = mint_token();
-    let change = GrantChange::Rotate {
-        name: args.name.clone(),
-        token_sha256: config::token_sha256_hex(&token),
-        ts: format_rfc3339_ms(now_unix_ms()),
-    };
-    let event = admin_event("grant_rotated", &args.name, json!({}));
-    let grant = target
-        .store
-        .change_grant(&change, &event)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let (grant, token) =
+        grant_admin::rotate(&target.store, &args.name, &actor()).map_err(failure)?;
     print_token(
         &grant,
         &token,
         args.json,
         "rotated (the old token is refused from the next request on)",
     )
+}
+
+/// A refused or failed change: bad input is a usage error (exit 2), the rest exit 1.
+fn failure(error: GrantError) -> Failure {
+    match error {
+        GrantError::Invalid(why) => Failure::Usage(why),
+        other => Failure::Runtime(other.to_string()),
+    }
+}
+
+/// Who runs this command, for the admin stream.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_default();
+    if user.is_empty() {
+        "cli".into()
+    } else {
+        format!("cli:{user}")
+    }
 }
 
 /// Prints a grant's new token: the one time anyone sees it.
@@ -346,7 +310,7 @@ fn print_token(
 ) -> Result<ExitCode, Failure> {
     let mut out = io::stdout().lock();
     let text = if json {
-        let mut line = describe(grant);
+        let mut line = grant_admin::describe(grant);
         line["name"] = json!(grant.name);
         line["token"] = json!(token);
         line.to_string()
@@ -358,90 +322,4 @@ fn print_token(
     };
     writeln!(out, "{text}").map_err(|e| Failure::write("the token", e))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// What a grant allows, for the admin stream and `list --json`: never its token or hash.
-fn describe(grant: &StoredGrant) -> Value {
-    let policies: serde_json::Map<String, Value> = grant
-        .policies
-        .iter()
-        .map(|(server, policy)| {
-            (
-                server.clone(),
-                json!({"source": policy.source, "version": config::policy_version(policy.document.as_bytes())}),
-            )
-        })
-        .collect();
-    json!({
-        "policies": policies,
-        "servers": grant.servers,
-        "expires": grant.expires_unix.map(|t| format_rfc3339_ms(t * 1000)),
-        "note": grant.note,
-    })
-}
-
-/// `active`, `expired` or `revoked`.
-fn status(grant: &StoredGrant) -> String {
-    if grant.revoked_ts.is_some() {
-        "revoked".into()
-    } else if grant.expires_unix.is_some_and(|t| t <= now_unix()) {
-        "expired".into()
-    } else {
-        "active".into()
-    }
-}
-
-/// The admin event of a change, made by whoever runs this command.
-fn admin_event(action: &str, name: &str, detail: Value) -> AuditEntry {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_default();
-    AuditEntry::Admin(AdminEvent {
-        ts: format_rfc3339_ms(now_unix_ms()),
-        action: action.to_owned(),
-        actor: if user.is_empty() {
-            "cli".into()
-        } else {
-            format!("cli:{user}")
-        },
-        subject: name.to_owned(),
-        detail,
-    })
-}
-
-/// Names appear in logs, audit records and URLs: keep them plain.
-fn check_name(name: &str) -> Result<(), Failure> {
-    let plain = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if plain {
-        Ok(())
-    } else {
-        Err(Failure::Usage(format!(
-            "--name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
-        )))
-    }
-}
-
-/// `--expires`: an RFC 3339 time or a duration from now, in the future.
-fn expiry(text: &str) -> Result<i64, Failure> {
-    let unix = match parse_rfc3339(text) {
-        Some(unix) => unix,
-        None => {
-            let duration = toolgate_policy::duration::parse(text).map_err(|e| {
-                Failure::Usage(format!(
-                    "--expires {text:?}: neither an RFC 3339 time (2027-01-01T00:00:00Z) nor a duration (30d): {e}"
-                ))
-            })?;
-            now_unix() + duration.as_secs() as i64
-        }
-    };
-    if unix <= now_unix() {
-        return Err(Failure::Usage(format!(
-            "--expires {text:?} is not in the future"
-        )));
-    }
-    Ok(unix)
 }

@@ -8,7 +8,7 @@
 
 use super::audit::{write_entries, Queued};
 use super::{begin, EmbeddedStore, Memory};
-use crate::grants::{GrantChange, StoredGrant};
+use crate::grants::{GrantChange, GrantRefused, StoredGrant};
 use crate::{AuditEntry, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::PathBuf;
@@ -17,17 +17,18 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantsStamp(Option<(u64, std::time::SystemTime, u64)>);
 
-/// Why a change was refused: the change itself, not the store, was at fault.
+/// What a failed change was doing, for its error.
 const CONFLICT: &str = "change the grants";
 
 impl EmbeddedStore {
     /// Applies `change` and appends `event` (its admin audit entry) in one commit, then
-    /// tells running gateways. Returns the grant as it now is.
+    /// tells running gateways. Returns the grant as it now is, or why the change was
+    /// refused (then nothing was written).
     pub fn change_grant(
         &self,
         change: &GrantChange,
         event: &AuditEntry,
-    ) -> Result<StoredGrant, StoreError> {
+    ) -> Result<Result<StoredGrant, GrantRefused>, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = apply(&mut conn, &mut memory, change, event);
@@ -36,11 +37,11 @@ impl EmbeddedStore {
         }
         drop(memory);
         drop(conn);
-        let grant = outcome
-            .map_err(|e| self.error(CONFLICT, e))?
-            .map_err(|refused| StoreError { message: refused })?;
-        self.touch_grants_stamp();
-        Ok(grant)
+        let outcome = outcome.map_err(|e| self.error(CONFLICT, e))?;
+        if outcome.is_ok() {
+            self.touch_grants_stamp();
+        }
+        Ok(outcome)
     }
 
     /// Every stored grant, revoked ones included, by name.
@@ -103,11 +104,13 @@ fn apply(
     memory: &mut Memory,
     change: &GrantChange,
     event: &AuditEntry,
-) -> rusqlite::Result<Result<StoredGrant, String>> {
+) -> rusqlite::Result<Result<StoredGrant, GrantRefused>> {
     let tx = begin(conn, memory)?;
     let name = match change {
         GrantChange::Create(grant) => &grant.name,
-        GrantChange::Revoke { name, .. } | GrantChange::Rotate { name, .. } => name,
+        GrantChange::Revoke { name, .. }
+        | GrantChange::Rotate { name, .. }
+        | GrantChange::SetPolicy { name, .. } => name,
     };
     let existing: Option<StoredGrant> = tx
         .prepare_cached("SELECT body FROM grants WHERE name = ?1")?
@@ -116,13 +119,14 @@ fn apply(
         .and_then(|body| serde_json::from_str(&body).ok());
     let active = existing.filter(|g| g.revoked_ts.is_none());
     let grant = match (change, active) {
-        (GrantChange::Create(_), Some(_)) => {
-            return Ok(Err(format!(
-                "a grant named {name:?} exists already; revoke it first or choose another name"
-            )))
-        }
+        (GrantChange::Create(_), Some(_)) => return Ok(Err(GrantRefused::NameTaken(name.clone()))),
         (GrantChange::Create(grant), None) => grant.clone(),
-        (_, None) => return Ok(Err(format!("there is no active grant named {name:?}"))),
+        (_, None) => return Ok(Err(GrantRefused::NotActive(name.clone()))),
+        (GrantChange::SetPolicy { server, policy, .. }, Some(mut grant)) => {
+            grant.policies.insert(server.clone(), policy.clone());
+            grant.servers.retain(|s| s != server);
+            grant
+        }
         (GrantChange::Revoke { ts, .. }, Some(mut grant)) => {
             grant.revoked_ts = Some(ts.clone());
             grant
@@ -202,69 +206,66 @@ mod tests {
         let dir = scratch("lifecycle");
         let store = EmbeddedStore::open(&dir).unwrap();
         let other = EmbeddedStore::open(&dir).unwrap();
+        let change = |change: GrantChange, action: &str| {
+            store.change_grant(&change, &event(action, "ci")).unwrap()
+        };
         let before = store.grants_stamp();
-        let created = store
-            .change_grant(
-                &GrantChange::Create(grant("ci", "aa")),
-                &event("grant_minted", "ci"),
-            )
-            .unwrap();
+        let created = change(GrantChange::Create(grant("ci", "aa")), "grant_minted").unwrap();
         assert_eq!(other.grants().unwrap(), vec![created.clone()]);
         let after_create = other.grants_stamp();
         assert_ne!(before, after_create, "other processes see the change");
 
-        let refused = store
-            .change_grant(
-                &GrantChange::Create(grant("ci", "bb")),
-                &event("grant_minted", "ci"),
-            )
-            .unwrap_err();
-        assert!(refused.message.contains("exists already"), "{refused}");
+        let refused = change(GrantChange::Create(grant("ci", "bb")), "grant_minted");
+        assert_eq!(refused, Err(GrantRefused::NameTaken("ci".into())));
+        assert_eq!(
+            other.grants_stamp(),
+            after_create,
+            "a refused change is no change"
+        );
 
-        let rotated = store
-            .change_grant(
-                &GrantChange::Rotate {
-                    name: "ci".into(),
-                    token_sha256: "cc".into(),
-                    ts: "2026-11-26T01:00:00.000Z".into(),
-                },
-                &event("grant_rotated", "ci"),
-            )
-            .unwrap();
+        let policy = StoredPolicy {
+            source: "files.json".into(),
+            document: "{}".into(),
+        };
+        let attached = change(
+            GrantChange::SetPolicy {
+                name: "ci".into(),
+                server: "files".into(),
+                policy,
+            },
+            "grant_policy_set",
+        )
+        .unwrap();
+        assert_eq!(attached.policies.len(), 2);
+        assert!(attached.servers.is_empty(), "files now has a policy");
+
+        let rotated = change(
+            GrantChange::Rotate {
+                name: "ci".into(),
+                token_sha256: "cc".into(),
+                ts: "2026-11-26T01:00:00.000Z".into(),
+            },
+            "grant_rotated",
+        )
+        .unwrap();
         assert_eq!(rotated.token_sha256, "cc");
         assert_eq!(rotated.created_ts, created.created_ts);
-        assert_ne!(other.grants_stamp(), after_create);
 
-        let revoked = store
-            .change_grant(
-                &GrantChange::Revoke {
-                    name: "ci".into(),
-                    ts: "2026-11-26T02:00:00.000Z".into(),
-                },
-                &event("grant_revoked", "ci"),
-            )
-            .unwrap();
+        let revoke = || GrantChange::Revoke {
+            name: "ci".into(),
+            ts: "2026-11-26T02:00:00.000Z".into(),
+        };
+        let revoked = change(revoke(), "grant_revoked").unwrap();
         assert_eq!(
             revoked.revoked_ts.as_deref(),
             Some("2026-11-26T02:00:00.000Z")
         );
-        let again = store
-            .change_grant(
-                &GrantChange::Revoke {
-                    name: "ci".into(),
-                    ts: "x".into(),
-                },
-                &event("grant_revoked", "ci"),
-            )
-            .unwrap_err();
-        assert!(again.message.contains("no active grant"), "{again}");
+        assert_eq!(
+            change(revoke(), "grant_revoked"),
+            Err(GrantRefused::NotActive("ci".into()))
+        );
         // A revoked name may be minted again.
-        store
-            .change_grant(
-                &GrantChange::Create(grant("ci", "dd")),
-                &event("grant_minted", "ci"),
-            )
-            .unwrap();
+        change(GrantChange::Create(grant("ci", "dd")), "grant_minted").unwrap();
 
         let actions: Vec<String> = other
             .audit_admin(&AuditFilter::default())
@@ -276,6 +277,7 @@ mod tests {
             actions,
             [
                 "grant_minted",
+                "grant_policy_set",
                 "grant_rotated",
                 "grant_revoked",
                 "grant_minted"

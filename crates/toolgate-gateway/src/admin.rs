@@ -1,0 +1,685 @@
+//! The admin API (SPEC §7): JSON under `/admin/api/`, for the dashboard and for scripts.
+//!
+//! Every request carries `Authorization: Bearer <admin token>`; the token names a holder
+//! and a role (`[admin]` in the configuration). Each endpoint names the least role it needs
+//! and checks it before doing anything; a change is written to the admin audit stream with
+//! the holder's name (`admin-api:<name>`). Admin tokens are not grant tokens: they cannot
+//! call tools, and grant tokens cannot use this API.
+//!
+//! Errors are `{"error": "…"}` with a fitting status: 401 (no or unknown token, with
+//! `WWW-Authenticate`), 403 (role too low, naming the role needed), 404, 405, 409, 400.
+
+use crate::config::{AdminRole, AdminSpec, UpstreamSpec};
+use crate::grant_admin::{self, GrantError, NewGrant};
+use crate::{body, AuditStore, Gateway};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use toolgate_store::audit::AuditFilter;
+use toolgate_store::StoredPolicy;
+
+/// Every endpoint: method, path (`{…}` a segment), least role, what it does.
+const ENDPOINTS: &[(&str, &str, AdminRole, &str)] = &[
+    ("GET", "/admin/api", AdminRole::Viewer, "this list, and who you are"),
+    ("GET", "/admin/api/grants", AdminRole::Viewer, "grants (labels, servers, policies, expiry; never tokens)"),
+    ("POST", "/admin/api/grants", AdminRole::Admin, "mint a grant: {name, policies: {SERVER: policy document}, servers?, expires?, note?}; answers its token, once"),
+    ("POST", "/admin/api/grants/{name}/rotate", AdminRole::Admin, "a new token for a grant (answered once); the old one stops working"),
+    ("POST", "/admin/api/grants/{name}/revoke", AdminRole::Admin, "revoke a grant"),
+    ("PUT", "/admin/api/grants/{name}/policies/{server}", AdminRole::PolicyManager, "attach or replace a minted grant's policy on a server (body: the policy document)"),
+    ("GET", "/admin/api/policies", AdminRole::Viewer, "every grant's policy per server, with its version"),
+    ("GET", "/admin/api/servers", AdminRole::Viewer, "the upstream servers (never their credentials)"),
+    ("GET", "/admin/api/audit", AdminRole::Viewer, "call records; query: grant, server, tool, decision, rule, since, until, limit (default 100)"),
+    ("GET", "/admin/api/audit/admin", AdminRole::Admin, "the admin audit stream; query: since, until, limit"),
+];
+
+/// An answer other than success: status and message.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal(status, message.into())
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut response = body::json(self.0, &json!({ "error": self.1 }));
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"toolgate-admin\""),
+            );
+        }
+        response
+    }
+}
+
+type Body = body::Body;
+type Answer = Result<Response<Body>, Refusal>;
+
+impl Gateway {
+    /// Entry point for `/admin/api` and below.
+    pub(crate) async fn handle_admin(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Response<Body> {
+        // A refusal leaves the request body unread, and then the connection cannot carry
+        // another request: say so, or a client reusing it finds it closed under it.
+        let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        let reads_body = matches!(
+            (
+                request.method().as_str(),
+                request.uri().path().trim_end_matches('/')
+            ),
+            ("POST", "/admin/api/grants")
+        ) || (request.method() == hyper::Method::PUT
+            && request.uri().path().contains("/policies/"));
+        let mut response = self.admin_answer(request, peer).await;
+        if has_body && (!reads_body || !response.status().is_success()) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    async fn admin_answer(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        if self.settings.admins.is_empty() {
+            return Refusal::new(
+                StatusCode::NOT_FOUND,
+                "the admin API is off: set [admin] token_sha256 (and [[admin.members]]) in the configuration",
+            )
+            .into_response();
+        }
+        let who = match self.admin_of(request.headers().get(header::AUTHORIZATION)) {
+            Some(who) => who.clone(),
+            None => {
+                let delay = self.auth_throttle.failed(peer, std::time::Instant::now());
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                return Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing, unknown or revoked admin token",
+                )
+                .into_response();
+            }
+        };
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let segments: Vec<&str> = path.split('/').skip(3).collect(); // "", "admin", "api"
+        let method = request.method().clone();
+        let Some(endpoint) = ENDPOINTS
+            .iter()
+            .find(|(m, p, _, _)| *m == method.as_str() && matches(p, &path))
+        else {
+            let known = ENDPOINTS.iter().any(|(_, p, _, _)| matches(p, &path));
+            return if known {
+                Refusal::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {path}"),
+                )
+            } else {
+                Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no admin endpoint {path}; GET /admin/api lists them"),
+                )
+            }
+            .into_response();
+        };
+        if who.role < endpoint.2 {
+            return Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} {} needs the {} role; {:?} has {}",
+                    endpoint.0,
+                    endpoint.1,
+                    endpoint.2.as_str(),
+                    who.name,
+                    who.role.as_str()
+                ),
+            )
+            .into_response();
+        }
+        let actor = format!("admin-api:{}", who.name);
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let answer = match (endpoint.0, segments.as_slice()) {
+            ("GET", []) => Ok(self.endpoints(&who)),
+            ("GET", ["grants"]) => self.list_grants().await,
+            ("POST", ["grants"]) => {
+                let body = self.read_json(request).await;
+                match body {
+                    Ok(body) => self.mint_grant(body, &actor).await,
+                    Err(refusal) => Err(refusal),
+                }
+            }
+            ("POST", ["grants", name, "rotate"]) => self.rotate_grant(name, &actor).await,
+            ("POST", ["grants", name, "revoke"]) => self.revoke_grant(name, &actor).await,
+            ("PUT", ["grants", name, "policies", server]) => {
+                let (name, server) = (name.to_string(), server.to_string());
+                match self.read_bytes(request).await {
+                    Ok(document) => self.set_policy(&name, &server, document, &actor).await,
+                    Err(refusal) => Err(refusal),
+                }
+            }
+            ("GET", ["policies"]) => Ok(self.list_policies()),
+            ("GET", ["servers"]) => Ok(self.list_servers()),
+            ("GET", ["audit"]) => self.read_audit(&query, false).await,
+            ("GET", ["audit", "admin"]) => self.read_audit(&query, true).await,
+            _ => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {path}"),
+            )),
+        };
+        answer.unwrap_or_else(Refusal::into_response)
+    }
+
+    /// The holder of the admin token in `authorization`, compared in constant time against
+    /// every holder (so the time taken does not tell how many there are before a match).
+    fn admin_of(&self, authorization: Option<&HeaderValue>) -> Option<&AdminSpec> {
+        let token = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for admin in &self.settings.admins {
+            if bool::from(admin.token_sha256.ct_eq(&digest)) {
+                found = Some(admin);
+            }
+        }
+        found
+    }
+
+    fn endpoints(&self, who: &AdminSpec) -> Response<Body> {
+        let endpoints: Vec<Value> = ENDPOINTS
+            .iter()
+            .map(|(method, path, role, what)| {
+                json!({"method": method, "path": path, "role": role.as_str(), "description": what})
+            })
+            .collect();
+        body::json(
+            StatusCode::OK,
+            &json!({"you": {"name": who.name, "role": who.role.as_str()}, "endpoints": endpoints}),
+        )
+    }
+
+    async fn list_grants(&self) -> Answer {
+        let mut grants: Vec<Value> = self
+            .settings
+            .grants
+            .iter()
+            .map(|g| {
+                let policies: BTreeMap<&String, Value> = g
+                    .policies
+                    .iter()
+                    .map(|(server, p)| (server, json!({"source": p.id, "version": p.version})))
+                    .collect();
+                let without: Vec<&String> =
+                    g.servers.iter().filter(|s| !g.policies.contains_key(*s)).collect();
+                json!({
+                    "name": g.name,
+                    "origin": "config",
+                    "status": if g.expires_unix.is_some_and(|t| t <= crate::time::now_unix()) { "expired" } else { "active" },
+                    "policies": policies,
+                    "servers": without,
+                    "expires": g.expires_unix.map(|t| crate::time::format_rfc3339_ms(t * 1000)),
+                    "note": g.note,
+                })
+            })
+            .collect();
+        let store = Arc::clone(&self.store);
+        let minted = blocking(move || store.grants()).await?;
+        for grant in &minted {
+            let mut line = grant_admin::describe(grant);
+            line["name"] = json!(grant.name);
+            line["origin"] = json!("minted");
+            line["status"] = json!(grant_admin::status(grant));
+            line["created"] = json!(grant.created_ts);
+            line["token_minted"] = json!(grant.token_ts);
+            line["revoked"] = json!(grant.revoked_ts);
+            grants.push(line);
+        }
+        Ok(body::json(StatusCode::OK, &json!({ "grants": grants })))
+    }
+
+    async fn mint_grant(&self, request: Value, actor: &str) -> Answer {
+        let invalid = |why: String| Refusal::new(StatusCode::BAD_REQUEST, why);
+        let object = request
+            .as_object()
+            .ok_or_else(|| invalid("the body must be a JSON object".into()))?;
+        for key in object.keys() {
+            if !["name", "policies", "servers", "expires", "note"].contains(&key.as_str()) {
+                return Err(invalid(format!(
+                    "unknown field {key:?}; expected name, policies, servers, expires, note"
+                )));
+            }
+        }
+        let name = object
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("\"name\" (a string) is required".into()))?
+            .to_owned();
+        let documents = object
+            .get("policies")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                invalid("\"policies\" (an object: server → policy document) is required".into())
+            })?;
+        let policies = documents
+            .iter()
+            .map(|(server, document)| {
+                let policy = StoredPolicy {
+                    source: format!("admin-api:{name}/{server}"),
+                    document: document.to_string(),
+                };
+                (server.clone(), policy)
+            })
+            .collect();
+        let servers = match object.get("servers") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|s| {
+                    s.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| invalid("\"servers\" must be an array of strings".into()))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(invalid("\"servers\" must be an array of strings".into())),
+        };
+        let expires_unix = match object.get("expires") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(
+                grant_admin::parse_expiry(text)
+                    .map_err(|e| invalid(format!("\"expires\": {e}")))?,
+            ),
+            Some(_) => return Err(invalid("\"expires\" must be a string".into())),
+        };
+        let note = match object.get("note") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(_) => return Err(invalid("\"note\" must be a string".into())),
+        };
+        let grant = NewGrant {
+            name,
+            policies,
+            servers,
+            expires_unix,
+            note,
+        };
+        let (store, settings, actor) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.settings),
+            actor.to_owned(),
+        );
+        let (grant, token) =
+            blocking(move || Ok(grant_admin::mint(&store, Some(&settings), grant, &actor)))
+                .await?
+                .map_err(refusal)?;
+        let mut answer = grant_admin::describe(&grant);
+        answer["name"] = json!(grant.name);
+        answer["token"] = json!(token);
+        Ok(body::json(StatusCode::CREATED, &answer))
+    }
+
+    async fn rotate_grant(&self, name: &str, actor: &str) -> Answer {
+        let (store, name, actor) = (Arc::clone(&self.store), name.to_owned(), actor.to_owned());
+        let (grant, token) = blocking(move || Ok(grant_admin::rotate(&store, &name, &actor)))
+            .await?
+            .map_err(refusal)?;
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({"name": grant.name, "token": token}),
+        ))
+    }
+
+    async fn revoke_grant(&self, name: &str, actor: &str) -> Answer {
+        let (store, name, actor) = (Arc::clone(&self.store), name.to_owned(), actor.to_owned());
+        let grant = blocking(move || Ok(grant_admin::revoke(&store, &name, &actor)))
+            .await?
+            .map_err(refusal)?;
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({"name": grant.name, "status": grant_admin::status(&grant), "revoked": grant.revoked_ts}),
+        ))
+    }
+
+    async fn set_policy(&self, name: &str, server: &str, document: Bytes, actor: &str) -> Answer {
+        let document = String::from_utf8(document.to_vec()).map_err(|_| {
+            Refusal::new(StatusCode::BAD_REQUEST, "the policy document is not UTF-8")
+        })?;
+        let policy = StoredPolicy {
+            source: format!("admin-api:{name}/{server}"),
+            document,
+        };
+        let (store, settings) = (Arc::clone(&self.store), Arc::clone(&self.settings));
+        let (name, server, actor) = (name.to_owned(), server.to_owned(), actor.to_owned());
+        let grant = blocking(move || {
+            Ok(grant_admin::set_policy(
+                &store,
+                Some(&settings),
+                &name,
+                &server,
+                policy,
+                &actor,
+            ))
+        })
+        .await?
+        .map_err(refusal)?;
+        let mut answer = grant_admin::describe(&grant);
+        answer["name"] = json!(grant.name);
+        Ok(body::json(StatusCode::OK, &answer))
+    }
+
+    fn list_policies(&self) -> Response<Body> {
+        let policies: Vec<Value> = self
+            .grants
+            .all()
+            .iter()
+            .flat_map(|grant| {
+                grant.policies.iter().map(move |(server, policy)| {
+                    json!({"grant": grant.name, "server": server, "source": policy.id, "version": policy.version})
+                })
+            })
+            .collect();
+        body::json(StatusCode::OK, &json!({ "policies": policies }))
+    }
+
+    fn list_servers(&self) -> Response<Body> {
+        let servers: Vec<Value> = self
+            .settings
+            .servers
+            .iter()
+            .map(|spec| {
+                let ready = self
+                    .servers
+                    .get(&spec.name)
+                    .is_none_or(|s| match &s.upstream {
+                        crate::Upstream::Stdio(up) => up.is_ready(),
+                        crate::Upstream::Http(_) => true,
+                    });
+                let upstream = match &spec.upstream {
+                    // Header names only: their values are the upstream's credentials.
+                    UpstreamSpec::Http { url, headers, .. } => json!({
+                        "transport": "http",
+                        "url": without_userinfo(url),
+                        "headers": headers.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                    }),
+                    // The program only: arguments and environment may hold secrets.
+                    UpstreamSpec::Stdio { command, env, .. } => json!({
+                        "transport": "stdio",
+                        "command": command,
+                        "env": env.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                    }),
+                };
+                json!({
+                    "name": spec.name,
+                    "upstream": upstream,
+                    "timeout_ms": spec.timeout.as_millis() as u64,
+                    "shadow": spec.shadow,
+                    "fail_open": spec.fail_open,
+                    "ready": ready,
+                })
+            })
+            .collect();
+        body::json(StatusCode::OK, &json!({ "servers": servers }))
+    }
+
+    async fn read_audit(&self, query: &str, admin: bool) -> Answer {
+        let filter = audit_filter(query, admin)?;
+        let Some(reader) = self.audit_reader.clone() else {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "this gateway's audit log is not readable here",
+            ));
+        };
+        let failed = |e: toolgate_store::StoreError| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the audit log cannot be read: {e}"),
+            )
+        };
+        let records = match (reader, admin) {
+            (AuditStore::Embedded(store), false) => {
+                blocking(move || store.audit_query(&filter).map(|r| json!(r))).await?
+            }
+            (AuditStore::Embedded(store), true) => {
+                blocking(move || store.audit_admin(&filter).map(|r| json!(r))).await?
+            }
+            (AuditStore::Postgres(log), false) => {
+                json!(log.audit_query(&filter).await.map_err(failed)?)
+            }
+            (AuditStore::Postgres(log), true) => {
+                json!(log.audit_admin(&filter).await.map_err(failed)?)
+            }
+        };
+        Ok(body::json(StatusCode::OK, &json!({ "records": records })))
+    }
+
+    async fn read_json(&self, request: Request<Incoming>) -> Result<Value, Refusal> {
+        let bytes = self.read_bytes(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            )
+        })
+    }
+
+    async fn read_bytes(&self, request: Request<Incoming>) -> Result<Bytes, Refusal> {
+        let limit = self.settings.max_body_bytes;
+        match Limited::new(request.into_body(), limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {limit} bytes"),
+                ))
+            }
+            Err(e) => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )),
+        }
+    }
+}
+
+/// Whether `path` fits `pattern` (`{…}` matches one non-empty segment).
+fn matches(pattern: &str, path: &str) -> bool {
+    let (mut want, mut have) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (want.next(), have.next()) {
+            (None, None) => return true,
+            (Some(w), Some(h)) if w.starts_with('{') => {
+                if h.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(h)) if w == h => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The audit filter of a query string.
+fn audit_filter(query: &str, admin: bool) -> Result<AuditFilter, Refusal> {
+    let invalid = |why: String| Refusal::new(StatusCode::BAD_REQUEST, why);
+    let mut filter = AuditFilter {
+        limit: Some(100),
+        ..AuditFilter::default()
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)
+            .ok_or_else(|| invalid(format!("{key}: not valid percent-encoding")))?;
+        let text = Some(value.clone());
+        match key {
+            "grant" | "server" | "tool" | "decision" | "rule" if admin => {
+                return Err(invalid(format!(
+                    "{key}: the admin stream filters by since, until and limit only"
+                )))
+            }
+            "grant" => filter.grant = text,
+            "server" => filter.server = text,
+            "tool" => filter.tool = text,
+            "decision" => filter.decision = text,
+            "rule" => filter.rule = text,
+            "since" => {
+                filter.since = Some(
+                    crate::time::parse_time_bound(&value)
+                        .map_err(|e| invalid(format!("since: {e}")))?,
+                )
+            }
+            "until" => {
+                filter.until = Some(
+                    crate::time::parse_time_bound(&value)
+                        .map_err(|e| invalid(format!("until: {e}")))?,
+                )
+            }
+            "limit" => {
+                filter.limit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid(format!("limit: {value:?} is not a number")))?,
+                )
+            }
+            other => return Err(invalid(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok(filter)
+}
+
+/// `%XX` and `+` decoded; `None` for a broken escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A URL without `user:password@`.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A grant change's refusal as an HTTP answer.
+fn refusal(error: GrantError) -> Refusal {
+    match error {
+        GrantError::Invalid(why) => Refusal::new(StatusCode::BAD_REQUEST, why),
+        GrantError::Refused(why @ toolgate_store::GrantRefused::NameTaken(_)) => {
+            Refusal::new(StatusCode::CONFLICT, why.to_string())
+        }
+        GrantError::Refused(why) => Refusal::new(StatusCode::NOT_FOUND, why.to_string()),
+        GrantError::Store(e) => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Runs store work on a blocking thread; a store failure is a 503.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, toolgate_store::StoreError> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the store task failed: {e}"),
+            )
+        })?
+        .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_patterns_segment_by_segment() {
+        assert!(matches(
+            "/admin/api/grants/{name}/rotate",
+            "/admin/api/grants/ci/rotate"
+        ));
+        assert!(!matches(
+            "/admin/api/grants/{name}/rotate",
+            "/admin/api/grants//rotate"
+        ));
+        assert!(!matches("/admin/api/grants", "/admin/api/grants/ci"));
+        assert!(matches("/admin/api", "/admin/api"));
+    }
+
+    #[test]
+    fn query_strings_become_filters_and_bad_ones_are_named() {
+        let filter = audit_filter("grant=ci%2Dbot&tool=send+mail&limit=5", false)
+            .ok()
+            .unwrap();
+        assert_eq!(filter.grant.as_deref(), Some("ci-bot"));
+        assert_eq!(filter.tool.as_deref(), Some("send mail"));
+        assert_eq!(filter.limit, Some(5));
+        for (bad, named) in [
+            ("limit=x", "limit"),
+            ("colour=red", "colour"),
+            ("since=soon", "since"),
+            ("tool=%zz", "tool"),
+        ] {
+            let Err(Refusal(status, message)) = audit_filter(bad, false) else {
+                panic!("{bad} accepted");
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(message.contains(named), "{message}");
+        }
+        assert!(audit_filter("grant=x", true).is_err());
+    }
+
+    #[test]
+    fn credentials_are_cut_out_of_urls() {
+        assert_eq!(
+            without_userinfo("https://u:p@host:8443/mcp"),
+            "https://host:8443/mcp"
+        );
+        assert_eq!(without_userinfo("http://host/mcp"), "http://host/mcp");
+    }
+}
