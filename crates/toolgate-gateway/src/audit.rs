@@ -90,7 +90,7 @@ impl Auditor {
             session_id: session.map(str::to_owned),
             grant_id: grant_id(grant),
             grant: grant.name.clone(),
-            identity: grant.name.clone(),
+            identity: grant.identity().to_owned(),
             server: server.to_owned(),
             method,
             tool,

@@ -308,6 +308,11 @@ pub struct Settings {
     pub grants: Vec<GrantSpec>,
     /// Who may use the admin API, with which role (`[admin]`); empty: the API is off.
     pub admins: Vec<AdminSpec>,
+    /// `gateway.public_url` without a trailing slash: the gateway's own URL, as clients
+    /// reach it (OAuth audience and metadata).
+    pub public_url: Option<String>,
+    /// OAuth resource-server mode (`[oauth]`).
+    pub oauth: Option<OauthSettings>,
     /// Warnings to log at start-up (e.g. clear-text tokens).
     pub warnings: Vec<String>,
 }
@@ -329,6 +334,8 @@ impl Settings {
             servers: Vec::new(),
             grants: Vec::new(),
             admins: Vec::new(),
+            public_url: None,
+            oauth: None,
             warnings: Vec::new(),
         }
     }
@@ -375,6 +382,40 @@ pub struct AdminSpec {
     pub role: AdminRole,
     /// SHA-256 of their token.
     pub token_sha256: [u8; 32],
+}
+
+/// OAuth resource-server mode, validated (SPEC §7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OauthSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// Where the signing keys are.
+    pub jwks: JwksSource,
+    /// Scopes every token needs (403 `insufficient_scope` otherwise).
+    pub required_scopes: Vec<String>,
+    /// Claim-to-grant rules, first match wins.
+    pub claim_rules: Vec<ClaimRuleSpec>,
+}
+
+/// Where an OAuth issuer's signing keys (a JWKS) come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwksSource {
+    /// A file, read at start.
+    File(PathBuf),
+    /// An HTTPS URL (plain HTTP only on loopback), fetched and cached.
+    Url(String),
+}
+
+/// One `[[oauth.claim_rules]]`: a token whose `claim` equals `value` (or, for an array,
+/// contains it; for `scope`, has it as a word) gets grant `grant`'s policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRuleSpec {
+    /// The claim's name.
+    pub claim: String,
+    /// The value to match.
+    pub value: String,
+    /// The configured grant whose policies apply.
+    pub grant: String,
 }
 
 /// A configuration problem; every one found is reported, each naming file and key.
@@ -482,6 +523,84 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
         version: policy_version(&bytes),
         policy: Arc::new(policy),
     })
+}
+
+/// Validates `[oauth]`.
+fn oauth_settings(
+    file: &str,
+    oauth: &OauthSection,
+    base: &Path,
+    settings: &Settings,
+    grants: &[GrantSpec],
+    errors: &mut Vec<String>,
+) -> Option<OauthSettings> {
+    let before = errors.len();
+    if settings.public_url.is_none() {
+        errors.push(format!(
+            "{file}: gateway.public_url: required with [oauth]: tokens must name this gateway as their audience"
+        ));
+    }
+    let issuer = oauth.issuer.clone().unwrap_or_else(|| {
+        errors.push(format!(
+            "{file}: oauth.issuer: required (the `iss` tokens must carry)"
+        ));
+        String::new()
+    });
+    let jwks = match (&oauth.jwks_file, &oauth.jwks_url) {
+        (Some(path), None) => Some(JwksSource::File(base.join(path))),
+        (None, Some(url)) if jwks_url_allowed(url) => Some(JwksSource::Url(url.clone())),
+        (None, Some(url)) => {
+            errors.push(format!(
+                "{file}: oauth.jwks_url: {url:?} must be an https:// URL (http:// only on loopback)"
+            ));
+            None
+        }
+        _ => {
+            errors.push(format!(
+                "{file}: oauth: set exactly one of `jwks_file` and `jwks_url`"
+            ));
+            None
+        }
+    };
+    let mut claim_rules = Vec::new();
+    for (index, rule) in oauth.claim_rules.iter().enumerate() {
+        if grants.iter().any(|g| g.name == rule.grant) {
+            claim_rules.push(ClaimRuleSpec {
+                claim: rule.claim.clone(),
+                value: rule.value.clone(),
+                grant: rule.grant.clone(),
+            });
+        } else {
+            errors.push(format!(
+                "{file}: oauth.claim_rules[{index}].grant: no grant named {:?} is configured",
+                rule.grant
+            ));
+        }
+    }
+    if claim_rules.is_empty() && errors.len() == before {
+        errors.push(format!(
+            "{file}: oauth.claim_rules: at least one rule is needed to map a token to a grant"
+        ));
+    }
+    let jwks = jwks?;
+    (errors.len() == before).then(|| OauthSettings {
+        issuer,
+        jwks,
+        required_scopes: oauth.required_scopes.clone(),
+        claim_rules,
+    })
+}
+
+/// HTTPS, or plain HTTP to a loopback address (an identity provider on this machine).
+fn jwks_url_allowed(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    crate::front::host_allowed(authority, &[]) && !authority.is_empty()
 }
 
 /// Validates `[admin]`: roles, token hashes, and that no two holders (nor a grant) share a
@@ -889,10 +1008,25 @@ fn resolve(
                 servers,
                 expires_unix: expires,
                 note: grant.note,
+                ..GrantSpec::default()
             });
         }
     }
     settings.admins = admins(file, raw.admin.as_ref(), &grants, &mut errors);
+    settings.public_url = raw.gateway.public_url.as_deref().and_then(|url| {
+        let url = url.trim_end_matches('/');
+        if url.starts_with("https://") || url.starts_with("http://") {
+            Some(url.to_owned())
+        } else {
+            errors.push(format!(
+                "{file}: gateway.public_url: {url:?} must start with https:// (or http://)"
+            ));
+            None
+        }
+    });
+    if let Some(oauth) = &raw.oauth {
+        settings.oauth = oauth_settings(file, oauth, base, &settings, &grants, &mut errors);
+    }
     settings.grants = grants;
     if errors.is_empty() {
         Ok(settings)
@@ -921,6 +1055,45 @@ mod tests {
         let loaded = from_toml("toolgate.toml", text, &dir, &lookup);
         let _ = std::fs::remove_dir_all(&dir);
         loaded
+    }
+
+    #[test]
+    fn oauth_and_admin_sections_are_validated_naming_each_key() {
+        let grant = "[servers.a]\nurl = \"http://127.0.0.1:9/mcp\"\n[[grants]]\nname = \"g\"\ntoken = \"t\"\npolicies = { a = \"p.json\" }\n";
+        let errors = load_text(&format!(
+            "{grant}[oauth]\njwks_url = \"http://idp.example/jwks\"\n[[oauth.claim_rules]]\nclaim = \"sub\"\nvalue = \"x\"\ngrant = \"nobody\"\n\
+             [admin]\ntoken_sha256 = \"{}\"\n[[admin.members]]\nname = \"v\"\nrole = \"boss\"\ntoken_sha256 = \"{}\"\n",
+            token_sha256_hex("t"),
+            token_sha256_hex("v")
+        ))
+        .unwrap_err()
+        .0
+        .join("\n");
+        for needle in [
+            "gateway.public_url: required with [oauth]",
+            "oauth.issuer: required",
+            "oauth.jwks_url: \"http://idp.example/jwks\" must be an https:// URL",
+            "oauth.claim_rules[0].grant: no grant named \"nobody\"",
+            "admin.token_sha256: this token is already used by another admin or a grant",
+            "admin.members[0].role: \"boss\" is not a role",
+        ] {
+            assert!(
+                errors.contains(needle),
+                "{needle:?} missing from:\n{errors}"
+            );
+        }
+        let ok = load_text(&format!(
+            "[gateway]\npublic_url = \"https://gw.example/\"\n{grant}[oauth]\nissuer = \"https://idp.example\"\n\
+             jwks_url = \"http://127.0.0.1:9/jwks\"\n[[oauth.claim_rules]]\nclaim = \"sub\"\nvalue = \"x\"\ngrant = \"g\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.public_url.as_deref(), Some("https://gw.example"));
+        let oauth = ok.oauth.unwrap();
+        assert_eq!(
+            oauth.jwks,
+            JwksSource::Url("http://127.0.0.1:9/jwks".into())
+        );
+        assert_eq!(oauth.claim_rules[0].grant, "g");
     }
 
     #[test]

@@ -136,6 +136,11 @@ impl Gateway {
                     )
                 }
             }
+            p if p == "/.well-known/oauth-protected-resource"
+                || p.starts_with("/.well-known/oauth-protected-resource/") =>
+            {
+                self.protected_resource_metadata(p)
+            }
             p if p == "/admin/api" || p.starts_with("/admin/api/") => {
                 self.handle_admin(request, peer).await
             }
@@ -151,6 +156,27 @@ impl Gateway {
                     "not found; MCP servers are at /mcp/<server>\n",
                 ),
             },
+        }
+    }
+}
+
+impl Gateway {
+    /// Protected Resource Metadata (RFC 9728) in OAuth mode: for the gateway, and per
+    /// server at `/.well-known/oauth-protected-resource/mcp/<server>`.
+    fn protected_resource_metadata(&self, path: &str) -> Response<Body> {
+        let not_found = || body::text(StatusCode::NOT_FOUND, "not found\n");
+        let Some(validator) = &self.oauth else {
+            return not_found();
+        };
+        let rest = path
+            .trim_start_matches("/.well-known/oauth-protected-resource")
+            .trim_end_matches('/');
+        match rest.strip_prefix("/mcp/") {
+            None if rest.is_empty() => body::json(StatusCode::OK, &validator.metadata(None)),
+            Some(server) if self.servers.contains_key(server) => {
+                body::json(StatusCode::OK, &validator.metadata(Some(server)))
+            }
+            _ => not_found(),
         }
     }
 }

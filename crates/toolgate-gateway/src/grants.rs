@@ -21,8 +21,9 @@ pub struct PolicyRef {
     pub policy: Arc<Policy>,
 }
 
-/// One grant as configured.
-#[derive(Debug, Clone)]
+/// One grant as configured — or, for a request with an OAuth token, the grant a claim rule
+/// chose, carrying that token's subject and claims.
+#[derive(Debug, Clone, Default)]
 pub struct GrantSpec {
     /// Label (`alice-laptop`).
     pub name: String,
@@ -36,9 +37,27 @@ pub struct GrantSpec {
     pub expires_unix: Option<i64>,
     /// Operator's note.
     pub note: Option<String>,
+    /// OAuth: the token's `sub` (policies read it as `identity.sub`).
+    pub subject: Option<String>,
+    /// OAuth: the token's claims (`identity.claims.*`); empty for grant tokens.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl GrantSpec {
+    /// Who owns the sessions this caller opens: the grant, or with OAuth the grant and
+    /// the token's subject (two people mapped to one grant do not share sessions).
+    pub fn principal(&self) -> std::borrow::Cow<'_, str> {
+        match &self.subject {
+            None => std::borrow::Cow::Borrowed(&self.name),
+            Some(sub) => std::borrow::Cow::Owned(format!("{}#{sub}", self.name)),
+        }
+    }
+
+    /// Who the audit log names: the token's subject, else the grant.
+    pub fn identity(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.name)
+    }
+
     /// Whether the grant may address `server` at all (403 otherwise).
     pub fn allows_server(&self, server: &str) -> bool {
         self.servers.contains(server)
@@ -285,6 +304,7 @@ fn spec_of(
         servers,
         expires_unix: grant.expires_unix,
         note: grant.note.clone(),
+        ..GrantSpec::default()
     })
 }
 
@@ -310,6 +330,7 @@ pub fn quick_grant(name: &str, token: &str, server: &str, policy: PolicyRef) -> 
         servers: BTreeSet::from([server.to_owned()]),
         expires_unix: None,
         note: Some("minted by quick mode".into()),
+        ..GrantSpec::default()
     }
 }
 
@@ -325,6 +346,7 @@ mod tests {
             servers: ["a".to_owned()].into(),
             expires_unix: expires,
             note: None,
+            ..GrantSpec::default()
         }
     }
 

@@ -50,7 +50,7 @@ pub struct HttpUpstream {
     client: HttpClient,
 }
 
-fn build_client(
+pub(crate) fn build_client(
     ca_file: Option<&std::path::Path>,
     connect_timeout: Duration,
 ) -> Result<HttpClient, String> {

@@ -18,6 +18,7 @@ pub mod front;
 pub mod grant_admin;
 pub mod grants;
 pub mod http_upstream;
+pub mod oauth;
 mod proxy;
 pub mod quota;
 pub mod session;
@@ -83,6 +84,8 @@ pub struct Gateway {
     grants: Grants,
     /// Slows down addresses that keep failing to authenticate.
     auth_throttle: throttle::AuthThrottle,
+    /// OAuth resource-server mode, when configured.
+    oauth: Option<oauth::Validator>,
     /// Servers by name.
     servers: HashMap<String, Arc<Server>>,
     /// Client sessions.
@@ -368,7 +371,14 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     } else {
         Grants::new(settings.grants.clone())
     };
+    let oauth = match (&settings.oauth, &settings.public_url) {
+        (Some(oauth), Some(public_url)) => {
+            Some(oauth::Validator::new(oauth.clone(), public_url.clone())?)
+        }
+        _ => None,
+    };
     let gateway = Arc::new(Gateway {
+        oauth,
         settings: Arc::new(settings),
         store,
         audit_reader: log_store,

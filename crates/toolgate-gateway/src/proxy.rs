@@ -6,6 +6,7 @@ use crate::body::{self, Body};
 use crate::error::GatewayError;
 use crate::grants::GrantSpec;
 use crate::http_upstream::{self, HttpUpstream};
+use crate::oauth::TokenRefusal;
 use crate::quota::{self, CallScope, Quota};
 use crate::session::Session;
 use crate::stdio_upstream::{Reply, StdioUpstream};
@@ -71,18 +72,18 @@ impl Gateway {
         request: Request<Incoming>,
         peer: std::net::IpAddr,
     ) -> Response<Body> {
-        let grant = match self.grants.authenticate(header_str(
-            request.headers(),
-            header::AUTHORIZATION.as_str(),
-        )) {
+        let authorization = header_str(request.headers(), header::AUTHORIZATION.as_str());
+        let grant = match self.authenticate(authorization, server_name).await {
             Ok(g) => g,
-            Err(e) => {
-                let delay = self.auth_throttle.failed(peer, std::time::Instant::now());
-                if !delay.is_zero() {
-                    tracing::info!(%peer, delay_ms = delay.as_millis() as u64, "repeated authentication failures: answering late");
-                    tokio::time::sleep(delay).await;
+            Err(response) => {
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    let delay = self.auth_throttle.failed(peer, std::time::Instant::now());
+                    if !delay.is_zero() {
+                        tracing::info!(%peer, delay_ms = delay.as_millis() as u64, "repeated authentication failures: answering late");
+                        tokio::time::sleep(delay).await;
+                    }
                 }
-                return e.into_response(Value::Null);
+                return response;
             }
         };
         let Some(server) = self.servers.get(server_name).cloned() else {
@@ -126,6 +127,96 @@ impl Gateway {
         })
     }
 
+    /// The grant a request's bearer token stands for: a grant token, or (in OAuth
+    /// resource-server mode) a JWT mapped to a grant by the claim rules. A refusal is the
+    /// whole answer: 401 (with the Protected Resource Metadata URL when OAuth is on) or 403.
+    async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        server: &str,
+    ) -> Result<Arc<GrantSpec>, Response<Body>> {
+        let refused = match self.grants.authenticate(authorization) {
+            Ok(grant) => return Ok(grant),
+            Err(e) => e,
+        };
+        let Some(validator) = &self.oauth else {
+            return Err(refused.into_response(Value::Null));
+        };
+        let challenge = |extra: &str| {
+            let value = format!(
+                "Bearer {extra}resource_metadata=\"{}\"",
+                validator.metadata_url(Some(server))
+            );
+            HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+        };
+        let token = authorization
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| t.split('.').count() == 3);
+        let outcome = match token {
+            Some(token) => {
+                validator
+                    .validate(token, server, crate::time::now_unix())
+                    .await
+            }
+            None => Err(TokenRefusal::Unauthorized(refused.message.clone())),
+        };
+        let (error, header) = match outcome {
+            Ok(validated) => {
+                let Some(base) = self
+                    .settings
+                    .grants
+                    .iter()
+                    .find(|g| g.name == validated.grant)
+                else {
+                    // Configuration resolution checks every rule's grant exists.
+                    return Err(GatewayError::internal(format!(
+                        "claim rule grant {:?} is not configured",
+                        validated.grant
+                    ))
+                    .into_response(Value::Null));
+                };
+                let mut grant = base.clone();
+                grant.subject = validated.subject;
+                grant.claims = validated.claims;
+                return Ok(Arc::new(grant));
+            }
+            Err(TokenRefusal::Unauthorized(why)) => {
+                (GatewayError::unauthorized(why), challenge(""))
+            }
+            Err(TokenRefusal::InsufficientScope(missing)) => (
+                client_error(
+                    StatusCode::FORBIDDEN,
+                    codes::INVALID_REQUEST,
+                    format!(
+                        "insufficient_scope: the token lacks the scope(s) {}",
+                        missing.join(" ")
+                    ),
+                ),
+                challenge(&format!(
+                    "error=\"insufficient_scope\", scope=\"{}\", ",
+                    validator.required_scopes().join(" ")
+                )),
+            ),
+            Err(TokenRefusal::NoGrant) => (
+                client_error(
+                    StatusCode::FORBIDDEN,
+                    codes::INVALID_REQUEST,
+                    "no claim rule maps this token to a grant",
+                ),
+                challenge(""),
+            ),
+        };
+        let mut response = error.into_response(Value::Null);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header);
+        Err(response)
+    }
+
     fn session_for(
         &self,
         server: &Server,
@@ -140,7 +231,7 @@ impl Gateway {
             )
         })?;
         self.sessions
-            .get(id, &grant.name, &server.spec.name)
+            .get(id, &grant.principal(), &server.spec.name)
             .ok_or_else(|| {
                 client_error(
                     StatusCode::NOT_FOUND,
@@ -307,8 +398,8 @@ impl Gateway {
         let policy = grant.policies.get(&server.spec.name);
         let identity = Identity {
             grant: grant.name.clone(),
-            sub: None,
-            claims: Default::default(),
+            sub: grant.subject.clone(),
+            claims: grant.claims.clone(),
         };
         let decision = match policy {
             None => Decision::no_policy(call.name),
@@ -449,7 +540,7 @@ impl Gateway {
                 let mut result = (*init).clone();
                 result["protocolVersion"] = json!(negotiated);
                 let session = self.sessions.insert(Session::new(
-                    &grant.name,
+                    &grant.principal(),
                     &server.spec.name,
                     negotiated,
                     None,
@@ -521,7 +612,7 @@ impl Gateway {
                 copy_relayed(&parts.headers, response.headers_mut());
                 if let Some(negotiated) = negotiated {
                     let session = self.sessions.insert(Session::new(
-                        &grant.name,
+                        &grant.principal(),
                         &server.spec.name,
                         &negotiated,
                         upstream_session,
