@@ -207,6 +207,8 @@ def test_invalid_tokens_get_401_pointing_at_the_resource_metadata(setup: Callabl
     now = int(time.time())
     header = b"eyJhbGciOiJub25lIn0"  # {"alg":"none"}
     payload = jwt.utils.base64url_encode(json.dumps(claims()).encode())
+    signed_header, _, signature = s.token().split(".")
+    tampered_payload = jwt.utils.base64url_encode(json.dumps(claims(sub="mallory@example.com")).encode()).decode()
     bad = {
         "no token": None,
         "not a JWT": "tg_not_a_grant_token",
@@ -219,6 +221,10 @@ def test_invalid_tokens_get_401_pointing_at_the_resource_metadata(setup: Callabl
         "no expiry": s.token(exp=None),
         "alg none": f"{header.decode()}.{payload.decode()}.",
         "RSA key named for an EC token": s.token("ES256", kid="rsa-1"),
+        "unknown key id": s.token(kid="rsa-2"),
+        "tampered payload": f"{signed_header}.{tampered_payload}.{signature}",
+        "garbage": "a.b.c",
+        "oversized": "x" * 20_000,
     }
     for what, token in bad.items():
         r = post_ping(s, token)
@@ -226,6 +232,14 @@ def test_invalid_tokens_get_401_pointing_at_the_resource_metadata(setup: Callabl
         assert r.headers["www-authenticate"] == f'Bearer resource_metadata="{METADATA}"', (what, r.headers)
     assert "audience" in post_ping(s, bad["wrong audience"]).json()["error_description"]
     assert "expired" in post_ping(s, bad["expired"]).json()["error_description"]
+
+    # Huge Authorization headers are refused (401, or 431 past the head-size limit), and the
+    # gateway goes on serving valid tokens.
+    for size in (100_000, 400_000):
+        huge = post_ping(s, "y" * size)
+        assert huge.status_code in (401, 431), f"{size}: {huge.status_code} {huge.text}"
+    valid = RawSession(s.gateway.server_url("py"), s.token())
+    valid.initialize()
 
     http = httpx.Client(base_url=s.gateway.base, timeout=15)
     per_server = http.get("/.well-known/oauth-protected-resource/mcp/py")
@@ -308,5 +322,15 @@ def test_keys_from_a_jwks_url_are_cached_and_rotation_is_picked_up(procs: Procs,
         stray = jwt.encode(claims(), new_key, algorithm="ES256", headers={"kid": "made-up"})
         assert RawSession(url, stray).post({"jsonrpc": "2.0", "id": 1, "method": "ping"}).status_code == 401
         assert idp.fetches == 2
+        # The issuer goes away: a fetch fails (and is logged), the cached keys stay in use.
+        idp.httpd.shutdown()
+        idp.httpd.server_close()
+        time.sleep(2.1)
+        assert RawSession(url, stray).post({"jsonrpc": "2.0", "id": 1, "method": "ping"}).status_code == 401
+        RawSession(url, new_token).initialize()
+        deadline = time.monotonic() + 5
+        while "cannot fetch the JWKS" not in gw.proc.stderr():
+            assert time.monotonic() < deadline, "a failed JWKS fetch was not logged"
+            time.sleep(0.05)
     finally:
         idp.httpd.shutdown()

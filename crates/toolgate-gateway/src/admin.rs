@@ -172,7 +172,7 @@ impl Gateway {
                     Err(refusal) => Err(refusal),
                 }
             }
-            ("GET", ["policies"]) => Ok(self.list_policies()),
+            ("GET", ["policies"]) => Ok(self.list_policies().await),
             ("GET", ["servers"]) => Ok(self.list_servers()),
             ("GET", ["audit"]) => self.read_audit(&query, false).await,
             ("GET", ["audit", "admin"]) => self.read_audit(&query, true).await,
@@ -242,8 +242,11 @@ impl Gateway {
                 })
             })
             .collect();
-        let store = Arc::clone(&self.store);
-        let minted = blocking(move || store.grants()).await?;
+        let minted = self
+            .grant_store
+            .grants()
+            .await
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         for grant in &minted {
             let mut line = grant_admin::describe(grant);
             line["name"] = json!(grant.name);
@@ -322,14 +325,9 @@ impl Gateway {
             expires_unix,
             note,
         };
-        let (store, settings, actor) = (
-            Arc::clone(&self.store),
-            Arc::clone(&self.settings),
-            actor.to_owned(),
-        );
         let (grant, token) =
-            blocking(move || Ok(grant_admin::mint(&store, Some(&settings), grant, &actor)))
-                .await?
+            grant_admin::mint(&self.grant_store, Some(&self.settings), grant, actor)
+                .await
                 .map_err(refusal)?;
         let mut answer = grant_admin::describe(&grant);
         answer["name"] = json!(grant.name);
@@ -338,9 +336,8 @@ impl Gateway {
     }
 
     async fn rotate_grant(&self, name: &str, actor: &str) -> Answer {
-        let (store, name, actor) = (Arc::clone(&self.store), name.to_owned(), actor.to_owned());
-        let (grant, token) = blocking(move || Ok(grant_admin::rotate(&store, &name, &actor)))
-            .await?
+        let (grant, token) = grant_admin::rotate(&self.grant_store, name, actor)
+            .await
             .map_err(refusal)?;
         Ok(body::json(
             StatusCode::OK,
@@ -349,9 +346,8 @@ impl Gateway {
     }
 
     async fn revoke_grant(&self, name: &str, actor: &str) -> Answer {
-        let (store, name, actor) = (Arc::clone(&self.store), name.to_owned(), actor.to_owned());
-        let grant = blocking(move || Ok(grant_admin::revoke(&store, &name, &actor)))
-            .await?
+        let grant = grant_admin::revoke(&self.grant_store, name, actor)
+            .await
             .map_err(refusal)?;
         Ok(body::json(
             StatusCode::OK,
@@ -367,29 +363,25 @@ impl Gateway {
             source: format!("admin-api:{name}/{server}"),
             document,
         };
-        let (store, settings) = (Arc::clone(&self.store), Arc::clone(&self.settings));
-        let (name, server, actor) = (name.to_owned(), server.to_owned(), actor.to_owned());
-        let grant = blocking(move || {
-            Ok(grant_admin::set_policy(
-                &store,
-                Some(&settings),
-                &name,
-                &server,
-                policy,
-                &actor,
-            ))
-        })
-        .await?
+        let grant = grant_admin::set_policy(
+            &self.grant_store,
+            Some(&self.settings),
+            name,
+            server,
+            policy,
+            actor,
+        )
+        .await
         .map_err(refusal)?;
         let mut answer = grant_admin::describe(&grant);
         answer["name"] = json!(grant.name);
         Ok(body::json(StatusCode::OK, &answer))
     }
 
-    fn list_policies(&self) -> Response<Body> {
+    async fn list_policies(&self) -> Response<Body> {
         let policies: Vec<Value> = self
             .grants
-            .all()
+            .all().await
             .iter()
             .flat_map(|grant| {
                 grant.policies.iter().map(move |(server, policy)| {

@@ -7,11 +7,59 @@ use crate::grants::mint_token;
 use crate::time::{format_rfc3339_ms, now_unix, now_unix_ms, parse_rfc3339};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use toolgate_policy::Policy;
 use toolgate_store::audit::AdminEvent;
 use toolgate_store::{
-    AuditEntry, EmbeddedStore, GrantChange, GrantRefused, StoreError, StoredGrant, StoredPolicy,
+    AuditEntry, EmbeddedStore, GrantChange, GrantRefused, PostgresAuditLog, StoreError,
+    StoredGrant, StoredPolicy,
 };
+
+/// Where minted grants live: the embedded store, or PostgreSQL in cluster mode (shared by
+/// every replica).
+#[derive(Debug, Clone)]
+pub enum GrantStore {
+    /// `data_dir`'s SQLite.
+    Embedded(Arc<EmbeddedStore>),
+    /// The cluster's PostgreSQL.
+    Postgres(Arc<PostgresAuditLog>),
+}
+
+impl GrantStore {
+    /// Applies `change` with its admin `event` in one commit.
+    pub async fn change(
+        &self,
+        change: GrantChange,
+        event: AuditEntry,
+    ) -> Result<Result<StoredGrant, GrantRefused>, StoreError> {
+        match self {
+            GrantStore::Embedded(store) => {
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || store.change_grant(&change, &event))
+                    .await
+                    .map_err(|e| StoreError {
+                        message: format!("the grant change task failed: {e}"),
+                    })?
+            }
+            GrantStore::Postgres(log) => log.change_grant(&change, &event).await,
+        }
+    }
+
+    /// Every stored grant, revoked ones included, by name.
+    pub async fn grants(&self) -> Result<Vec<StoredGrant>, StoreError> {
+        match self {
+            GrantStore::Embedded(store) => {
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || store.grants())
+                    .await
+                    .map_err(|e| StoreError {
+                        message: format!("the grant read task failed: {e}"),
+                    })?
+            }
+            GrantStore::Postgres(log) => log.grants().await,
+        }
+    }
+}
 
 /// Why a grant change did not happen.
 #[derive(Debug)]
@@ -52,8 +100,8 @@ pub struct NewGrant {
 /// Mints `grant` for `actor` (who asked, for the admin stream), checked against `settings`
 /// when the caller has them. Returns it and its token — the only time the token exists
 /// outside the caller's hands.
-pub fn mint(
-    store: &EmbeddedStore,
+pub async fn mint(
+    store: &GrantStore,
     settings: Option<&Settings>,
     grant: NewGrant,
     actor: &str,
@@ -102,13 +150,13 @@ pub fn mint(
         revoked_ts: None,
     };
     let event = admin_event("grant_minted", &stored.name, actor, describe(&stored));
-    let stored = apply(store, &GrantChange::Create(stored), &event)?;
+    let stored = apply(store, GrantChange::Create(stored), event).await?;
     Ok((stored, token))
 }
 
 /// Gives grant `name` a new token; returns it with the token.
-pub fn rotate(
-    store: &EmbeddedStore,
+pub async fn rotate(
+    store: &GrantStore,
     name: &str,
     actor: &str,
 ) -> Result<(StoredGrant, String), GrantError> {
@@ -119,22 +167,26 @@ pub fn rotate(
         ts: format_rfc3339_ms(now_unix_ms()),
     };
     let event = admin_event("grant_rotated", name, actor, json!({}));
-    Ok((apply(store, &change, &event)?, token))
+    Ok((apply(store, change, event).await?, token))
 }
 
 /// Revokes grant `name`.
-pub fn revoke(store: &EmbeddedStore, name: &str, actor: &str) -> Result<StoredGrant, GrantError> {
+pub async fn revoke(
+    store: &GrantStore,
+    name: &str,
+    actor: &str,
+) -> Result<StoredGrant, GrantError> {
     let change = GrantChange::Revoke {
         name: name.to_owned(),
         ts: format_rfc3339_ms(now_unix_ms()),
     };
     let event = admin_event("grant_revoked", name, actor, json!({}));
-    apply(store, &change, &event)
+    apply(store, change, event).await
 }
 
 /// Attaches `policy` to grant `name` on `server` (replacing the one it had there).
-pub fn set_policy(
-    store: &EmbeddedStore,
+pub async fn set_policy(
+    store: &GrantStore,
     settings: Option<&Settings>,
     name: &str,
     server: &str,
@@ -156,16 +208,17 @@ pub fn set_policy(
         server: server.to_owned(),
         policy,
     };
-    apply(store, &change, &event)
+    apply(store, change, event).await
 }
 
-fn apply(
-    store: &EmbeddedStore,
-    change: &GrantChange,
-    event: &AuditEntry,
+async fn apply(
+    store: &GrantStore,
+    change: GrantChange,
+    event: AuditEntry,
 ) -> Result<StoredGrant, GrantError> {
     store
-        .change_grant(change, event)
+        .change(change, event)
+        .await
         .map_err(GrantError::Store)?
         .map_err(GrantError::Refused)
 }

@@ -1,14 +1,17 @@
 //! Grants: who may call, on which servers, under which policy — and authenticating them.
 
 use crate::error::GatewayError;
+use crate::grant_admin::GrantStore;
 use crate::time::now_unix;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use toolgate_policy::Policy;
-use toolgate_store::{EmbeddedStore, GrantsStamp, StoredGrant};
+use toolgate_store::postgres_audit::GrantsWatch;
+use toolgate_store::{EmbeddedStore, GrantsStamp, PostgresAuditLog, StoredGrant};
 
 /// A loaded, compiled policy and where it came from.
 #[derive(Debug, Clone)]
@@ -65,27 +68,59 @@ impl GrantSpec {
 }
 
 /// Every grant a request may present: those of the configuration and those minted at
-/// runtime into the embedded store (`toolgate grant create`), which are read again as soon
-/// as they change.
+/// runtime (`toolgate grant create`, the admin API) into the embedded store or, in cluster
+/// mode, PostgreSQL — read again as soon as they change.
 #[derive(Debug)]
 pub struct Grants {
-    /// The configuration's grants; they never change while the gateway runs.
-    configured: Vec<Arc<GrantSpec>>,
+    /// The configuration's grants by token hash; they never change while the gateway runs.
+    configured: HashMap<[u8; 32], Arc<GrantSpec>>,
     /// Where minted grants are read from, if anywhere.
     minted: Option<Minted>,
-    /// What requests authenticate against (swapped whole on a reload).
+    /// Configured and minted grants (swapped whole on a reload).
     index: RwLock<Arc<Index>>,
 }
 
 /// The source of minted grants.
 #[derive(Debug)]
 struct Minted {
-    store: Arc<EmbeddedStore>,
-    /// The stamp the index was built at (held while reloading, so one request reloads
-    /// and the others wait for it).
-    loaded_at: Mutex<(GrantsStamp, Instant)>,
+    store: GrantStore,
+    /// How changes are noticed.
+    changes: Changes,
+    /// The marker the index was built at, and when (held while reloading, so one request
+    /// reloads and the others wait for it).
+    loaded_at: tokio::sync::Mutex<(Marker, Instant)>,
     /// Compiled policies by document hash: a reload recompiles only what is new.
     compiled: Mutex<HashMap<String, Arc<Policy>>>,
+}
+
+/// How a gateway notices that minted grants changed.
+#[derive(Debug)]
+enum Changes {
+    /// The embedded store's stamp file (one `stat` per look).
+    Stamp(Arc<EmbeddedStore>),
+    /// PostgreSQL notifications; while they are not received, every look is a change.
+    Notified(GrantsWatch),
+}
+
+/// What a look at [`Changes`] saw.
+#[derive(Debug, Clone, PartialEq)]
+enum Marker {
+    Stamp(GrantsStamp),
+    Generation(u64),
+    /// Not listening: nothing can be trusted, read again.
+    Unknown,
+}
+
+impl Changes {
+    fn look(&self) -> Marker {
+        match self {
+            Changes::Stamp(store) => Marker::Stamp(store.grants_stamp()),
+            Changes::Notified(watch) if watch.listening.load(Ordering::Acquire) => {
+                Marker::Generation(watch.generation.load(Ordering::Acquire))
+            }
+            Changes::Notified(_) => Marker::Unknown,
+        }
+    }
 }
 
 /// Grants by SHA-256 of their token.
@@ -97,19 +132,19 @@ struct Index {
     minted_unreadable: Option<String>,
 }
 
-/// A reload happens at least this often even without a changed stamp (a change whose
-/// stamp could not be written).
+/// A reload happens at least this often even without a changed marker (a change whose
+/// stamp could not be written, a lost notification).
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 impl Grants {
     /// The configuration's `grants` only.
     pub fn new(grants: Vec<GrantSpec>) -> Self {
-        let configured: Vec<Arc<GrantSpec>> = grants.into_iter().map(Arc::new).collect();
+        let configured: HashMap<[u8; 32], Arc<GrantSpec>> = grants
+            .into_iter()
+            .map(|g| (g.token_sha256, Arc::new(g)))
+            .collect();
         let index = Index {
-            by_token: configured
-                .iter()
-                .map(|g| (g.token_sha256, Arc::clone(g)))
-                .collect(),
+            by_token: configured.clone(),
             minted_unreadable: None,
         };
         Grants {
@@ -119,16 +154,39 @@ impl Grants {
         }
     }
 
-    /// The configuration's `grants` and those minted into `store`, which must be readable
-    /// now (a gateway does not start with grants it cannot read).
-    pub fn with_minted(grants: Vec<GrantSpec>, store: Arc<EmbeddedStore>) -> Result<Self, String> {
+    /// The configuration's `grants` and those minted into the embedded `store`, which
+    /// must be readable now (a gateway does not start with grants it cannot read).
+    pub async fn with_minted(
+        grants: Vec<GrantSpec>,
+        store: Arc<EmbeddedStore>,
+    ) -> Result<Self, String> {
+        let changes = Changes::Stamp(Arc::clone(&store));
+        Grants::with_source(grants, GrantStore::Embedded(store), changes).await
+    }
+
+    /// The configuration's `grants` and those minted into PostgreSQL (cluster mode),
+    /// noticing changes through `watch`.
+    pub async fn with_minted_in_postgres(
+        grants: Vec<GrantSpec>,
+        log: Arc<PostgresAuditLog>,
+        watch: GrantsWatch,
+    ) -> Result<Self, String> {
+        Grants::with_source(grants, GrantStore::Postgres(log), Changes::Notified(watch)).await
+    }
+
+    async fn with_source(
+        grants: Vec<GrantSpec>,
+        store: GrantStore,
+        changes: Changes,
+    ) -> Result<Self, String> {
         let mut this = Grants::new(grants);
         this.minted = Some(Minted {
-            loaded_at: Mutex::new((store.grants_stamp(), Instant::now())),
+            loaded_at: tokio::sync::Mutex::new((changes.look(), Instant::now())),
+            changes,
             store,
             compiled: Mutex::default(),
         });
-        let index = this.build_index();
+        let index = this.build_index().await;
         if let Some(why) = &index.minted_unreadable {
             return Err(why.clone());
         }
@@ -139,8 +197,10 @@ impl Grants {
     /// Authenticates an `Authorization` header value.
     ///
     /// The token is hashed before lookup, so the map lookup's timing depends only on the
-    /// hash; the final comparison is constant-time all the same.
-    pub fn authenticate(
+    /// hash; the final comparison is constant-time all the same. A configured grant is
+    /// found without looking at the minted ones; any other token first has the minted
+    /// grants read again if they changed.
+    pub async fn authenticate(
         &self,
         authorization: Option<&str>,
     ) -> Result<Arc<GrantSpec>, GatewayError> {
@@ -155,17 +215,22 @@ impl Grants {
                 GatewayError::unauthorized("Authorization header must be \"Bearer <token>\"")
             })?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let index = self.current();
-        let grant = index
-            .by_token
-            .get(&digest)
-            .filter(|g| bool::from(g.token_sha256.ct_eq(&digest)))
-            .ok_or_else(|| match &index.minted_unreadable {
-                Some(_) => GatewayError::unauthorized(
-                    "unknown or revoked token (grants minted with `toolgate grant` cannot be read from the store just now)",
-                ),
-                None => GatewayError::unauthorized("unknown or revoked token"),
-            })?;
+        let grant = match self.configured.get(&digest) {
+            Some(grant) => Arc::clone(grant),
+            None => {
+                let index = self.current().await;
+                let found = index.by_token.get(&digest).cloned();
+                found.ok_or_else(|| match &index.minted_unreadable {
+                    Some(_) => GatewayError::unauthorized(
+                        "unknown or revoked token (grants minted with `toolgate grant` cannot be read from the store just now)",
+                    ),
+                    None => GatewayError::unauthorized("unknown or revoked token"),
+                })?
+            }
+        };
+        if !bool::from(grant.token_sha256.ct_eq(&digest)) {
+            return Err(GatewayError::unauthorized("unknown or revoked token"));
+        }
         if let Some(expires) = grant.expires_unix {
             if now_unix() >= expires {
                 return Err(GatewayError::unauthorized(format!(
@@ -174,29 +239,31 @@ impl Grants {
                 )));
             }
         }
-        Ok(Arc::clone(grant))
+        Ok(grant)
     }
 
     /// Every grant a token can use now (configured and minted), by name.
-    pub fn all(&self) -> Vec<Arc<GrantSpec>> {
-        let mut all: Vec<Arc<GrantSpec>> = self.current().by_token.values().cloned().collect();
+    pub async fn all(&self) -> Vec<Arc<GrantSpec>> {
+        let mut all: Vec<Arc<GrantSpec>> =
+            self.current().await.by_token.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
     /// The index, read again first if minted grants changed since it was built.
-    fn current(&self) -> Arc<Index> {
+    async fn current(&self) -> Arc<Index> {
         if let Some(minted) = &self.minted {
-            let stamp = minted.store.grants_stamp();
-            let mut loaded_at = minted.loaded_at.lock().unwrap_or_else(|e| e.into_inner());
+            let marker = minted.changes.look();
+            let mut loaded_at = minted.loaded_at.lock().await;
             let stale = self.index_ref().minted_unreadable.is_some()
-                || loaded_at.0 != stamp
+                || marker == Marker::Unknown
+                || loaded_at.0 != marker
                 || loaded_at.1.elapsed() >= RELOAD_EVERY;
             if stale {
-                // The stamp is read before the grants: a change landing meanwhile moves it
-                // again, and the next request reloads once more.
-                *loaded_at = (stamp, Instant::now());
-                let index = Arc::new(self.build_index());
+                // The marker is read before the grants: a change landing meanwhile moves
+                // it again, and the next request reloads once more.
+                *loaded_at = (marker, Instant::now());
+                let index = Arc::new(self.build_index().await);
                 *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&index);
                 return index;
             }
@@ -210,19 +277,15 @@ impl Grants {
 
     /// The configured grants plus the minted ones that are active; a minted grant named
     /// like a configured one is skipped (the configuration wins), with a warning.
-    fn build_index(&self) -> Index {
-        let mut by_token: HashMap<[u8; 32], Arc<GrantSpec>> = self
-            .configured
-            .iter()
-            .map(|g| (g.token_sha256, Arc::clone(g)))
-            .collect();
+    async fn build_index(&self) -> Index {
+        let mut by_token = self.configured.clone();
         let Some(minted) = &self.minted else {
             return Index {
                 by_token,
                 minted_unreadable: None,
             };
         };
-        let stored = match minted.store.grants() {
+        let stored = match minted.store.grants().await {
             Ok(stored) => stored,
             Err(e) => {
                 tracing::error!("minted grants cannot be read, so their tokens are refused: {e}");
@@ -234,7 +297,7 @@ impl Grants {
         };
         let mut compiled = minted.compiled.lock().unwrap_or_else(|e| e.into_inner());
         for grant in stored.iter().filter(|g| g.revoked_ts.is_none()) {
-            if self.configured.iter().any(|c| c.name == grant.name) {
+            if self.configured.values().any(|c| c.name == grant.name) {
                 tracing::warn!(grant = %grant.name, "a minted grant has the name of a configured one; the configured one applies");
                 continue;
             }
@@ -338,6 +401,18 @@ pub fn quick_grant(name: &str, token: &str, server: &str, policy: PolicyRef) -> 
 mod tests {
     use super::*;
 
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    fn auth(grants: &Grants, header: Option<&str>) -> Result<Arc<GrantSpec>, GatewayError> {
+        block_on(grants.authenticate(header))
+    }
+
     fn grant(name: &str, token: &str, expires: Option<i64>) -> GrantSpec {
         GrantSpec {
             name: name.into(),
@@ -391,13 +466,16 @@ mod tests {
         let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
         // Another process (the CLI) changes the grants: another store on the directory.
         let cli = EmbeddedStore::open(&dir).unwrap();
-        let grants =
-            Grants::with_minted(vec![grant("ops", "tg_ops", None)], Arc::clone(&store)).unwrap();
-        assert!(grants.authenticate(Some("Bearer tg_new")).is_err());
+        let grants = block_on(Grants::with_minted(
+            vec![grant("ops", "tg_ops", None)],
+            Arc::clone(&store),
+        ))
+        .unwrap();
+        assert!(auth(&grants, Some("Bearer tg_new")).is_err());
         cli.change_grant(&GrantChange::Create(minted("new", "tg_new")), &event())
             .unwrap()
             .unwrap();
-        let found = grants.authenticate(Some("Bearer tg_new")).unwrap();
+        let found = auth(&grants, Some("Bearer tg_new")).unwrap();
         assert_eq!(found.name, "new");
         assert!(found.policies.contains_key("a") && found.allows_server("a"));
         cli.change_grant(
@@ -409,16 +487,13 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(grants.authenticate(Some("Bearer tg_new")).is_err());
+        assert!(auth(&grants, Some("Bearer tg_new")).is_err());
         // A minted grant cannot take over a configured one's name.
         cli.change_grant(&GrantChange::Create(minted("ops", "tg_impostor")), &event())
             .unwrap()
             .unwrap();
-        assert!(grants.authenticate(Some("Bearer tg_impostor")).is_err());
-        assert_eq!(
-            grants.authenticate(Some("Bearer tg_ops")).unwrap().name,
-            "ops"
-        );
+        assert!(auth(&grants, Some("Bearer tg_impostor")).is_err());
+        assert_eq!(auth(&grants, Some("Bearer tg_ops")).unwrap().name, "ops");
         // Grants that cannot be read are refused (a revocation must not be missed); the
         // configured ones still work.
         cli.change_grant(&GrantChange::Create(minted("later", "tg_later")), &event())
@@ -429,20 +504,17 @@ mod tests {
         db.execute_batch("ALTER TABLE grants RENAME TO grants_away")
             .unwrap();
         std::fs::write(dir.join("grants.changed"), "moved").unwrap();
-        let refused = grants.authenticate(Some("Bearer tg_later")).unwrap_err();
+        let refused = auth(&grants, Some("Bearer tg_later")).unwrap_err();
         assert!(
             refused.message.contains("cannot be read"),
             "{}",
             refused.message
         );
-        assert_eq!(
-            grants.authenticate(Some("Bearer tg_ops")).unwrap().name,
-            "ops"
-        );
+        assert_eq!(auth(&grants, Some("Bearer tg_ops")).unwrap().name, "ops");
         db.execute_batch("ALTER TABLE grants_away RENAME TO grants")
             .unwrap();
         assert_eq!(
-            grants.authenticate(Some("Bearer tg_later")).unwrap().name,
+            auth(&grants, Some("Bearer tg_later")).unwrap().name,
             "later"
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -454,10 +526,7 @@ mod tests {
             grant("g", "tg_one", None),
             grant("old", "tg_old", Some(1)),
         ]);
-        assert_eq!(
-            grants.authenticate(Some("Bearer tg_one")).unwrap().name,
-            "g"
-        );
+        assert_eq!(auth(&grants, Some("Bearer tg_one")).unwrap().name, "g");
         for bad in [
             None,
             Some("tg_one"),
@@ -465,9 +534,9 @@ mod tests {
             Some("Bearer tg_two"),
             Some("Basic x"),
         ] {
-            assert!(grants.authenticate(bad).is_err(), "{bad:?}");
+            assert!(auth(&grants, bad).is_err(), "{bad:?}");
         }
-        let e = grants.authenticate(Some("Bearer tg_old")).unwrap_err();
+        let e = auth(&grants, Some("Bearer tg_old")).unwrap_err();
         assert!(e.message.contains("expired"));
     }
 }

@@ -75,9 +75,8 @@ pub struct Server {
 pub struct Gateway {
     /// Validated settings.
     pub settings: Arc<Settings>,
-    /// The embedded store (sessions; minted grants; counters and the audit log unless
-    /// cluster mode puts them elsewhere).
-    store: Arc<EmbeddedStore>,
+    /// Where minted grants live (the embedded store, or PostgreSQL in cluster mode).
+    grant_store: grant_admin::GrantStore,
     /// Where the admin API reads the audit log (none for a log a benchmark supplied).
     audit_reader: Option<AuditStore>,
     /// Grants by token.
@@ -363,14 +362,27 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    // Grants minted with `toolgate grant` live in the embedded store (not yet in
-    // PostgreSQL: cluster mode serves the configuration's grants only).
-    let grants = if settings.postgres_url.is_none() {
-        Grants::with_minted(settings.grants.clone(), Arc::clone(&store))
-            .map_err(|e| format!("cannot read the grants minted into the store: {e}"))?
-    } else {
-        Grants::new(settings.grants.clone())
+    // Grants minted with `toolgate grant` or the admin API live beside the audit log: in
+    // the embedded store, or in cluster mode in PostgreSQL, shared by every replica.
+    let grant_store = match (&settings.postgres_url, &log_store) {
+        (Some(_), Some(AuditStore::Postgres(log))) => {
+            grant_admin::GrantStore::Postgres(Arc::clone(log))
+        }
+        (Some(url), _) => grant_admin::GrantStore::Postgres(Arc::new(
+            toolgate_store::PostgresAuditLog::connect(url).map_err(|e| e.to_string())?,
+        )),
+        (None, _) => grant_admin::GrantStore::Embedded(Arc::clone(&store)),
     };
+    let grants = match &grant_store {
+        grant_admin::GrantStore::Embedded(store) => {
+            Grants::with_minted(settings.grants.clone(), Arc::clone(store)).await
+        }
+        grant_admin::GrantStore::Postgres(log) => {
+            let watch = log.watch_grants();
+            Grants::with_minted_in_postgres(settings.grants.clone(), Arc::clone(log), watch).await
+        }
+    }
+    .map_err(|e| format!("cannot read the minted grants: {e}"))?;
     let oauth = match (&settings.oauth, &settings.public_url) {
         (Some(oauth), Some(public_url)) => {
             Some(oauth::Validator::new(oauth.clone(), public_url.clone())?)
@@ -380,7 +392,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     let gateway = Arc::new(Gateway {
         oauth,
         settings: Arc::new(settings),
-        store,
+        grant_store,
         audit_reader: log_store,
         grants,
         auth_throttle: throttle::AuthThrottle::default(),

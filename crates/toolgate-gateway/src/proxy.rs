@@ -135,7 +135,7 @@ impl Gateway {
         authorization: Option<&str>,
         server: &str,
     ) -> Result<Arc<GrantSpec>, Response<Body>> {
-        let refused = match self.grants.authenticate(authorization) {
+        let refused = match self.grants.authenticate(authorization).await {
             Ok(grant) => return Ok(grant),
             Err(e) => e,
         };

@@ -81,6 +81,53 @@ pub enum GrantChange {
     },
 }
 
+impl GrantChange {
+    /// The name of the grant it changes.
+    pub fn name(&self) -> &str {
+        match self {
+            GrantChange::Create(grant) => &grant.name,
+            GrantChange::Revoke { name, .. }
+            | GrantChange::Rotate { name, .. }
+            | GrantChange::SetPolicy { name, .. } => name,
+        }
+    }
+
+    /// The grant after this change, given the stored one with its name (if any); every
+    /// store applies changes through this, so they all refuse the same things.
+    pub(crate) fn applied_to(
+        &self,
+        existing: Option<StoredGrant>,
+    ) -> Result<StoredGrant, GrantRefused> {
+        let active = existing.filter(|g| g.revoked_ts.is_none());
+        match (self, active) {
+            (GrantChange::Create(_), Some(_)) => {
+                Err(GrantRefused::NameTaken(self.name().to_owned()))
+            }
+            (GrantChange::Create(grant), None) => Ok(grant.clone()),
+            (_, None) => Err(GrantRefused::NotActive(self.name().to_owned())),
+            (GrantChange::SetPolicy { server, policy, .. }, Some(mut grant)) => {
+                grant.policies.insert(server.clone(), policy.clone());
+                grant.servers.retain(|s| s != server);
+                Ok(grant)
+            }
+            (GrantChange::Revoke { ts, .. }, Some(mut grant)) => {
+                grant.revoked_ts = Some(ts.clone());
+                Ok(grant)
+            }
+            (
+                GrantChange::Rotate {
+                    token_sha256, ts, ..
+                },
+                Some(mut grant),
+            ) => {
+                grant.token_sha256 = token_sha256.clone();
+                grant.token_ts = ts.clone();
+                Ok(grant)
+            }
+        }
+    }
+}
+
 /// Why a change was refused (nothing was written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantRefused {

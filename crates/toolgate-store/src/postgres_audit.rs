@@ -84,6 +84,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row as PgRow, Statement};
 
+pub use grants::{GrantsWatch, GRANTS_CHAIN};
+
 /// Runs `$attempt` — a future of `Result<T, Failed>` using `$conn: &mut Conn` — on the
 /// connection of `$link` (a `&mut Link`) within `$timeout`; when the connection turns out
 /// broken and the attempt cannot have taken effect, once more on a fresh connection (so the
@@ -123,6 +125,9 @@ macro_rules! on_connection {
         }
     }};
 }
+
+// After the macro, which it uses.
+mod grants;
 
 /// Why an operation failed without a tokio runtime.
 const NO_RUNTIME: &str = "the postgres audit log needs a tokio runtime";
@@ -171,6 +176,12 @@ pub const MIGRATIONS: &[&str] = &[
         seq BIGINT NOT NULL,
         hash TEXT NOT NULL
     );",
+    // 2: grants minted at runtime (postgres_audit/grants.rs), shared by every replica.
+    "CREATE TABLE {grants} (
+        name TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        body TEXT NOT NULL
+    );",
 ];
 
 /// The audit log of a cluster deployment: entries in PostgreSQL, shared by every gateway that
@@ -210,6 +221,8 @@ struct Settings {
 struct Tables {
     log: String,
     pruned: String,
+    /// Minted grants; also the name of the channel their changes are announced on.
+    grants: String,
     version: String,
     /// Held by every write transaction (see the module docs).
     write_lock: i64,
@@ -727,15 +740,30 @@ impl Tables {
             write_lock: lock_key("append", &log),
             migrate_lock: lock_key("migrate", &log),
             pruned: format!("{prefix}audit_pruned"),
+            grants: format!("{prefix}grants"),
             version: format!("{prefix}audit_schema_version"),
             log,
         }
+    }
+
+    /// The head of chain `$1`: `(seq, hash)` of its last entry, or of the last one pruned
+    /// away; no row for a chain never written.
+    fn head_sql(&self) -> String {
+        format!(
+            "SELECT seq, hash FROM (
+                 (SELECT seq, hash, 0 AS o FROM {} WHERE chain = $1 ORDER BY seq DESC LIMIT 1)
+                 UNION ALL
+                 (SELECT seq, hash, 1 AS o FROM {} WHERE chain = $1)
+             ) AS h ORDER BY o LIMIT 1",
+            self.log, self.pruned
+        )
     }
 
     /// `sql` with the table names filled in.
     fn fill(&self, sql: &str) -> String {
         sql.replace("{log}", &self.log)
             .replace("{pruned}", &self.pruned)
+            .replace("{grants}", &self.grants)
     }
 }
 
@@ -850,19 +878,7 @@ async fn write(
             ),
         )
         .await?;
-    let head = conn
-        .prepared(
-            "head",
-            &format!(
-                "SELECT seq, hash FROM (
-                     (SELECT seq, hash, 0 AS o FROM {} WHERE chain = $1 ORDER BY seq DESC LIMIT 1)
-                     UNION ALL
-                     (SELECT seq, hash, 1 AS o FROM {} WHERE chain = $1)
-                 ) AS h ORDER BY o LIMIT 1",
-                tables.log, tables.pruned
-            ),
-        )
-        .await?;
+    let head = conn.prepared("head", &tables.head_sql()).await?;
     // Plain text, one message: `BEGIN` cannot fail, so if the lock does, the transaction is
     // aborted and the pipelined `INSERT` fails too instead of committing on its own.
     let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({})", tables.write_lock);

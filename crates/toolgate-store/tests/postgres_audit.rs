@@ -62,7 +62,7 @@ async fn drop_tables(prefix: &str) {
     raw()
         .await
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {prefix}audit_log, {prefix}audit_pruned, \
+            "DROP TABLE IF EXISTS {prefix}audit_log, {prefix}audit_pruned, {prefix}grants, \
              {prefix}audit_schema_version"
         ))
         .await
@@ -684,7 +684,10 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(
+        version,
+        toolgate_store::postgres_audit::MIGRATIONS.len() as i64
+    );
     assert_eq!(logs[0].audit_verify().await.unwrap().len(), 6);
 
     db.batch_execute(&format!(
@@ -712,4 +715,118 @@ async fn terminate(db: &tokio_postgres::Client, application_name: &str) -> i64 {
     .await
     .unwrap()
     .get(0)
+}
+
+fn stored_grant(name: &str, token_sha256: &str) -> toolgate_store::StoredGrant {
+    toolgate_store::StoredGrant {
+        name: name.into(),
+        token_sha256: token_sha256.into(),
+        policies: Default::default(),
+        servers: vec!["mail".into()],
+        expires_unix: None,
+        note: None,
+        created_ts: "2026-11-26T00:00:00.000Z".into(),
+        token_ts: "2026-11-26T00:00:00.000Z".into(),
+        revoked_ts: None,
+    }
+}
+
+fn grant_event(action: &str, name: &str) -> AuditEntry {
+    AuditEntry::Admin(AdminEvent {
+        ts: "2026-11-26T00:00:00.000Z".into(),
+        action: action.into(),
+        actor: "test".into(),
+        subject: name.into(),
+        detail: serde_json::Value::Null,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_are_shared_announced_and_their_events_chain_across_processes() {
+    use toolgate_store::{GrantChange, GrantRefused};
+    let prefix = unique_prefix();
+    let (cli, replica) = (log_on(&prefix).await, log_on(&prefix).await);
+    let watch = replica.watch_grants();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !watch.listening.load(std::sync::atomic::Ordering::Acquire) {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never started listening"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = watch.generation.load(std::sync::atomic::Ordering::Acquire);
+    let created = cli
+        .change_grant(
+            &GrantChange::Create(stored_grant("ci", "aa")),
+            &grant_event("grant_minted", "ci"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replica.grants().await.unwrap(), vec![created]);
+    while watch.generation.load(std::sync::atomic::Ordering::Acquire) == seen {
+        assert!(
+            Instant::now() < deadline,
+            "the replica was never told of the change"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Concurrent changes from both processes: one chain of events, no fork.
+    let rotate = GrantChange::Rotate {
+        name: "ci".into(),
+        token_sha256: "bb".into(),
+        ts: "t1".into(),
+    };
+    let create_ops = GrantChange::Create(stored_grant("ops", "cc"));
+    let (rotated, minted) = (
+        grant_event("grant_rotated", "ci"),
+        grant_event("grant_minted", "ops"),
+    );
+    let (a, b) = tokio::join!(
+        cli.change_grant(&rotate, &rotated),
+        replica.change_grant(&create_ops, &minted),
+    );
+    a.unwrap().unwrap();
+    b.unwrap().unwrap();
+    let refused = replica
+        .change_grant(
+            &GrantChange::Create(stored_grant("ci", "dd")),
+            &grant_event("grant_minted", "ci"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, Err(GrantRefused::NameTaken("ci".into())));
+    let revoked = cli
+        .change_grant(
+            &GrantChange::Revoke {
+                name: "ci".into(),
+                ts: "t2".into(),
+            },
+            &grant_event("grant_revoked", "ci"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.token_sha256, "bb");
+    assert_eq!(revoked.revoked_ts.as_deref(), Some("t2"));
+    let events = replica.audit_admin(&AuditFilter::default()).await.unwrap();
+    let mut actions: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.event.action.clone(), e.event.subject.clone()))
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions.len(),
+        4,
+        "refused changes leave no event: {actions:?}"
+    );
+    for verified in replica.audit_verify().await.unwrap() {
+        let verified = verified.unwrap_or_else(|broken| panic!("a chain is broken: {broken:?}"));
+        assert!(
+            verified.chain == toolgate_store::postgres_audit::GRANTS_CHAIN || verified.entries == 0,
+            "{verified:?}"
+        );
+    }
+    drop_tables(&prefix).await;
 }

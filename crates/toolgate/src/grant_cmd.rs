@@ -1,6 +1,7 @@
-//! `toolgate grant create|list|revoke|rotate`: grants minted at runtime into the embedded
-//! store (SPEC §7). Running gateways on the same data directory pick each change up on
-//! their next request; every change is recorded in the audit log's admin stream.
+//! `toolgate grant create|list|revoke|rotate`: grants minted at runtime (SPEC §7), in the
+//! embedded store — or, for a configuration in cluster mode (`[store] postgres_url`), in
+//! PostgreSQL, shared by every replica. Running gateways pick each change up on their next
+//! request; every change is recorded in the audit log's admin stream.
 //!
 //! A token is printed once, by `create` and `rotate`, and never stored: the store keeps
 //! its SHA-256. `list` shows neither.
@@ -12,10 +13,11 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use toolgate_gateway::config::{self, Settings};
-use toolgate_gateway::grant_admin::{self, GrantError, NewGrant};
+use toolgate_gateway::grant_admin::{self, GrantError, GrantStore, NewGrant};
 use toolgate_gateway::time::format_rfc3339_ms;
-use toolgate_store::{EmbeddedStore, StoredGrant, StoredPolicy};
+use toolgate_store::{EmbeddedStore, PostgresAuditLog, StoredGrant, StoredPolicy};
 
 /// `toolgate grant …`.
 #[derive(Subcommand)]
@@ -91,8 +93,10 @@ pub fn run(command: GrantCommand) -> ExitCode {
 
 /// Where the grants are, and the configuration (if one was found) to check them against.
 struct Target {
-    store: EmbeddedStore,
+    store: GrantStore,
     settings: Option<Settings>,
+    /// Runs the store's work (PostgreSQL is asynchronous; so is the embedded store's API).
+    runtime: tokio::runtime::Runtime,
 }
 
 /// Opens the store the grants live in. `create` may create it (the gateway may not have
@@ -111,12 +115,20 @@ fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
     } else {
         None
     };
-    if settings.as_ref().is_some_and(|s| s.postgres_url.is_some()) {
-        return Err(Failure::Usage(
-            "this configuration is in cluster mode ([store] postgres_url), and grants in \
-             PostgreSQL are not supported yet: declare them as [[grants]] in the configuration"
-                .to_owned(),
-        ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start a runtime: {e}")))?;
+    // Cluster mode: the grants every replica shares, in PostgreSQL (unless --data-dir
+    // points at an embedded store explicitly).
+    let cluster = settings.as_ref().and_then(|s| s.postgres_url.clone());
+    if let (Some(url), None) = (cluster, &args.data_dir) {
+        let log = PostgresAuditLog::connect(&url).map_err(|e| Failure::Usage(e.to_string()))?;
+        return Ok(Target {
+            store: GrantStore::Postgres(Arc::new(log)),
+            settings,
+            runtime,
+        });
     }
     let dir = match (&args.data_dir, &settings) {
         (Some(dir), _) => dir.clone(),
@@ -131,7 +143,11 @@ fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
         )));
     }
     let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-    Ok(Target { store, settings })
+    Ok(Target {
+        store: GrantStore::Embedded(Arc::new(store)),
+        settings,
+        runtime,
+    })
 }
 
 fn create(args: &CreateArgs) -> Result<ExitCode, Failure> {
@@ -177,17 +193,23 @@ fn create(args: &CreateArgs) -> Result<ExitCode, Failure> {
         expires_unix,
         note: args.note.clone(),
     };
-    let (grant, token) =
-        grant_admin::mint(&target.store, target.settings.as_ref(), grant, &actor())
-            .map_err(failure)?;
+    let (grant, token) = target
+        .runtime
+        .block_on(grant_admin::mint(
+            &target.store,
+            target.settings.as_ref(),
+            grant,
+            &actor(),
+        ))
+        .map_err(failure)?;
     print_token(&grant, &token, args.json, "minted")
 }
 
 fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
     let target = open(&args.store, false)?;
     let grants = target
-        .store
-        .grants()
+        .runtime
+        .block_on(target.store.grants())
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut out = io::stdout().lock();
     let write = |e| Failure::write("the grants", e);
@@ -254,7 +276,10 @@ fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
 
 fn revoke(args: &NameArgs) -> Result<ExitCode, Failure> {
     let target = open(&args.store, false)?;
-    let grant = grant_admin::revoke(&target.store, &args.name, &actor()).map_err(failure)?;
+    let grant = target
+        .runtime
+        .block_on(grant_admin::revoke(&target.store, &args.name, &actor()))
+        .map_err(failure)?;
     let mut out = io::stdout().lock();
     let line = if args.json {
         json!({"name": grant.name, "status": grant_admin::status(&grant), "revoked": grant.revoked_ts})
@@ -271,8 +296,10 @@ fn revoke(args: &NameArgs) -> Result<ExitCode, Failure> {
 
 fn rotate(args: &NameArgs) -> Result<ExitCode, Failure> {
     let target = open(&args.store, false)?;
-    let (grant, token) =
-        grant_admin::rotate(&target.store, &args.name, &actor()).map_err(failure)?;
+    let (grant, token) = target
+        .runtime
+        .block_on(grant_admin::rotate(&target.store, &args.name, &actor()))
+        .map_err(failure)?;
     print_token(
         &grant,
         &token,

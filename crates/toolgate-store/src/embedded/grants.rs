@@ -106,41 +106,14 @@ fn apply(
     event: &AuditEntry,
 ) -> rusqlite::Result<Result<StoredGrant, GrantRefused>> {
     let tx = begin(conn, memory)?;
-    let name = match change {
-        GrantChange::Create(grant) => &grant.name,
-        GrantChange::Revoke { name, .. }
-        | GrantChange::Rotate { name, .. }
-        | GrantChange::SetPolicy { name, .. } => name,
-    };
     let existing: Option<StoredGrant> = tx
         .prepare_cached("SELECT body FROM grants WHERE name = ?1")?
-        .query_row([name], |r| r.get::<_, String>(0))
+        .query_row([change.name()], |r| r.get::<_, String>(0))
         .optional()?
         .and_then(|body| serde_json::from_str(&body).ok());
-    let active = existing.filter(|g| g.revoked_ts.is_none());
-    let grant = match (change, active) {
-        (GrantChange::Create(_), Some(_)) => return Ok(Err(GrantRefused::NameTaken(name.clone()))),
-        (GrantChange::Create(grant), None) => grant.clone(),
-        (_, None) => return Ok(Err(GrantRefused::NotActive(name.clone()))),
-        (GrantChange::SetPolicy { server, policy, .. }, Some(mut grant)) => {
-            grant.policies.insert(server.clone(), policy.clone());
-            grant.servers.retain(|s| s != server);
-            grant
-        }
-        (GrantChange::Revoke { ts, .. }, Some(mut grant)) => {
-            grant.revoked_ts = Some(ts.clone());
-            grant
-        }
-        (
-            GrantChange::Rotate {
-                token_sha256, ts, ..
-            },
-            Some(mut grant),
-        ) => {
-            grant.token_sha256 = token_sha256.clone();
-            grant.token_ts = ts.clone();
-            grant
-        }
+    let grant = match change.applied_to(existing) {
+        Ok(grant) => grant,
+        Err(refused) => return Ok(Err(refused)),
     };
     let body = serde_json::to_string(&grant).expect("a grant serializes");
     tx.prepare_cached(
