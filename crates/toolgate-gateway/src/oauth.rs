@@ -574,6 +574,11 @@ mod tests {
                     value: "admin".into(),
                     grant: "admins".into(),
                 },
+                ClaimRuleSpec {
+                    claim: "sub".into(),
+                    value: "robot-7".into(),
+                    grant: "robots".into(),
+                },
             ],
         };
         Validator::new(settings, PUBLIC_URL.into()).unwrap()
@@ -668,6 +673,13 @@ mod tests {
         by_scope["scope"] = json!("mcp admin");
         let admin = check(&ed.token("ed", &by_scope)).unwrap();
         assert_eq!(admin.grant, "admins", "a scope word maps too");
+        let mut robot = with("groups", json!([]));
+        robot["sub"] = json!("robot-7");
+        assert_eq!(
+            check(&ed.token("ed", &robot)).unwrap().grant,
+            "robots",
+            "a string claim maps by equality"
+        );
         assert_eq!(
             check(&ed.token("ed", &with("groups", json!(["sales"])))),
             Err(TokenRefusal::NoGrant)
