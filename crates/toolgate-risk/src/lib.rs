@@ -1,0 +1,407 @@
+//! What an MCP tool can do, read off its definition: [`Category`] Read, Write, Execute,
+//! Destructive or Financial, a [`Risk`] level, and the evidence for both (SPEC §10).
+//!
+//! Deterministic and offline: the verdict depends only on the tool's name, description,
+//! input schema and annotations. The strongest evidence wins, in this order: Financial,
+//! Destructive, Execute, Write, Read. Annotations are hints from the server and only fill
+//! in what the definition itself does not say: `readOnlyHint` never makes a tool whose
+//! name says it deletes (or writes) a Read tool, and `destructiveHint` raises the risk of
+//! a Write tool without making it Destructive (a file write that may overwrite is still a
+//! write). A tool with no evidence at all is a Write tool: guessing Read would let an
+//! unknown action run unchecked.
+#![forbid(unsafe_code)]
+
+use serde_json::Value;
+use std::fmt;
+
+/// What a tool does, from least to most dangerous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Category {
+    /// Looks things up; no lasting effect.
+    Read,
+    /// Changes state (creates, updates, sends).
+    Write,
+    /// Runs something open-ended: a command, a query language, a fetch of any URL.
+    Execute,
+    /// Deletes or wipes; cannot be undone.
+    Destructive,
+    /// Moves money.
+    Financial,
+}
+
+impl Category {
+    /// Its name as printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Read => "Read",
+            Category::Write => "Write",
+            Category::Execute => "Execute",
+            Category::Destructive => "Destructive",
+            Category::Financial => "Financial",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much harm a wrong call could do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Risk {
+    /// Reads.
+    Low,
+    /// Reversible changes.
+    Medium,
+    /// Open-ended execution, deletion, or a write the server calls destructive.
+    High,
+    /// Money.
+    Critical,
+}
+
+impl Risk {
+    /// Its name as printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+            Risk::Critical => "critical",
+        }
+    }
+}
+
+/// A tool's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// What it does.
+    pub category: Category,
+    /// How risky it is.
+    pub risk: Risk,
+    /// Why: each piece of evidence quoted (`name verb "delete"`, `input "command"`, …),
+    /// the deciding one first.
+    pub evidence: Vec<String>,
+}
+
+const FINANCIAL_WORDS: &[&str] = &[
+    "pay",
+    "payment",
+    "payments",
+    "charge",
+    "refund",
+    "payout",
+    "transfer",
+    "invoice",
+    "withdraw",
+    "withdrawal",
+    "purchase",
+    "buy",
+    "billing",
+    "checkout",
+];
+const FINANCIAL_INPUTS: &[&str] = &["amount", "currency", "iban", "card_number", "price"];
+const DESTRUCTIVE_VERBS: &[&str] = &[
+    "delete",
+    "remove",
+    "destroy",
+    "drop",
+    "purge",
+    "wipe",
+    "erase",
+    "truncate",
+    "kill",
+    "terminate",
+    "revoke",
+    "unlink",
+    "rm",
+    "reset",
+    "clear",
+];
+const EXECUTE_VERBS: &[&str] = &[
+    "exec", "execute", "run", "eval", "evaluate", "shell", "spawn", "invoke", "script",
+];
+const EXECUTE_INPUTS: &[&str] = &[
+    "command",
+    "cmd",
+    "sql",
+    "script",
+    "code",
+    "shell",
+    "expression",
+    "program",
+];
+const WRITE_VERBS: &[&str] = &[
+    "create", "update", "write", "edit", "add", "set", "put", "post", "send", "push", "fork",
+    "merge", "move", "rename", "upload", "insert", "toggle", "trigger", "comment", "approve",
+    "assign", "publish", "patch", "modify", "save", "schedule", "start", "stop", "enable",
+    "disable", "apply", "replace", "append", "register", "submit", "import", "sync", "copy",
+    "close", "reopen", "lock", "unlock", "star", "follow", "invite", "mark", "upsert",
+];
+const READ_VERBS: &[&str] = &[
+    "get",
+    "list",
+    "read",
+    "search",
+    "find",
+    "fetch",
+    "query",
+    "open",
+    "show",
+    "describe",
+    "view",
+    "echo",
+    "count",
+    "check",
+    "lookup",
+    "inspect",
+    "directory",
+    "simulate",
+    "browse",
+    "preview",
+    "explain",
+    "summarize",
+    "status",
+    "stat",
+    "info",
+    "whoami",
+    "ping",
+];
+
+/// Classifies one tool definition (a `tools/list` entry).
+pub fn classify(tool: &Value) -> Classification {
+    let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+    let description = tool
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_lowercase();
+    let words = name_words(name);
+    // The verb: the first word that is one, so that a namespace prefix (`slack_`,
+    // `brave_`) does not hide it.
+    let verb = words
+        .iter()
+        .map(String::as_str)
+        .find(|w| {
+            [READ_VERBS, WRITE_VERBS, EXECUTE_VERBS, DESTRUCTIVE_VERBS]
+                .iter()
+                .any(|verbs| verbs.contains(w))
+        })
+        .or(words.first().map(String::as_str))
+        .unwrap_or("");
+    let inputs = input_names(tool);
+    let hint = |key: &str| {
+        tool.get("annotations")
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_bool)
+    };
+    let mut found: Vec<(Category, String)> = Vec::new();
+
+    for word in &words {
+        if FINANCIAL_WORDS.contains(&word.as_str()) {
+            found.push((Category::Financial, format!("name word \"{word}\"")));
+        }
+    }
+    let money_inputs: Vec<&String> = inputs
+        .iter()
+        .filter(|i| FINANCIAL_INPUTS.contains(&i.as_str()))
+        .collect();
+    if money_inputs.iter().any(|i| *i == "amount") && money_inputs.len() >= 2 {
+        found.push((Category::Financial, format!("inputs {money_inputs:?}")));
+    }
+    if ["send money", "charge the", "refund"]
+        .iter()
+        .any(|w| description.contains(w))
+    {
+        found.push((
+            Category::Financial,
+            "description speaks of moving money".into(),
+        ));
+    }
+
+    for word in &words {
+        if DESTRUCTIVE_VERBS.contains(&word.as_str()) {
+            found.push((Category::Destructive, format!("name verb \"{word}\"")));
+        }
+    }
+    if !READ_VERBS.contains(&verb)
+        && ["permanently delete", "cannot be undone", "wipes"]
+            .iter()
+            .any(|w| description.contains(w))
+    {
+        found.push((
+            Category::Destructive,
+            "description says it cannot be undone".into(),
+        ));
+    }
+
+    for word in &words {
+        if EXECUTE_VERBS.contains(&word.as_str()) {
+            found.push((Category::Execute, format!("name verb \"{word}\"")));
+        }
+    }
+    for input in &inputs {
+        if EXECUTE_INPUTS.contains(&input.as_str()) {
+            found.push((Category::Execute, format!("free input \"{input}\"")));
+        }
+    }
+    if description.contains("sql") && inputs.iter().any(|i| i == "query") {
+        found.push((Category::Execute, "input \"query\" takes SQL".into()));
+    }
+    for (input, schema) in input_schemas(tool) {
+        let is_url = schema.get("format").and_then(Value::as_str) == Some("uri")
+            || matches!(input.as_str(), "url" | "uri" | "endpoint");
+        if is_url && !READ_VERBS.contains(&verb) {
+            found.push((
+                Category::Execute,
+                format!("fetches any URL (input \"{input}\")"),
+            ));
+        }
+    }
+
+    if WRITE_VERBS.contains(&verb) {
+        found.push((Category::Write, format!("name verb \"{verb}\"")));
+    } else if let Some(word) = words.iter().find(|w| WRITE_VERBS.contains(&w.as_str())) {
+        if !READ_VERBS.contains(&verb) {
+            found.push((Category::Write, format!("name verb \"{word}\"")));
+        }
+    }
+    if READ_VERBS.contains(&verb) {
+        found.push((Category::Read, format!("name verb \"{verb}\"")));
+    }
+
+    let strongest = found.iter().map(|(c, _)| *c).max();
+    let (category, mut evidence) = match strongest {
+        Some(category) => {
+            let mut evidence: Vec<String> = found
+                .iter()
+                .filter(|(c, _)| *c == category)
+                .map(|(_, e)| e.clone())
+                .collect();
+            evidence.dedup();
+            (category, evidence)
+        }
+        // Only the server's hints are left.
+        None => match (hint("destructiveHint"), hint("readOnlyHint")) {
+            (Some(true), _) => (
+                Category::Destructive,
+                vec!["annotation destructiveHint".to_owned()],
+            ),
+            (_, Some(true)) => (Category::Read, vec!["annotation readOnlyHint".to_owned()]),
+            _ => (
+                Category::Write,
+                vec!["no evidence either way: assumed to change state".to_owned()],
+            ),
+        },
+    };
+    let mut risk = match category {
+        Category::Read => Risk::Low,
+        Category::Write => Risk::Medium,
+        Category::Execute | Category::Destructive => Risk::High,
+        Category::Financial => Risk::Critical,
+    };
+    if category == Category::Write && hint("destructiveHint") == Some(true) {
+        risk = Risk::High;
+        evidence.push("annotation destructiveHint raises the risk".to_owned());
+    }
+    if category > Category::Read && hint("readOnlyHint") == Some(true) {
+        evidence.push("annotation readOnlyHint ignored: the definition says otherwise".to_owned());
+    }
+    Classification {
+        category,
+        risk,
+        evidence,
+    }
+}
+
+/// The words of a tool name, lower-cased: split at `_`, `-`, `.`, `/`, spaces and
+/// lower-to-upper case changes (`createIssue` → `create`, `issue`).
+fn name_words(name: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut previous_lower = false;
+    for c in name.chars() {
+        if !c.is_alphanumeric() {
+            if !current.is_empty() {
+                words.push(std::mem::take(&mut current));
+            }
+            previous_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && previous_lower && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        previous_lower = c.is_lowercase() || c.is_ascii_digit();
+        current.extend(c.to_lowercase());
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
+/// The top-level input property names, lower-cased.
+fn input_names(tool: &Value) -> Vec<String> {
+    input_schemas(tool)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The top-level input properties with their schemas.
+fn input_schemas(tool: &Value) -> Vec<(String, &Value)> {
+    tool.get("inputSchema")
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|properties| {
+            properties
+                .iter()
+                .map(|(name, schema)| (name.to_lowercase(), schema))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_namespace_prefix_does_not_hide_the_verb() {
+        assert_eq!(
+            classify(&json!({"name": "slack_get_users"})).category,
+            Category::Read
+        );
+        assert_eq!(
+            classify(&json!({"name": "slack_post_message"})).category,
+            Category::Write
+        );
+    }
+
+    #[test]
+    fn names_split_into_words() {
+        assert_eq!(name_words("createIssue"), ["create", "issue"]);
+        assert_eq!(name_words("get-env"), ["get", "env"]);
+        assert_eq!(
+            name_words("purge_all_messages"),
+            ["purge", "all", "messages"]
+        );
+    }
+
+    #[test]
+    fn hints_never_downgrade_what_the_definition_says() {
+        let tool = json!({"name": "delete_user", "annotations": {"readOnlyHint": true}});
+        let verdict = classify(&tool);
+        assert_eq!(verdict.category, Category::Destructive);
+        assert!(verdict
+            .evidence
+            .iter()
+            .any(|e| e.contains("readOnlyHint ignored")));
+        let unknown = json!({"name": "frobnicate"});
+        assert_eq!(classify(&unknown).category, Category::Write);
+        let hinted = json!({"name": "frobnicate", "annotations": {"readOnlyHint": true}});
+        assert_eq!(classify(&hinted).category, Category::Read);
+    }
+}
