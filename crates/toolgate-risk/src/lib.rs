@@ -55,9 +55,9 @@ pub enum Risk {
     Low,
     /// Reversible changes.
     Medium,
-    /// Open-ended execution, deletion, or a write the server calls destructive.
+    /// Open-ended execution, or a write the server calls destructive.
     High,
-    /// Money.
+    /// Deletion and money: what cannot be taken back (SPEC §10's table).
     Critical,
 }
 
@@ -298,8 +298,8 @@ pub fn classify(tool: &Value) -> Classification {
     let mut risk = match category {
         Category::Read => Risk::Low,
         Category::Write => Risk::Medium,
-        Category::Execute | Category::Destructive => Risk::High,
-        Category::Financial => Risk::Critical,
+        Category::Execute => Risk::High,
+        Category::Destructive | Category::Financial => Risk::Critical,
     };
     if category == Category::Write && hint("destructiveHint") == Some(true) {
         risk = Risk::High;
@@ -394,7 +394,16 @@ mod tests {
     fn hints_never_downgrade_what_the_definition_says() {
         let tool = json!({"name": "delete_user", "annotations": {"readOnlyHint": true}});
         let verdict = classify(&tool);
-        assert_eq!(verdict.category, Category::Destructive);
+        assert_eq!(
+            (verdict.category, verdict.risk),
+            (Category::Destructive, Risk::Critical)
+        );
+        let write = json!({"name": "write_file", "annotations": {"destructiveHint": true}});
+        assert_eq!(
+            classify(&write).risk,
+            Risk::High,
+            "a destructive hint raises a write's risk"
+        );
         assert!(verdict
             .evidence
             .iter()
