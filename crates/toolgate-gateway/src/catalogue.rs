@@ -75,33 +75,41 @@ impl Catalogue {
 /// Walks every page of a `tools/list` and collects the tool names. `page` sends one
 /// `tools/list` with the given params and returns its result; at most 1000 pages are read so a
 /// server that keeps handing out cursors cannot hold the gateway forever.
-pub async fn list_tool_names<F, Fut>(mut page: F) -> Result<Vec<String>, GatewayError>
+pub async fn list_tool_names<F, Fut>(page: F) -> Result<Vec<String>, GatewayError>
 where
     F: FnMut(Value) -> Fut,
     Fut: Future<Output = Result<Value, GatewayError>>,
 {
-    let mut names = Vec::new();
+    Ok(list_tools(page)
+        .await?
+        .iter()
+        .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Like [`list_tool_names`], with each tool's whole definition.
+pub async fn list_tools<F, Fut>(mut page: F) -> Result<Vec<Value>, GatewayError>
+where
+    F: FnMut(Value) -> Fut,
+    Fut: Future<Output = Result<Value, GatewayError>>,
+{
+    let mut tools = Vec::new();
     let mut cursor: Option<Value> = None;
     for _ in 0..1000 {
         let params = match cursor.take() {
             Some(c) => json!({ "cursor": c }),
             None => json!({}),
         };
-        let result = page(params).await?;
-        names.extend(
-            result
-                .get("tools")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.get("name")?.as_str().map(str::to_owned)),
-        );
+        let mut result = page(params).await?;
+        if let Some(Value::Array(page_tools)) = result.get_mut("tools").map(Value::take) {
+            tools.extend(page_tools);
+        }
         cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
         if cursor.is_none() {
             break;
         }
     }
-    Ok(names)
+    Ok(tools)
 }
 
 #[cfg(test)]

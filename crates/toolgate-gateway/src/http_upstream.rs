@@ -244,6 +244,16 @@ impl HttpUpstream {
     /// The upstream's complete tool list, fetched on a short-lived session of the gateway's
     /// own (initialize, initialized, every page of tools/list, DELETE).
     pub async fn fetch_tool_names(&self) -> Result<Vec<String>, GatewayError> {
+        Ok(self
+            .fetch_tools()
+            .await?
+            .iter()
+            .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Like [`HttpUpstream::fetch_tool_names`], with each tool's whole definition.
+    pub async fn fetch_tools(&self) -> Result<Vec<Value>, GatewayError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -292,7 +302,7 @@ impl HttpUpstream {
             )
             .await?;
         let mut next_id = 0u64;
-        let names = crate::catalogue::list_tool_names(|params| {
+        let tools = crate::catalogue::list_tools(|params| {
             next_id += 1;
             let id = next_id;
             let list =
@@ -321,7 +331,7 @@ impl HttpUpstream {
         if let Some(session) = &session {
             self.end_session(session).await;
         }
-        names
+        tools
     }
 }
 

@@ -21,6 +21,7 @@ pub mod http_upstream;
 pub mod oauth;
 mod proxy;
 pub mod quota;
+pub mod scan;
 pub mod session;
 pub mod stdio_upstream;
 mod throttle;

@@ -851,4 +851,9 @@ impl StdioUpstream {
     pub async fn fetch_tool_names(&self) -> Result<Vec<String>, GatewayError> {
         crate::catalogue::list_tool_names(|params| self.request_own("tools/list", params)).await
     }
+
+    /// The child's complete tool list with each tool's definition.
+    pub async fn fetch_tools(&self) -> Result<Vec<Value>, GatewayError> {
+        crate::catalogue::list_tools(|params| self.request_own("tools/list", params)).await
+    }
 }

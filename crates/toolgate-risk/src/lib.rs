@@ -315,6 +315,44 @@ pub fn classify(tool: &Value) -> Classification {
     }
 }
 
+/// The starter policy for `tools` (SPEC §10): Read allowed; Write 30 calls a minute per
+/// grant; Execute 10 a minute per grant with the tool's input schema enforced; Destructive
+/// hidden; Financial held for approval. Everything else (tools added later) is denied.
+pub fn starter_policy(server: &str, tools: &[Value]) -> Value {
+    let mut hide = Vec::new();
+    let mut rules = serde_json::Map::new();
+    for tool in tools {
+        let Some(name) = tool.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let limit = |max: u32| serde_json::json!([{"counter": format!("{name}:calls"), "window": "minute", "max": max, "scope": "grant"}]);
+        let rule = match classify(tool).category {
+            Category::Read => serde_json::json!({}),
+            Category::Write => serde_json::json!({ "limits": limit(30) }),
+            Category::Execute => {
+                let mut rule = serde_json::json!({ "limits": limit(10) });
+                if let Some(schema) = tool.get("inputSchema").filter(|s| s.is_object()) {
+                    rule["schema"] = schema.clone();
+                }
+                rule
+            }
+            Category::Destructive => {
+                hide.push(Value::String(name.to_owned()));
+                continue;
+            }
+            Category::Financial => serde_json::json!({ "action": "require_approval" }),
+        };
+        rules.insert(name.to_owned(), rule);
+    }
+    serde_json::json!({
+        "version": "1",
+        "description": format!("Starter policy for {server}, written by `toolgate scan`: Read allowed, Write 30/min and Execute 10/min per grant (Execute with its input schema enforced), Destructive hidden, Financial held for approval. Review before use."),
+        "default": "deny",
+        "hide": hide,
+        "tools": rules,
+    })
+}
+
 /// The words of a tool name, lower-cased: split at `_`, `-`, `.`, `/`, spaces and
 /// lower-to-upper case changes (`createIssue` → `create`, `issue`).
 fn name_words(name: &str) -> Vec<String> {
@@ -378,6 +416,33 @@ mod tests {
             classify(&json!({"name": "slack_post_message"})).category,
             Category::Write
         );
+    }
+
+    #[test]
+    fn the_starter_policy_follows_the_spec_table() {
+        let tools = [
+            json!({"name": "get_user"}),
+            json!({"name": "create_user"}),
+            json!({"name": "run_sql", "inputSchema": {"type": "object", "properties": {"sql": {"type": "string"}}}}),
+            json!({"name": "delete_user"}),
+            json!({"name": "refund_payment"}),
+            json!({"description": "no name: skipped"}),
+        ];
+        let policy = starter_policy("users", &tools);
+        assert_eq!(policy["default"], "deny");
+        assert_eq!(policy["tools"]["get_user"], json!({}));
+        assert_eq!(policy["tools"]["create_user"]["limits"][0]["max"], 30);
+        assert_eq!(policy["tools"]["run_sql"]["limits"][0]["max"], 10);
+        assert_eq!(
+            policy["tools"]["run_sql"]["schema"]["properties"]["sql"]["type"],
+            "string"
+        );
+        assert_eq!(policy["hide"], json!(["delete_user"]));
+        assert_eq!(
+            policy["tools"]["refund_payment"],
+            json!({"action": "require_approval"})
+        );
+        assert_eq!(policy["tools"].as_object().unwrap().len(), 4);
     }
 
     #[test]

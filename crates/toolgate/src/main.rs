@@ -4,6 +4,7 @@
 
 mod audit_cmd;
 mod grant_cmd;
+mod scan_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -40,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         command: audit_cmd::AuditCommand,
     },
+    /// List a server's tools, classified by what they can do; write a starter policy.
+    Scan(scan_cmd::ScanArgs),
     /// Mint, list, revoke and rotate grants in the embedded store.
     Grant {
         /// What to do with grants.
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Grant { command } => grant_cmd::run(command),
+        Command::Scan(args) => scan_cmd::run(args),
     }
 }
 
