@@ -267,7 +267,30 @@ impl EmbeddedStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&conn).map_err(|e| StoreError::new(&format!("{} ({what})", self.path.display()), e))
+        f(&conn).map_err(|e| self.error(what, e))
+    }
+
+    /// Runs `f` — a write transaction, see [`begin`] — with the connection and what the
+    /// store remembers of the database. Should it fail, the store forgets what it remembers
+    /// (the failed transaction may have moved it along), so the next use reads the database
+    /// again.
+    fn write<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Connection, &mut Memory) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = f(&mut conn, &mut memory);
+        if outcome.is_err() {
+            memory.forget();
+        }
+        outcome.map_err(|e| self.error(what, e))
+    }
+
+    /// An error of operation `what` on this store's database.
+    pub(super) fn error(&self, what: &str, error: impl fmt::Display) -> StoreError {
+        StoreError::new(&format!("{} ({what})", self.path.display()), error)
     }
 }
 
@@ -394,20 +417,22 @@ impl SessionStore for EmbeddedStore {
     }
 }
 
+/// A fresh directory name for a test's store (not created; removed if it exists).
+#[cfg(test)]
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "toolgate-store-{tag}-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "toolgate-store-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
 
     fn record(id: &str) -> SessionRecord {
         SessionRecord {

@@ -54,7 +54,15 @@ pub(super) struct Queued {
 }
 
 impl Queued {
-    pub(super) fn new(entries: Vec<journal::Entry>, awaited: bool) -> Queued {
+    /// `entries` queued as their chains and bodies.
+    pub(super) fn of(entries: &[AuditEntry], awaited: bool) -> Queued {
+        Queued::new(
+            entries.iter().map(|e| (e.chain(), e.body())).collect(),
+            awaited,
+        )
+    }
+
+    fn new(entries: Vec<journal::Entry>, awaited: bool) -> Queued {
         Queued {
             entries,
             awaited,
@@ -151,10 +159,7 @@ impl EmbeddedStore {
         let Some(journal) = journal.as_mut() else {
             return false;
         };
-        let mut queued = Queued::new(
-            entries.iter().map(|e| (e.chain(), e.body())).collect(),
-            false,
-        );
+        let mut queued = Queued::of(entries, false);
         let Ok(mark) = journal.append(&journal::encode(&queued.entries)) else {
             return false;
         };
@@ -174,10 +179,7 @@ impl EmbeddedStore {
         entries: &[AuditEntry],
         awaited: bool,
     ) -> Arc<OnceLock<Result<(), StoreError>>> {
-        let queued = Queued::new(
-            entries.iter().map(|e| (e.chain(), e.body())).collect(),
-            awaited,
-        );
+        let queued = Queued::of(entries, awaited);
         let done = Arc::clone(&queued.done);
         self.audit_queue
             .lock()
@@ -354,10 +356,7 @@ impl EmbeddedStore {
         }
         let id = reservation_id();
         let keys: Vec<String> = charges.iter().map(|c| c.key.clone()).collect();
-        let own = Queued::new(
-            entries.iter().map(|e| (e.chain(), e.body())).collect(),
-            true,
-        );
+        let own = Queued::of(entries, true);
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let batch =
             std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
@@ -418,13 +417,9 @@ impl EmbeddedStore {
                     segment: Arc::from(orphan.name.as_str()),
                     end,
                 });
-                let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-                let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-                let outcome = write_batch(&mut conn, &mut memory, std::slice::from_ref(&queued));
-                if outcome.is_err() {
-                    memory.forget();
-                }
-                outcome.map_err(|e| self.error(WHAT, e))?;
+                self.write(WHAT, |conn, memory| {
+                    write_batch(conn, memory, std::slice::from_ref(&queued))
+                })?;
             }
             // Committed: a removal that fails leaves nothing past the mark to replay.
             let _ = std::fs::remove_file(&orphan.path);
@@ -510,13 +505,9 @@ impl EmbeddedStore {
     /// them at the chain's start — and records the last one deleted, so that `verify`
     /// starts from it. Returns how many entries went.
     pub fn audit_prune(&self, before: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = prune(&mut conn, &mut memory, before);
-        if outcome.is_err() {
-            memory.forget();
-        }
-        outcome.map_err(|e| self.error("prune the audit log", e))
+        self.write("prune the audit log", |conn, memory| {
+            prune(conn, memory, before)
+        })
     }
 }
 
@@ -679,18 +670,8 @@ impl EmbeddedStore {
 mod tests {
     use super::*;
     use crate::audit::{CallOutcome, CallRecord};
+    use crate::embedded::scratch;
     use crate::AuditLog;
-    use std::path::PathBuf;
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "toolgate-store-audit-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
 
     fn call(id: &str, ts: &str) -> AuditEntry {
         AuditEntry::Call(CallRecord {

@@ -167,13 +167,10 @@ impl EmbeddedStore {
         if charges.is_empty() {
             return Ok(Reserve::Granted(Reservation { id, keys }));
         }
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = reserve_in(&mut conn, &mut memory, &*self.clock, charges, &id);
-        if outcome.is_err() {
-            memory.forget();
-        }
-        match outcome.map_err(|e| self.error(WHAT, e))? {
+        let outcome = self.write(WHAT, |conn, memory| {
+            reserve_in(conn, memory, &*self.clock, charges, &id)
+        })?;
+        match outcome {
             None => Ok(Reserve::Granted(Reservation { id, keys })),
             Some((charge, retry_after_ms)) => Ok(Reserve::Exceeded {
                 charge,
@@ -184,17 +181,7 @@ impl EmbeddedStore {
 
     fn rollback_now(&self, reservation: &Reservation) -> Result<(), StoreError> {
         const WHAT: &str = "roll back counter reservation";
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = rollback_in(&mut conn, &mut memory, reservation);
-        if outcome.is_err() {
-            memory.forget();
-        }
-        outcome.map_err(|e| self.error(WHAT, e))
-    }
-
-    pub(super) fn error(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
-        StoreError::new(&format!("{} ({what})", self.path.display()), error)
+        self.write(WHAT, |conn, memory| rollback_in(conn, memory, reservation))
     }
 }
 
@@ -530,9 +517,9 @@ fn sql_ms(ms: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embedded::scratch;
     use crate::Clock;
     use proptest::prelude::*;
-    use std::path::PathBuf;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::task::{Context, Poll, Waker};
@@ -553,16 +540,6 @@ mod tests {
                 return out;
             }
         }
-    }
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "toolgate-store-counters-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
     }
 
     fn charge(key: &str, window_ms: u64, max: f64, amount: f64) -> Charge {

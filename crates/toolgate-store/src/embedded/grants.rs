@@ -18,7 +18,7 @@ use std::path::PathBuf;
 pub struct GrantsStamp(Option<(u64, std::time::SystemTime, u64)>);
 
 /// What a failed change was doing, for its error.
-const CONFLICT: &str = "change the grants";
+const WHAT: &str = "change the grants";
 
 impl EmbeddedStore {
     /// Applies `change` and appends `event` (its admin audit entry) in one commit, then
@@ -29,15 +29,7 @@ impl EmbeddedStore {
         change: &GrantChange,
         event: &AuditEntry,
     ) -> Result<Result<StoredGrant, GrantRefused>, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = apply(&mut conn, &mut memory, change, event);
-        if outcome.is_err() {
-            memory.forget();
-        }
-        drop(memory);
-        drop(conn);
-        let outcome = outcome.map_err(|e| self.error(CONFLICT, e))?;
+        let outcome = self.write(WHAT, |conn, memory| apply(conn, memory, change, event))?;
         if outcome.is_ok() {
             self.touch_grants_stamp();
         }
@@ -121,7 +113,7 @@ fn apply(
          ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256, body = excluded.body",
     )?
     .execute(params![grant.name, grant.token_sha256, body])?;
-    let record = Queued::new(vec![(event.chain(), event.body())], true);
+    let record = Queued::of(std::slice::from_ref(event), true);
     write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(&record))?;
     tx.commit()?;
     Ok(Ok(grant))
@@ -131,18 +123,9 @@ fn apply(
 mod tests {
     use super::*;
     use crate::audit::{AdminEvent, AuditFilter};
+    use crate::embedded::scratch;
     use crate::grants::StoredPolicy;
     use std::collections::BTreeMap;
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "toolgate-store-grants-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
 
     fn event(action: &str, name: &str) -> AuditEntry {
         AuditEntry::Admin(AdminEvent {

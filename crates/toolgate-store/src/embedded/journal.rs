@@ -314,11 +314,7 @@ mod tests {
 
     #[test]
     fn live_segments_are_not_orphans_and_rotation_deletes_committed_segments() {
-        let dir = std::env::temp_dir().join(format!(
-            "toolgate-journal-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
+        let dir = crate::embedded::scratch("journal-rotation");
         let mut journal = Journal::create(&dir).expect("journal");
         let line = encode(&[("calls", "x".repeat(1000))]);
         let mut marks = Vec::new();
