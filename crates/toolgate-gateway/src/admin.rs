@@ -13,7 +13,6 @@ use crate::config::{AdminRole, AdminSpec, UpstreamSpec};
 use crate::grant_admin::{self, GrantError, NewGrant};
 use crate::{body, AuditStore, Gateway};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -105,10 +104,7 @@ impl Gateway {
         let who = match self.admin_of(request.headers().get(header::AUTHORIZATION)) {
             Some(who) => who.clone(),
             None => {
-                let delay = self.auth_throttle.failed(peer, std::time::Instant::now());
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
+                self.auth_throttle.failed_now(peer).await;
                 return Refusal::new(
                     StatusCode::UNAUTHORIZED,
                     "missing, unknown or revoked admin token",
@@ -187,14 +183,7 @@ impl Gateway {
     /// The holder of the admin token in `authorization`, compared in constant time against
     /// every holder (so the time taken does not tell how many there are before a match).
     fn admin_of(&self, authorization: Option<&HeaderValue>) -> Option<&AdminSpec> {
-        let token = authorization
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())?;
+        let token = crate::grants::bearer_token(authorization?.to_str().ok()?)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for admin in &self.settings.admins {
@@ -229,12 +218,15 @@ impl Gateway {
                     .iter()
                     .map(|(server, p)| (server, json!({"source": p.id, "version": p.version})))
                     .collect();
-                let without: Vec<&String> =
-                    g.servers.iter().filter(|s| !g.policies.contains_key(*s)).collect();
+                let without: Vec<&String> = g
+                    .servers
+                    .iter()
+                    .filter(|s| !g.policies.contains_key(*s))
+                    .collect();
                 json!({
                     "name": g.name,
                     "origin": "config",
-                    "status": if g.expires_unix.is_some_and(|t| t <= crate::time::now_unix()) { "expired" } else { "active" },
+                    "status": if g.expired() { "expired" } else { "active" },
                     "policies": policies,
                     "servers": without,
                     "expires": g.expires_unix.map(|t| crate::time::format_rfc3339_ms(t * 1000)),
@@ -248,13 +240,8 @@ impl Gateway {
             .await
             .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         for grant in &minted {
-            let mut line = grant_admin::describe(grant);
-            line["name"] = json!(grant.name);
+            let mut line = grant_admin::listing(grant);
             line["origin"] = json!("minted");
-            line["status"] = json!(grant_admin::status(grant));
-            line["created"] = json!(grant.created_ts);
-            line["token_minted"] = json!(grant.token_ts);
-            line["revoked"] = json!(grant.revoked_ts);
             grants.push(line);
         }
         Ok(body::json(StatusCode::OK, &json!({ "grants": grants })))
@@ -329,10 +316,10 @@ impl Gateway {
             grant_admin::mint(&self.grant_store, Some(&self.settings), grant, actor)
                 .await
                 .map_err(refusal)?;
-        let mut answer = grant_admin::describe(&grant);
-        answer["name"] = json!(grant.name);
-        answer["token"] = json!(token);
-        Ok(body::json(StatusCode::CREATED, &answer))
+        Ok(body::json(
+            StatusCode::CREATED,
+            &grant_admin::with_token(&grant, &token),
+        ))
     }
 
     async fn rotate_grant(&self, name: &str, actor: &str) -> Answer {
@@ -474,23 +461,9 @@ impl Gateway {
     }
 
     async fn read_bytes(&self, request: Request<Incoming>) -> Result<Bytes, Refusal> {
-        let limit = self.settings.max_body_bytes;
-        match Limited::new(request.into_body(), limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(Refusal::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body larger than {limit} bytes"),
-                ))
-            }
-            Err(e) => Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )),
-        }
+        body::read_request(request.into_body(), self.settings.max_body_bytes)
+            .await
+            .map_err(|(status, message)| Refusal(status, message))
     }
 }
 

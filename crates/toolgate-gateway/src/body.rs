@@ -17,6 +17,33 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// a stream fed by a channel.
 pub type Body = BoxBody<Bytes, BodyError>;
 
+/// A request body read whole, at most `limit` bytes: else the status to refuse it with
+/// (413 past the limit, 400 if it could not be read) and why.
+pub async fn read_request(
+    incoming: hyper::body::Incoming,
+    limit: usize,
+) -> Result<Bytes, (StatusCode, String)> {
+    match http_body_util::Limited::new(incoming, limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {limit} bytes"),
+            ))
+        }
+        Err(e) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

@@ -72,22 +72,9 @@ impl Catalogue {
     }
 }
 
-/// Walks every page of a `tools/list` and collects the tool names. `page` sends one
+/// Walks every page of a `tools/list` and collects the tools' definitions. `page` sends one
 /// `tools/list` with the given params and returns its result; at most 1000 pages are read so a
 /// server that keeps handing out cursors cannot hold the gateway forever.
-pub async fn list_tool_names<F, Fut>(page: F) -> Result<Vec<String>, GatewayError>
-where
-    F: FnMut(Value) -> Fut,
-    Fut: Future<Output = Result<Value, GatewayError>>,
-{
-    Ok(list_tools(page)
-        .await?
-        .iter()
-        .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
-        .collect())
-}
-
-/// Like [`list_tool_names`], with each tool's whole definition.
 pub async fn list_tools<F, Fut>(mut page: F) -> Result<Vec<Value>, GatewayError>
 where
     F: FnMut(Value) -> Fut,

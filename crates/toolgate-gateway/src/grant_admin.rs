@@ -245,6 +245,27 @@ pub fn describe(grant: &StoredGrant) -> Value {
     })
 }
 
+/// A grant as listed (`grant list --json`, the admin API): what it allows, its name,
+/// status and times — never its token or the token's hash.
+pub fn listing(grant: &StoredGrant) -> Value {
+    let mut line = describe(grant);
+    line["name"] = json!(grant.name);
+    line["status"] = json!(status(grant));
+    line["created"] = json!(grant.created_ts);
+    line["token_minted"] = json!(grant.token_ts);
+    line["revoked"] = json!(grant.revoked_ts);
+    line
+}
+
+/// A grant with its new token: the answer to minting or rotating it, the one time the
+/// token is shown.
+pub fn with_token(grant: &StoredGrant, token: &str) -> Value {
+    let mut answer = describe(grant);
+    answer["name"] = json!(grant.name);
+    answer["token"] = json!(token);
+    answer
+}
+
 /// `active`, `expired` or `revoked`.
 pub fn status(grant: &StoredGrant) -> &'static str {
     if grant.revoked_ts.is_some() {

@@ -61,6 +61,11 @@ impl GrantSpec {
         self.subject.as_deref().unwrap_or(&self.name)
     }
 
+    /// Whether its expiry time has come.
+    pub fn expired(&self) -> bool {
+        self.expires_unix.is_some_and(|t| t <= now_unix())
+    }
+
     /// Whether the grant may address `server` at all (403 otherwise).
     pub fn allows_server(&self, server: &str) -> bool {
         self.servers.contains(server)
@@ -206,14 +211,9 @@ impl Grants {
     ) -> Result<Arc<GrantSpec>, GatewayError> {
         let header = authorization
             .ok_or_else(|| GatewayError::unauthorized("missing Authorization: Bearer token"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                GatewayError::unauthorized("Authorization header must be \"Bearer <token>\"")
-            })?;
+        let token = bearer_token(header).ok_or_else(|| {
+            GatewayError::unauthorized("Authorization header must be \"Bearer <token>\"")
+        })?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let grant = match self.configured.get(&digest) {
             Some(grant) => Arc::clone(grant),
@@ -231,13 +231,11 @@ impl Grants {
         if !bool::from(grant.token_sha256.ct_eq(&digest)) {
             return Err(GatewayError::unauthorized("unknown or revoked token"));
         }
-        if let Some(expires) = grant.expires_unix {
-            if now_unix() >= expires {
-                return Err(GatewayError::unauthorized(format!(
-                    "grant \"{}\" has expired",
-                    grant.name
-                )));
-            }
+        if grant.expired() {
+            return Err(GatewayError::unauthorized(format!(
+                "grant \"{}\" has expired",
+                grant.name
+            )));
         }
         Ok(grant)
     }
@@ -313,6 +311,16 @@ impl Grants {
             minted_unreadable: None,
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value (the scheme in either
+/// case RFC 7235 allows here), if it has a non-empty one.
+pub(crate) fn bearer_token(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The grant a stored one describes, its policies compiled (or taken from `compiled`).

@@ -241,18 +241,9 @@ impl HttpUpstream {
         parse_messages(&self.name, sse, &bytes)
     }
 
-    /// The upstream's complete tool list, fetched on a short-lived session of the gateway's
-    /// own (initialize, initialized, every page of tools/list, DELETE).
-    pub async fn fetch_tool_names(&self) -> Result<Vec<String>, GatewayError> {
-        Ok(self
-            .fetch_tools()
-            .await?
-            .iter()
-            .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
-            .collect())
-    }
-
-    /// Like [`HttpUpstream::fetch_tool_names`], with each tool's whole definition.
+    /// The upstream's complete tool list (each tool's definition), fetched on a short-lived
+    /// session of the gateway's own (initialize, initialized, every page of tools/list,
+    /// DELETE).
     pub async fn fetch_tools(&self) -> Result<Vec<Value>, GatewayError> {
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -52,12 +52,16 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// The upstream's complete tool list, asked on the gateway's own behalf.
+    /// The names in the upstream's complete tool list, asked on the gateway's own behalf.
     pub async fn fetch_tool_names(&self) -> Result<Vec<String>, error::GatewayError> {
-        match self {
-            Upstream::Http(up) => up.fetch_tool_names().await,
-            Upstream::Stdio(up) => up.fetch_tool_names().await,
-        }
+        let tools = match self {
+            Upstream::Http(up) => up.fetch_tools().await?,
+            Upstream::Stdio(up) => up.fetch_tools().await?,
+        };
+        Ok(tools
+            .iter()
+            .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+            .collect())
     }
 }
 

@@ -77,11 +77,7 @@ impl Gateway {
             Ok(g) => g,
             Err(response) => {
                 if response.status() == StatusCode::UNAUTHORIZED {
-                    let delay = self.auth_throttle.failed(peer, std::time::Instant::now());
-                    if !delay.is_zero() {
-                        tracing::info!(%peer, delay_ms = delay.as_millis() as u64, "repeated authentication failures: answering late");
-                        tokio::time::sleep(delay).await;
-                    }
+                    self.auth_throttle.failed_now(peer).await;
                 }
                 return response;
             }
@@ -150,11 +146,7 @@ impl Gateway {
             HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
         };
         let token = authorization
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(crate::grants::bearer_token)
             .filter(|t| t.split('.').count() == 3);
         let outcome = match token {
             Some(token) => {
@@ -1036,24 +1028,16 @@ fn unsupported_version(message: String) -> Response<Body> {
 }
 
 async fn read_body(incoming: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
-    match Limited::new(incoming, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(client_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                codes::INVALID_REQUEST,
-                format!("request body larger than {limit} bytes"),
-            ))
-        }
-        Err(e) => Err(client_error(
-            StatusCode::BAD_REQUEST,
-            codes::PARSE_ERROR,
-            format!("could not read the request body: {e}"),
-        )),
-    }
+    body::read_request(incoming, limit)
+        .await
+        .map_err(|(status, message)| {
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                codes::INVALID_REQUEST
+            } else {
+                codes::PARSE_ERROR
+            };
+            client_error(status, code, message)
+        })
 }
 
 fn set_session_header(response: &mut Response<Body>, session: &str) {

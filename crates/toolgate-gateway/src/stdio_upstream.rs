@@ -847,12 +847,8 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
 }
 
 impl StdioUpstream {
-    /// The child's complete tool list (every page), asked on the gateway's own behalf.
-    pub async fn fetch_tool_names(&self) -> Result<Vec<String>, GatewayError> {
-        crate::catalogue::list_tool_names(|params| self.request_own("tools/list", params)).await
-    }
-
-    /// The child's complete tool list with each tool's definition.
+    /// The child's complete tool list (every page, each tool's definition), asked on the
+    /// gateway's own behalf.
     pub async fn fetch_tools(&self) -> Result<Vec<Value>, GatewayError> {
         crate::catalogue::list_tools(|params| self.request_own("tools/list", params)).await
     }

@@ -64,6 +64,18 @@ impl AuthThrottle {
     }
 }
 
+impl AuthThrottle {
+    /// Counts a failed authentication from `peer` now and waits as long as that earns it
+    /// (an async sleep: a slowed client holds a connection, not a thread).
+    pub(crate) async fn failed_now(&self, peer: IpAddr) {
+        let delay = self.failed(peer, Instant::now());
+        if !delay.is_zero() {
+            tracing::info!(%peer, delay_ms = delay.as_millis() as u64, "repeated authentication failures: answering late");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
 /// The delay for the `count`th failure in a row.
 fn delay_after(count: u32) -> Duration {
     match count.checked_sub(FREE_FAILURES + 1) {

@@ -215,13 +215,7 @@ fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
     let write = |e| Failure::write("the grants", e);
     if args.json {
         for grant in &grants {
-            let mut line = grant_admin::describe(grant);
-            line["name"] = json!(grant.name);
-            line["status"] = json!(grant_admin::status(grant));
-            line["created"] = json!(grant.created_ts);
-            line["token_minted"] = json!(grant.token_ts);
-            line["revoked"] = json!(grant.revoked_ts);
-            writeln!(out, "{line}").map_err(write)?;
+            writeln!(out, "{}", grant_admin::listing(grant)).map_err(write)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -337,10 +331,7 @@ fn print_token(
 ) -> Result<ExitCode, Failure> {
     let mut out = io::stdout().lock();
     let text = if json {
-        let mut line = grant_admin::describe(grant);
-        line["name"] = json!(grant.name);
-        line["token"] = json!(token);
-        line.to_string()
+        grant_admin::with_token(grant, token).to_string()
     } else {
         format!(
             "grant {:?} {what}.\nIts token is shown only this once; store it now:\n{token}",
