@@ -13,7 +13,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use toolgate_gateway::config::{self, Settings};
@@ -77,9 +77,49 @@ pub struct StoreArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// The data directory holding toolgate.db (overrides the configuration's data_dir; the
-    /// configuration is then not read at all).
+    /// audit commands then do not read the configuration, the grant commands still check
+    /// grants against it).
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The configuration: `--config`, or `toolgate.toml` in the working directory if it
+    /// exists; `hint` tells how to do without it when it is rejected. An explicit `--config`
+    /// that does not exist is an error (load says "cannot read"), not a silent fall-back to
+    /// the default directory: that would reach some other store.
+    pub(crate) fn settings(&self, hint: &str) -> Result<Option<Settings>, Failure> {
+        let (path, explicit) = match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from("toolgate.toml"), false),
+        };
+        if !explicit && !path.exists() {
+            return Ok(None);
+        }
+        config::load(&path)
+            .map(Some)
+            .map_err(|e| Failure::Usage(format!("configuration rejected ({hint}):\n{e}")))
+    }
+}
+
+/// The data directory when neither `--data-dir` nor a configuration names one.
+pub(crate) fn default_data_dir() -> PathBuf {
+    Settings::new(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))).data_dir
+}
+
+/// Refuses a data directory without a database: `EmbeddedStore::open` creates what is
+/// missing, which for a wrong path would give a plausible-looking empty `what`. (A race with
+/// someone deleting the file in between is harmless: the store then comes up empty, which
+/// is what it is.)
+pub(crate) fn existing_store(dir: &Path, what: &str) -> Result<(), Failure> {
+    if dir.join("toolgate.db").is_file() {
+        return Ok(());
+    }
+    Err(Failure::Usage(format!(
+        "no {what} in {}: there is no toolgate.db there (point --data-dir or --config at the \
+         gateway's data directory)",
+        dir.display()
+    )))
 }
 
 /// Which records: shared by `query` and `export`. Every filter given must match.
@@ -262,26 +302,16 @@ fn location(args: &StoreArgs) -> Result<Location, Failure> {
     if let Some(dir) = &args.data_dir {
         return Ok(Location::Embedded(dir.clone()));
     }
-    let (path, explicit) = match &args.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from("toolgate.toml"), false),
-    };
-    // An explicit --config that does not exist is an error (load says "cannot read"), not
-    // a silent fall-back to the default directory: that would read some other store.
-    if explicit || path.exists() {
-        let settings = config::load(&path).map_err(|e| {
-            Failure::Usage(format!(
-                "configuration rejected (pass --data-dir DIR to read a store without it):\n{e}"
-            ))
-        })?;
-        return Ok(match settings.postgres_url {
-            Some(url) => Location::Postgres(url),
-            None => Location::Embedded(settings.data_dir),
-        });
-    }
-    Ok(Location::Embedded(
-        Settings::new(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))).data_dir,
-    ))
+    Ok(
+        match args.settings("pass --data-dir DIR to read a store without it")? {
+            Some(Settings {
+                postgres_url: Some(url),
+                ..
+            }) => Location::Postgres(url),
+            Some(settings) => Location::Embedded(settings.data_dir),
+            None => Location::Embedded(default_data_dir()),
+        },
+    )
 }
 
 /// The audit log being read.
@@ -341,17 +371,7 @@ fn open_store(args: &StoreArgs) -> Result<Reader, Failure> {
             return Ok(Reader::Postgres(Box::new(log), runtime));
         }
     };
-    let db = dir.join("toolgate.db");
-    // `EmbeddedStore::open` creates what is missing; for a read that would turn a wrong
-    // path into a plausible-looking empty log. (A race with someone deleting the file in
-    // between is harmless: the store then comes up empty, which is what it is.)
-    if !db.is_file() {
-        return Err(Failure::Usage(format!(
-            "no audit store in {}: there is no toolgate.db there (point --data-dir or \
-             --config at the gateway's data directory)",
-            dir.display()
-        )));
-    }
+    existing_store(&dir, "audit store")?;
     let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
     // Entries a killed gateway left in its journal belong in what is read; should they not
     // go in (a read-only copy of the data directory, say), the rest is still worth reading.

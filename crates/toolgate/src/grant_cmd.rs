@@ -6,15 +6,14 @@
 //! A token is printed once, by `create` and `rotate`, and never stored: the store keeps
 //! its SHA-256. `list` shows neither.
 
-use crate::audit_cmd::{exit_code, Failure, StoreArgs};
+use crate::audit_cmd::{default_data_dir, existing_store, exit_code, Failure, StoreArgs};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use toolgate_gateway::config::{self, Settings};
+use toolgate_gateway::config::Settings;
 use toolgate_gateway::grant_admin::{self, GrantError, GrantStore, NewGrant};
 use toolgate_gateway::time::format_rfc3339_ms;
 use toolgate_store::{EmbeddedStore, PostgresAuditLog, StoredGrant, StoredPolicy};
@@ -102,19 +101,8 @@ struct Target {
 /// Opens the store the grants live in. `create` may create it (the gateway may not have
 /// run yet); the other commands need an existing one.
 fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
-    let (path, explicit) = match &args.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from("toolgate.toml"), false),
-    };
-    let settings = if explicit || path.exists() {
-        Some(config::load(&path).map_err(|e| {
-            Failure::Usage(format!(
-                "configuration rejected (pass --data-dir DIR without --config to use a store without it):\n{e}"
-            ))
-        })?)
-    } else {
-        None
-    };
+    let settings =
+        args.settings("pass --data-dir DIR without --config to use a store without it")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -133,14 +121,10 @@ fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
     let dir = match (&args.data_dir, &settings) {
         (Some(dir), _) => dir.clone(),
         (None, Some(settings)) => settings.data_dir.clone(),
-        (None, None) => Settings::new(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))).data_dir,
+        (None, None) => default_data_dir(),
     };
-    if !create && !dir.join("toolgate.db").is_file() {
-        return Err(Failure::Usage(format!(
-            "no store in {}: there is no toolgate.db there (point --data-dir or --config at the \
-             gateway's data directory)",
-            dir.display()
-        )));
+    if !create {
+        existing_store(&dir, "store")?;
     }
     let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(Target {
