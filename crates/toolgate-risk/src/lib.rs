@@ -190,21 +190,27 @@ pub fn classify(tool: &Value) -> Classification {
         })
         .or(words.first().map(String::as_str))
         .unwrap_or("");
-    let inputs = input_names(tool);
+    let schemas = input_schemas(tool);
+    let inputs: Vec<&String> = schemas.iter().map(|(name, _)| name).collect();
     let hint = |key: &str| {
         tool.get("annotations")
             .and_then(|a| a.get(key))
             .and_then(Value::as_bool)
     };
     let mut found: Vec<(Category, String)> = Vec::new();
-
-    for word in &words {
-        if FINANCIAL_WORDS.contains(&word.as_str()) {
-            found.push((Category::Financial, format!("name word \"{word}\"")));
+    // Every word of the name that is in `list`, as evidence for `category`.
+    let mut name_evidence = |list: &[&str], category: Category, what: &str| {
+        for word in words.iter().filter(|w| list.contains(&w.as_str())) {
+            found.push((category, format!("name {what} \"{word}\"")));
         }
-    }
+    };
+    name_evidence(FINANCIAL_WORDS, Category::Financial, "word");
+    name_evidence(DESTRUCTIVE_VERBS, Category::Destructive, "verb");
+    name_evidence(EXECUTE_VERBS, Category::Execute, "verb");
+
     let money_inputs: Vec<&String> = inputs
         .iter()
+        .copied()
         .filter(|i| FINANCIAL_INPUTS.contains(&i.as_str()))
         .collect();
     if money_inputs.iter().any(|i| *i == "amount") && money_inputs.len() >= 2 {
@@ -220,11 +226,6 @@ pub fn classify(tool: &Value) -> Classification {
         ));
     }
 
-    for word in &words {
-        if DESTRUCTIVE_VERBS.contains(&word.as_str()) {
-            found.push((Category::Destructive, format!("name verb \"{word}\"")));
-        }
-    }
     if !READ_VERBS.contains(&verb)
         && ["permanently delete", "cannot be undone", "wipes"]
             .iter()
@@ -236,20 +237,15 @@ pub fn classify(tool: &Value) -> Classification {
         ));
     }
 
-    for word in &words {
-        if EXECUTE_VERBS.contains(&word.as_str()) {
-            found.push((Category::Execute, format!("name verb \"{word}\"")));
-        }
-    }
     for input in &inputs {
         if EXECUTE_INPUTS.contains(&input.as_str()) {
             found.push((Category::Execute, format!("free input \"{input}\"")));
         }
     }
-    if description.contains("sql") && inputs.iter().any(|i| i == "query") {
+    if description.contains("sql") && inputs.iter().any(|i| *i == "query") {
         found.push((Category::Execute, "input \"query\" takes SQL".into()));
     }
-    for (input, schema) in input_schemas(tool) {
+    for (input, schema) in &schemas {
         let is_url = schema.get("format").and_then(Value::as_str) == Some("uri")
             || matches!(input.as_str(), "url" | "uri" | "endpoint");
         if is_url && !READ_VERBS.contains(&verb) {
@@ -379,15 +375,7 @@ fn name_words(name: &str) -> Vec<String> {
     words
 }
 
-/// The top-level input property names, lower-cased.
-fn input_names(tool: &Value) -> Vec<String> {
-    input_schemas(tool)
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect()
-}
-
-/// The top-level input properties with their schemas.
+/// The top-level input properties (names lower-cased) with their schemas.
 fn input_schemas(tool: &Value) -> Vec<(String, &Value)> {
     tool.get("inputSchema")
         .and_then(|s| s.get("properties"))
