@@ -20,7 +20,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use toolgate_store::audit::AuditFilter;
 use toolgate_store::StoredPolicy;
@@ -65,35 +64,10 @@ type Answer = Result<Response<Body>, Refusal>;
 impl Gateway {
     /// Entry point for `/admin/api` and below.
     pub(crate) async fn handle_admin(
-        self: Arc<Self>,
+        &self,
         request: Request<Incoming>,
         peer: IpAddr,
     ) -> Response<Body> {
-        // A refusal leaves the request body unread, and then the connection cannot carry
-        // another request: say so, or a client reusing it finds it closed under it.
-        let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
-            || request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
-        let reads_body = matches!(
-            (
-                request.method().as_str(),
-                request.uri().path().trim_end_matches('/')
-            ),
-            ("POST", "/admin/api/grants")
-        ) || (request.method() == hyper::Method::PUT
-            && request.uri().path().contains("/policies/"));
-        let mut response = self.admin_answer(request, peer).await;
-        if has_body && (!reads_body || !response.status().is_success()) {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-
-    async fn admin_answer(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         if self.settings.admins.is_empty() {
             return Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -149,24 +123,28 @@ impl Gateway {
         }
         let actor = format!("admin-api:{}", who.name);
         let query = request.uri().query().unwrap_or("").to_owned();
+        // Read only once the caller may use the endpoint (bounded all the same), and for
+        // every endpoint: a body left unread would keep the connection from serving the
+        // client's next request.
+        let body = match body::read_request(request.into_body(), self.settings.max_body_bytes).await
+        {
+            Ok(body) => body,
+            Err((status, message)) => return Refusal(status, message).into_response(),
+        };
         let answer = match (endpoint.0, segments.as_slice()) {
             ("GET", []) => Ok(self.endpoints(&who)),
             ("GET", ["grants"]) => self.list_grants().await,
-            ("POST", ["grants"]) => {
-                let body = self.read_json(request).await;
-                match body {
-                    Ok(body) => self.mint_grant(body, &actor).await,
-                    Err(refusal) => Err(refusal),
-                }
-            }
+            ("POST", ["grants"]) => match serde_json::from_slice(&body) {
+                Ok(request) => self.mint_grant(request, &actor).await,
+                Err(e) => Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not JSON: {e}"),
+                )),
+            },
             ("POST", ["grants", name, "rotate"]) => self.rotate_grant(name, &actor).await,
             ("POST", ["grants", name, "revoke"]) => self.revoke_grant(name, &actor).await,
             ("PUT", ["grants", name, "policies", server]) => {
-                let (name, server) = (name.to_string(), server.to_string());
-                match self.read_bytes(request).await {
-                    Ok(document) => self.set_policy(&name, &server, document, &actor).await,
-                    Err(refusal) => Err(refusal),
-                }
+                self.set_policy(name, server, body, &actor).await
             }
             ("GET", ["policies"]) => Ok(self.list_policies().await),
             ("GET", ["servers"]) => Ok(self.list_servers()),
@@ -448,22 +426,6 @@ impl Gateway {
             }
         };
         Ok(body::json(StatusCode::OK, &json!({ "records": records })))
-    }
-
-    async fn read_json(&self, request: Request<Incoming>) -> Result<Value, Refusal> {
-        let bytes = self.read_bytes(request).await?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not JSON: {e}"),
-            )
-        })
-    }
-
-    async fn read_bytes(&self, request: Request<Incoming>) -> Result<Bytes, Refusal> {
-        body::read_request(request.into_body(), self.settings.max_body_bytes)
-            .await
-            .map_err(|(status, message)| Refusal(status, message))
     }
 }
 

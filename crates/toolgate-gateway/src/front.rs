@@ -104,6 +104,26 @@ pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 impl Gateway {
     /// Routes one request; never fails (every problem becomes a response).
     async fn route(self: Arc<Self>, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        // A refusal may leave the request body unread, and hyper then closes the connection
+        // after the answer; without saying so, a client that reuses the connection for its
+        // next request finds it closed under it. Every refusal of a request with a body
+        // says so (cheap: such refusals are rare, and the client just reconnects).
+        let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        let mut response = self.answer(request, peer).await;
+        if has_body && !response.status().is_success() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// [`Gateway::route`]'s answer.
+    async fn answer(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let forbidden = |what: String| {
             GatewayError::client(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, what)
                 .into_response(serde_json::Value::Null)
