@@ -9,7 +9,15 @@
 //! a Write tool without making it Destructive (a file write that may overwrite is still a
 //! write). A tool with no evidence at all is a Write tool: guessing Read would let an
 //! unknown action run unchecked.
+//!
+//! The [`inspect`](mod@inspect) module checks definitions for what a tool should not say:
+//! hidden instructions to the model ("tool poisoning") and names that shadow another
+//! server's tools.
 #![forbid(unsafe_code)]
+
+pub mod inspect;
+
+pub use inspect::{inspect, shadowing, Flag, FlagKind};
 
 use serde_json::Value;
 use std::fmt;
@@ -120,7 +128,7 @@ const DESTRUCTIVE_VERBS: &[&str] = &[
     "clear",
 ];
 const EXECUTE_VERBS: &[&str] = &[
-    "exec", "execute", "run", "eval", "evaluate", "shell", "spawn", "invoke", "script",
+    "exec", "execute", "run", "eval", "evaluate", "shell", "spawn", "invoke", "script", "deploy",
 ];
 const EXECUTE_INPUTS: &[&str] = &[
     "command",
@@ -167,6 +175,38 @@ const READ_VERBS: &[&str] = &[
     "info",
     "whoami",
     "ping",
+    "return",
+    "test",
+    "greet",
+    "hello",
+    "say",
+    "report",
+    "suggest",
+    "look",
+];
+
+/// Words a tool that only does arithmetic is named with (`add`, `add_two`, `calc`): such a
+/// tool with only numeric inputs computes, it changes nothing.
+const ARITHMETIC_WORDS: &[&str] = &[
+    "add",
+    "sum",
+    "subtract",
+    "multiply",
+    "divide",
+    "calc",
+    "calculate",
+    "compute",
+    "two",
+    "numbers",
+    "number",
+    "integers",
+    "values",
+];
+
+/// Words a description may open with before its verb ("A tool that returns…").
+const DESCRIPTION_FILLER: &[&str] = &[
+    "a", "an", "the", "this", "that", "tool", "to", "simple", "sample", "demo", "which", "it",
+    "just",
 ];
 
 /// Classifies one tool definition (a `tools/list` entry).
@@ -179,17 +219,18 @@ pub fn classify(tool: &Value) -> Classification {
         .to_lowercase();
     let words = name_words(name);
     // The verb: the first word that is one, so that a namespace prefix (`slack_`,
-    // `brave_`) does not hide it.
-    let verb = words
-        .iter()
-        .map(String::as_str)
-        .find(|w| {
-            [READ_VERBS, WRITE_VERBS, EXECUTE_VERBS, DESTRUCTIVE_VERBS]
-                .iter()
-                .any(|verbs| verbs.contains(w))
-        })
-        .or(words.first().map(String::as_str))
-        .unwrap_or("");
+    // `brave_`) does not hide it — nor a test harness's `test_` the verb after it.
+    let is_verb = |w: &&str| {
+        [READ_VERBS, WRITE_VERBS, EXECUTE_VERBS, DESTRUCTIVE_VERBS]
+            .iter()
+            .any(|verbs| verbs.contains(w))
+    };
+    let mut verbs = words.iter().map(String::as_str).filter(is_verb);
+    let verb = match verbs.next() {
+        Some("test") => verbs.next().unwrap_or("test"),
+        Some(verb) => verb,
+        None => words.first().map_or("", String::as_str),
+    };
     let schemas = input_schemas(tool);
     let inputs: Vec<&String> = schemas.iter().map(|(name, _)| name).collect();
     let hint = |key: &str| {
@@ -242,13 +283,20 @@ pub fn classify(tool: &Value) -> Classification {
             found.push((Category::Execute, format!("free input \"{input}\"")));
         }
     }
-    if description.contains("sql") && inputs.iter().any(|i| *i == "query") {
-        found.push((Category::Execute, "input \"query\" takes SQL".into()));
-    }
     for (input, schema) in &schemas {
+        let about_sql = description.contains("sql")
+            || schema
+                .get("description")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.to_lowercase().contains("sql"));
+        if input == "query" && about_sql {
+            found.push((Category::Execute, "input \"query\" takes SQL".into()));
+        }
+        // Whatever the verb: a tool that reaches any URL it is given can be pointed at
+        // internal services (server-side request forgery).
         let is_url = schema.get("format").and_then(Value::as_str) == Some("uri")
             || matches!(input.as_str(), "url" | "uri" | "endpoint");
-        if is_url && !READ_VERBS.contains(&verb) {
+        if is_url {
             found.push((
                 Category::Execute,
                 format!("fetches any URL (input \"{input}\")"),
@@ -265,6 +313,30 @@ pub fn classify(tool: &Value) -> Classification {
     }
     if READ_VERBS.contains(&verb) {
         found.push((Category::Read, format!("name verb \"{verb}\"")));
+    }
+
+    // Arithmetic: a name made only of arithmetic words, and numbers in (an `op` may say
+    // which operation): whatever its verb ("add"), it computes.
+    let arithmetic = !words.is_empty()
+        && words.iter().any(|w| ARITHMETIC_WORDS.contains(&w.as_str()))
+        && words.iter().all(|w| {
+            ARITHMETIC_WORDS.contains(&w.as_str()) || w.chars().all(|c| c.is_ascii_digit())
+        })
+        && !schemas.is_empty()
+        && schemas.iter().all(|(input, schema)| {
+            matches!(
+                schema.get("type").and_then(Value::as_str),
+                Some("number" | "integer")
+            ) || matches!(input.as_str(), "op" | "operation" | "operator")
+        });
+    if arithmetic && found.iter().all(|(c, _)| *c <= Category::Write) {
+        found.retain(|(c, _)| *c != Category::Write);
+        found.push((Category::Read, "arithmetic on numeric inputs".into()));
+    }
+    // A name without a verb of any list: the description's opening verb, if that is all the
+    // description says ("Returns the time"; not "Returns X after deleting Y").
+    if found.is_empty() {
+        found.extend(description_verb(&description));
     }
 
     let strongest = found.iter().map(|(c, _)| *c).max();
@@ -351,6 +423,47 @@ pub fn starter_policy(server: &str, tools: &[Value]) -> Value {
 
 /// The words of a tool name, lower-cased: split at `_`, `-`, `.`, `/`, spaces and
 /// lower-to-upper case changes (`createIssue` → `create`, `issue`).
+/// The category the opening verb of `description` (lower-cased) gives, with its evidence.
+/// Read only when no word of the description names a stronger action.
+fn description_verb(description: &str) -> Option<(Category, String)> {
+    let words: Vec<&str> = description
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let verb = words.iter().find(|w| !DESCRIPTION_FILLER.contains(w))?;
+    let lists: [(&[&str], Category); 4] = [
+        (DESTRUCTIVE_VERBS, Category::Destructive),
+        (EXECUTE_VERBS, Category::Execute),
+        (WRITE_VERBS, Category::Write),
+        (READ_VERBS, Category::Read),
+    ];
+    let category_of = |word: &str| {
+        let stems = [Some(word), word.strip_suffix("es"), word.strip_suffix('s')];
+        lists.iter().find_map(|(list, category)| {
+            stems
+                .iter()
+                .flatten()
+                .any(|stem| list.contains(stem))
+                .then_some(*category)
+        })
+    };
+    let category = category_of(verb)?;
+    let stronger = words
+        .iter()
+        .filter_map(|w| category_of(w))
+        .chain(
+            words
+                .iter()
+                .filter(|w| FINANCIAL_WORDS.contains(w))
+                .map(|_| Category::Financial),
+        )
+        .any(|c| c > Category::Read);
+    if category == Category::Read && stronger {
+        return None;
+    }
+    Some((category, format!("description opens with \"{verb}\"")))
+}
+
 fn name_words(name: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut current = String::new();

@@ -1,6 +1,7 @@
 //! The classifier against a labelled corpus of real tool definitions (`corpus/*.json`: the
-//! official everything, filesystem, memory, github and gitlab servers from npm, and this
-//! repository's SendIt example), each labelled by a careful human reading.
+//! official everything, filesystem, memory, github and gitlab servers from npm, the example
+//! servers of the official Python SDK, and this repository's SendIt example), each labelled
+//! by a careful human reading.
 //!
 //! The bar (issue 6): at least 90% agreement overall, and never a destructive or financial
 //! tool rated Read.
