@@ -48,6 +48,7 @@ from support.procs import (  # noqa: E402  (also used by the tests through this 
 FIXTURES = REPO / "tests" / "fixtures"
 PY_UPSTREAM = FIXTURES / "py_upstream.py"
 HEADER_RECORDER = FIXTURES / "header_recorder.py"
+ATTACK_SERVER = FIXTURES / "attack_server.py"
 EXAMPLES = REPO / "examples"
 
 PYTHON = os.environ.get("TOOLGATE_PYTHON") or sys.executable
@@ -101,6 +102,13 @@ def py_upstream_stdio_argv(*extra: str) -> list[str]:
 
 def start_header_recorder(procs: Procs, record: Path, *extra: str, name: str = "header_recorder") -> str:
     proc = procs.start(name, [PYTHON, str(HEADER_RECORDER), "--record", str(record), "--port", "0", *extra])
+    return proc.wait_for(ready_url)
+
+
+def start_attack_server(procs: Procs, role: str, *extra: str, name: str | None = None) -> str:
+    """attack_server.py (a hostile MCP server, `role` evil or mail) over Streamable HTTP on
+    a free port; returns its /mcp URL."""
+    proc = procs.start(name or f"attack_{role}", [PYTHON, str(ATTACK_SERVER), "--role", role, "--port", "0", *extra])
     return proc.wait_for(ready_url)
 
 

@@ -199,6 +199,10 @@ def test_every_request_is_recorded_with_its_decision_and_outcome(procs: Procs, t
 
     # The admin stream: the policy the gateway loaded, with the version its records carry.
     admin = query(data_dir(gw), "--admin")
+    # The tools the gateway saw were pinned (SPEC §10); the rest is the policy it loaded.
+    pinned = {a["subject"] for a in admin if a["action"] == "tool_pinned"}
+    assert {"py/echo", "py/add"} <= pinned, pinned
+    admin = [a for a in admin if a["action"] != "tool_pinned"]
     assert [(a["action"], a["actor"], a["detail"]["grant"], a["detail"]["server"]) for a in admin] == [
         ("policy_loaded", "gateway", "auditor", "py")], admin
     assert admin[0]["subject"] == echo["policy_id"] and admin[0]["detail"]["version"] == echo["policy_version"]

@@ -13,10 +13,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
-from e2e_helpers import Procs, everything_command, gateway_binary, sendit_binary, start_py_upstream_http
+from e2e_helpers import (
+    FIXTURES,
+    PYTHON,
+    Procs,
+    everything_command,
+    gateway_binary,
+    sendit_binary,
+    start_attack_server,
+    start_py_upstream_http,
+)
+
+ODD_TOOLS = FIXTURES / "odd_tools_server.py"
 
 
 def toolgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,12 +67,14 @@ def test_scan_of_a_url_follows_pagination_and_prints_a_table(procs: Procs) -> No
     done = toolgate("scan", url)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["TOOL", "CATEGORY", "RISK", "EVIDENCE"], lines[0]
-    tools = [line.split()[0] for line in lines[1:-1]]
+    assert lines[0].split() == ["TOOL", "CATEGORY", "RISK", "FLAGS", "EVIDENCE"], lines[0]
+    table = [line for line in lines[1:] if not line.startswith("flag: ")]
+    summary = table.pop()
+    tools = [line.split()[0] for line in table]
     assert {"filler_00", "filler_29", "echo", "delete_everything", "charge"} <= set(tools), tools
     assert len(tools) == len(set(tools)), "a page was listed twice"
-    assert lines[-1].startswith(f"{len(tools)} tools: "), lines[-1]
-    row = {line.split()[0]: line.split()[1:3] for line in lines[1:-1]}
+    assert summary.startswith(f"{len(tools)} tools: ") and summary.endswith("; 0 flagged"), summary
+    row = {line.split()[0]: line.split()[1:3] for line in table}
     assert row["delete_everything"] == ["Destructive", "critical"], row["delete_everything"]
     assert row["charge"] == ["Financial", "critical"], row["charge"]
 
@@ -75,10 +89,10 @@ env = {{ SENDIT_PAGE_SIZE = "3" }}
     done = toolgate("scan", "sendit", "--markdown", "--write-policy", str(policy_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "| tool | category | risk | evidence |", lines[0]
+    assert lines[0] == "| tool | category | risk | flags | evidence |", lines[0]
     assert len(lines) == 2 + 11, "all 11 SendIt tools, over four pages"
-    assert any(line.startswith("| `create_payment` | Financial | critical |") for line in lines), lines
-    assert any(line.startswith("| `purge_all_messages` | Destructive | critical |") for line in lines), lines
+    assert any(line.startswith("| `create_payment` | Financial | critical | - |") for line in lines), lines
+    assert any(line.startswith("| `purge_all_messages` | Destructive | critical | - |") for line in lines), lines
     assert toolgate("policy", "check", str(policy_path)).returncode == 0
     policy = json.loads(policy_path.read_text())
     assert policy["tools"]["create_payment"] == {"action": "require_approval"}
@@ -94,5 +108,60 @@ def test_bad_targets_are_refused_naming_what_is_wrong(tmp_path: Path) -> None:
     assert unreachable.returncode == 1 and "cannot list the tools of files" in unreachable.stderr, unreachable.stderr
     nothing = toolgate("scan", cwd=tmp_path)
     assert nothing.returncode == 2 and "say what to scan" in nothing.stderr, nothing.stderr
-    missing = toolgate("scan", "--timeout", "3s", "--", str(tmp_path / "no-such-program"))
+    # A program that cannot start is reported at once, not after the 30 s timeout.
+    started = time.monotonic()
+    missing = toolgate("scan", "--", str(tmp_path / "no-such-program"))
     assert missing.returncode == 1 and "cannot list the tools of stdio" in missing.stderr, missing.stderr
+    assert "cannot start" in missing.stderr and "no-such-program" in missing.stderr, missing.stderr
+    assert time.monotonic() - started < 15, "a missing program must not wait out the timeout"
+    exits = toolgate("scan", "--", PYTHON, "-c", "import sys; sys.exit(3)")
+    assert exits.returncode == 1 and "exited before it answered" in exits.stderr, exits.stderr
+
+
+def test_scan_reads_past_malformed_entries_and_huge_lists_and_reports_them() -> None:
+    """Thousands of tools over three pages, a huge nested schema, entries that are not
+    tools, a repeated name, a schema that is not an object: the rest is classified, each
+    problem is named, and the exit status says the list was not clean."""
+    done = toolgate("scan", "--json", "--", PYTHON, str(ODD_TOOLS))
+    assert done.returncode == 1, done.stderr
+    rows = json_lines(done.stdout)
+    assert len(rows) == 2500 + 1, len(rows)
+    assert rows["search_records"]["category"] == "Read", rows["search_records"]
+    assert rows["get_record_0001"]["category"] == "Read", "the first of a repeated name is the one classified"
+    assert rows["broken_schema"]["category"] == "Write", rows["broken_schema"]
+    problems = [line for line in done.stderr.splitlines() if line.startswith("toolgate: could not read: ")]
+    assert problems == [
+        "toolgate: could not read: tool #2501 is not an object",
+        "toolgate: could not read: tool #2502 has no name",
+        'toolgate: could not read: tool #2503 repeats the name "get_record_0001"; only the first is classified',
+        'toolgate: could not read: tool "broken_schema": its inputSchema is not an object (classified without it)',
+    ], done.stderr
+
+
+def test_scan_of_a_server_that_stops_answering_keeps_what_it_read(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    done = toolgate("scan", "--json", "--timeout", "3s", "--write-policy", str(policy), "--",
+                    PYTHON, str(ODD_TOOLS), "--hang-on-page", "2")
+    assert done.returncode == 1, done.stderr
+    assert len(json_lines(done.stdout)) == 1000, "the first page is classified"
+    assert "could not read: reading stopped after 1000 tools: " in done.stderr, done.stderr
+    assert "did not answer" in done.stderr or "timed out" in done.stderr or "timeout" in done.stderr, done.stderr
+    assert toolgate("policy", "check", str(policy)).returncode == 0
+    assert len(json.loads(policy.read_text())["tools"]) == 1000
+    # A page nested too deeply to parse safely is named as such, not just as a silence.
+    deep = toolgate("scan", "--json", "--timeout", "3s", "--", PYTHON, str(ODD_TOOLS), "--depth", "100")
+    assert deep.returncode == 1 and deep.stdout == "", deep.stdout[:200]
+    assert "reading stopped after 0 tools" in deep.stderr and "recursion limit exceeded" in deep.stderr, deep.stderr
+
+
+def test_scan_flags_poisoned_descriptions_and_shadowing(procs: Procs, tmp_path: Path) -> None:
+    url = start_attack_server(procs, "evil", "--state", str(tmp_path / "state"), "--ran", str(tmp_path / "ran"))
+    done = toolgate("scan", url, "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json_lines(done.stdout)
+    kinds = {name: {f["kind"] for f in row["flags"]} for name, row in rows.items()}
+    assert {"hidden_directive", "invisible_unicode", "secret_access"} <= kinds["weather"], rows["weather"]
+    assert kinds["add"] == set() and kinds["run_command"] == set(), kinds
+    assert "tool_reference" in kinds["mail_helper"], rows["mail_helper"]
+    table = toolgate("scan", url)
+    assert "flag: weather invisible_unicode at description: " in table.stdout and "U+200B" in table.stdout, table.stdout

@@ -313,6 +313,9 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// OAuth resource-server mode (`[oauth]`).
     pub oauth: Option<OauthSettings>,
+    /// `catalogue.withhold_flagged`: tools whose definitions the poisoning or shadowing
+    /// checks flag are withheld (hidden and refused) until an operator approves them.
+    pub withhold_flagged: bool,
     /// Warnings to log at start-up (e.g. clear-text tokens).
     pub warnings: Vec<String>,
 }
@@ -336,6 +339,7 @@ impl Settings {
             admins: Vec::new(),
             public_url: None,
             oauth: None,
+            withhold_flagged: false,
             warnings: Vec::new(),
         }
     }
@@ -846,6 +850,9 @@ fn resolve(
                 Err(e) => errors.push(format!("{file}: store.postgres_url: {e}")),
             }
         }
+    }
+    if let Some(catalogue) = &raw.catalogue {
+        settings.withhold_flagged = catalogue.withhold_flagged;
     }
     if let Some(audit) = &raw.audit {
         settings.audit = audit_settings(file, audit, &mut errors, &mut settings.warnings);

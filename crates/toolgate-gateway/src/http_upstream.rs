@@ -245,6 +245,11 @@ impl HttpUpstream {
     /// session of the gateway's own (initialize, initialized, every page of tools/list,
     /// DELETE).
     pub async fn fetch_tools(&self) -> Result<Vec<Value>, GatewayError> {
+        self.read_tools().await?.complete()
+    }
+
+    /// [`HttpUpstream::fetch_tools`], keeping what was read when a page fails.
+    pub async fn read_tools(&self) -> Result<crate::catalogue::ToolList, GatewayError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -293,7 +298,7 @@ impl HttpUpstream {
             )
             .await?;
         let mut next_id = 0u64;
-        let tools = crate::catalogue::list_tools(|params| {
+        let tools = crate::catalogue::read_tool_list(|params| {
             next_id += 1;
             let id = next_id;
             let list =
@@ -322,7 +327,7 @@ impl HttpUpstream {
         if let Some(session) = &session {
             self.end_session(session).await;
         }
-        tools
+        Ok(tools)
     }
 }
 

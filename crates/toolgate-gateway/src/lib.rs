@@ -19,6 +19,7 @@ pub mod grant_admin;
 pub mod grants;
 pub mod http_upstream;
 pub mod oauth;
+pub mod pins;
 mod proxy;
 pub mod quota;
 pub mod scan;
@@ -52,16 +53,12 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// The names in the upstream's complete tool list, asked on the gateway's own behalf.
-    pub async fn fetch_tool_names(&self) -> Result<Vec<String>, error::GatewayError> {
-        let tools = match self {
-            Upstream::Http(up) => up.fetch_tools().await?,
-            Upstream::Stdio(up) => up.fetch_tools().await?,
-        };
-        Ok(tools
-            .iter()
-            .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
-            .collect())
+    /// The upstream's complete tool list (every page), asked on the gateway's own behalf.
+    pub async fn fetch_tools(&self) -> Result<Vec<serde_json::Value>, error::GatewayError> {
+        match self {
+            Upstream::Http(up) => up.fetch_tools().await,
+            Upstream::Stdio(up) => up.fetch_tools().await,
+        }
     }
 }
 
@@ -72,7 +69,7 @@ pub struct Server {
     pub spec: ServerSpec,
     /// Its connection.
     pub upstream: Upstream,
-    /// Its tool names.
+    /// Its tools, reviewed against their pins.
     pub catalogue: Catalogue,
 }
 
@@ -331,6 +328,23 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     let sessions = Arc::new(Sessions::restore(store.clone(), |record| {
         configured.contains(&record.server)
     }));
+    // Grants minted with `toolgate grant` or the admin API live beside the audit log: in
+    // the embedded store, or in cluster mode in PostgreSQL, shared by every replica.
+    let grant_store = match (&settings.postgres_url, &log_store) {
+        (Some(_), Some(AuditStore::Postgres(log))) => {
+            grant_admin::GrantStore::Postgres(Arc::clone(log))
+        }
+        (Some(url), _) => grant_admin::GrantStore::Postgres(Arc::new(
+            toolgate_store::PostgresAuditLog::connect(url).map_err(|e| e.to_string())?,
+        )),
+        (None, _) => grant_admin::GrantStore::Embedded(Arc::clone(&store)),
+    };
+    // Tool pins live with the grants: shared by every replica in cluster mode.
+    let pin_store = match &grant_store {
+        grant_admin::GrantStore::Embedded(store) => pins::PinStore::Embedded(Arc::clone(store)),
+        grant_admin::GrantStore::Postgres(log) => pins::PinStore::Postgres(Arc::clone(log)),
+    };
+    let pins = Arc::new(pins::Pins::load(pin_store, settings.withhold_flagged).await?);
     let mut servers = HashMap::new();
     for spec in &settings.servers {
         let upstream = match &spec.upstream {
@@ -349,7 +363,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         let server = Arc::new(Server {
             spec: spec.clone(),
             upstream,
-            catalogue: Catalogue::default(),
+            catalogue: Catalogue::new(&spec.name, Arc::clone(&pins)),
         });
         if let Upstream::Stdio(up) = &server.upstream {
             tasks.push(tokio::spawn(Arc::clone(up).supervise(shutdown_rx.clone())));
@@ -367,17 +381,6 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    // Grants minted with `toolgate grant` or the admin API live beside the audit log: in
-    // the embedded store, or in cluster mode in PostgreSQL, shared by every replica.
-    let grant_store = match (&settings.postgres_url, &log_store) {
-        (Some(_), Some(AuditStore::Postgres(log))) => {
-            grant_admin::GrantStore::Postgres(Arc::clone(log))
-        }
-        (Some(url), _) => grant_admin::GrantStore::Postgres(Arc::new(
-            toolgate_store::PostgresAuditLog::connect(url).map_err(|e| e.to_string())?,
-        )),
-        (None, _) => grant_admin::GrantStore::Embedded(Arc::clone(&store)),
-    };
     let grants = match &grant_store {
         grant_admin::GrantStore::Embedded(store) => {
             Grants::with_minted(settings.grants.clone(), Arc::clone(store)).await

@@ -3,6 +3,7 @@
 use crate::answer;
 use crate::audit::{self, Auditor, Awaiting};
 use crate::body::{self, Body};
+use crate::catalogue::Lookup;
 use crate::error::GatewayError;
 use crate::grants::GrantSpec;
 use crate::http_upstream::{self, HttpUpstream};
@@ -402,13 +403,32 @@ impl Gateway {
             }),
         };
         let shadow = server.spec.shadow || policy.is_some_and(|p| p.policy.shadow());
-        let exists = if decision.outcome == Outcome::Hide {
-            Some(false)
+        let lookup = if decision.outcome == Outcome::Hide {
+            Lookup::Absent
         } else {
             server
                 .catalogue
-                .has(call.name, || server.upstream.fetch_tool_names())
+                .lookup(call.name, || server.upstream.fetch_tools())
                 .await
+        };
+        // A withheld tool is refused whatever the policy says (also in shadow mode: pinning
+        // defends the agent against the server, not a policy on trial).
+        let decision = match &lookup {
+            Lookup::Withheld(w) => Decision {
+                outcome: Outcome::Deny,
+                rule: w.rule.to_owned(),
+                message: w.message.clone(),
+                limits: Vec::new(),
+                retry_after_ms: None,
+                approval: None,
+            },
+            _ => decision,
+        };
+        let shadow = shadow && !matches!(lookup, Lookup::Withheld(_));
+        let exists = match lookup {
+            Lookup::Absent => Some(false),
+            Lookup::Unknown => None,
+            Lookup::Callable | Lookup::Withheld(_) => Some(true),
         };
         // Step 7: limits are reserved only for a call that will really be forwarded, so
         // that only admitted calls consume quota (shadow mode consumes nothing).
@@ -495,15 +515,15 @@ impl Gateway {
         }
     }
 
-    fn hidden_filter(
-        &self,
-        server: &Server,
-        grant: &GrantSpec,
-    ) -> Option<Arc<toolgate_policy::Policy>> {
-        grant
-            .policies
-            .get(&server.spec.name)
-            .map(|p| Arc::clone(&p.policy))
+    /// How `tools/list` results are filtered for `grant` on `server`.
+    fn list_filter(&self, server: &Arc<Server>, grant: &GrantSpec) -> ListFilter {
+        ListFilter {
+            server: Arc::clone(server),
+            policy: grant
+                .policies
+                .get(&server.spec.name)
+                .map(|p| Arc::clone(&p.policy)),
+        }
     }
 
     async fn initialize(
@@ -752,7 +772,7 @@ impl Gateway {
             list_ids,
             prepend: answers,
             batch,
-            policy: self.hidden_filter(server, grant),
+            lists: self.list_filter(server, grant),
             watch,
             counters: Arc::clone(&self.counters),
             pending: request_ids,
@@ -828,15 +848,7 @@ impl Gateway {
         if requests.is_empty() && answers.is_empty() {
             return Ok(body::status(StatusCode::ACCEPTED));
         }
-        let policy = self.hidden_filter(server, grant);
-        let filter = |mut response: Value, is_list: bool| {
-            if is_list {
-                if let (Some(policy), Some(result)) = (&policy, response.get_mut("result")) {
-                    answer::filter_tool_list(result, &|name| policy.is_hidden(name));
-                }
-            }
-            response
-        };
+        let lists = self.list_filter(server, grant);
         if !batch
             && requests.len() == 1
             && accepts_sse(headers)
@@ -885,7 +897,11 @@ impl Gateway {
                 }
                 Err(e) => e.to_jsonrpc(id),
             };
-            answers.push(filter(response, is_list));
+            let mut response = response;
+            if let (true, Some(result)) = (is_list, response.get_mut("result")) {
+                lists.apply(result).await;
+            }
+            answers.push(response);
         }
         let value = if batch {
             Value::Array(answers)
@@ -1069,8 +1085,8 @@ struct Rewrite {
     prepend: Vec<Value>,
     /// The request was a batch (answers form an array).
     batch: bool,
-    /// The grant's policy on this server (for hiding tools).
-    policy: Option<Arc<toolgate_policy::Policy>>,
+    /// How `tools/list` results are filtered.
+    lists: ListFilter,
     /// Forwarded calls holding a reservation, by request id: rolled back if the upstream
     /// answers with a JSON-RPC error (the call never ran).
     watch: Vec<(Value, Reservation)>,
@@ -1102,7 +1118,7 @@ impl Rewrite {
             && self.watch.is_empty()
             && self.pending.is_empty()
             && self.awaiting.is_empty()
-            && (self.list_ids.is_empty() || self.policy.is_none())
+            && self.list_ids.is_empty()
     }
 
     /// Rolls back the reservation of a watched call answered with a JSON-RPC error, before
@@ -1141,21 +1157,43 @@ impl Rewrite {
         answers
     }
 
-    /// Filters a `tools/list` answer; returns whether the message was changed.
-    fn apply(&self, message: &mut Value) -> bool {
-        let Some(policy) = &self.policy else {
+    /// Filters a `tools/list` answer; returns whether the message was changed. An announced
+    /// change of the tool list makes the catalogue fetch again before the next call.
+    async fn apply(&self, message: &mut Value) -> bool {
+        if message.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed")
+        {
+            self.lists.server.catalogue.invalidate();
             return false;
-        };
+        }
         let is_list = message
             .get("id")
             .is_some_and(|id| self.list_ids.contains(id));
         match message.get_mut("result").filter(|_| is_list) {
             Some(result) => {
-                answer::filter_tool_list(result, &|name| policy.is_hidden(name));
+                self.lists.apply(result).await;
                 true
             }
             None => false,
         }
+    }
+}
+
+/// Filters the `tools/list` results one grant sees of one server.
+struct ListFilter {
+    /// The server, whose catalogue reviews every listed definition against its pin.
+    server: Arc<Server>,
+    /// The grant's policy there (for the tools it hides).
+    policy: Option<Arc<toolgate_policy::Policy>>,
+}
+
+impl ListFilter {
+    /// Removes the tools the policy hides and those withheld.
+    async fn apply(&self, result: &mut Value) {
+        let withheld = self.server.catalogue.review_page(result).await;
+        let policy = self.policy.as_deref();
+        answer::filter_tool_list(result, &|name| {
+            withheld.contains(name) || policy.is_some_and(|p| p.is_hidden(name))
+        });
     }
 }
 
@@ -1217,7 +1255,7 @@ async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite, tx: mpsc::Unboun
     let mut changed = false;
     for item in &mut items {
         rewrite.settle(item).await;
-        changed |= rewrite.apply(item);
+        changed |= rewrite.apply(item).await;
     }
     if !changed && rewrite.prepend.is_empty() {
         let _ = tx.send(bytes);
@@ -1280,7 +1318,7 @@ async fn rewrite_sse(
         for mut event in events {
             if let Ok(mut message) = serde_json::from_str::<Value>(&event.data) {
                 rewrite.settle(&message).await;
-                if rewrite.apply(&mut message) {
+                if rewrite.apply(&mut message).await {
                     event.data = message.to_string();
                 }
             }

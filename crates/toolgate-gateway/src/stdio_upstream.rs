@@ -197,6 +197,9 @@ pub struct StdioUpstream {
     pub tools_changed: watch::Sender<u64>,
     /// Wakes sessions waiting for their turn.
     turn_free: tokio::sync::Notify,
+    /// Why the child's last unreadable line was not JSON-RPC (e.g. nested too deeply), for
+    /// the error of a request whose answer it may have been.
+    unreadable: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for StdioUpstream {
@@ -229,6 +232,7 @@ impl StdioUpstream {
             sessions,
             tools_changed: watch::channel(0).0,
             turn_free: tokio::sync::Notify::new(),
+            unreadable: Mutex::new(None),
         }))
     }
 
@@ -277,6 +281,17 @@ impl StdioUpstream {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// One life of the child and no restart (for `toolgate scan`, which must say at once
+    /// that a program cannot be started): its exit status, or why it failed.
+    pub async fn run_once(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<String, String> {
+        let outcome = self.run_child(&mut shutdown).await;
+        self.fail_all("exited");
+        outcome
     }
 
     /// One life of the child: spawn, initialize, serve until it exits or shutdown.
@@ -568,9 +583,19 @@ impl StdioUpstream {
                     &json!({"jsonrpc":"2.0","method":"notifications/cancelled",
                     "params":{"requestId": upstream_id, "reason": "toolgate: request timed out"}}),
                 );
+                let unreadable = self
+                    .unreadable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .map(|e| format!(" (it sent a line that is not JSON-RPC: {e})"))
+                    .unwrap_or_default();
                 Err(GatewayError::upstream(
                     &self.name,
-                    format_args!("did not answer within {} s", self.timeout.as_secs_f64()),
+                    format_args!(
+                        "did not answer within {} s{unreadable}",
+                        self.timeout.as_secs_f64()
+                    ),
                 ))
             }
         }
@@ -638,6 +663,7 @@ impl StdioUpstream {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(server = %self.name, error = %e, "ignored a line that is not JSON-RPC");
+                *self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 return;
             }
         };
@@ -850,6 +876,11 @@ impl StdioUpstream {
     /// The child's complete tool list (every page, each tool's definition), asked on the
     /// gateway's own behalf.
     pub async fn fetch_tools(&self) -> Result<Vec<Value>, GatewayError> {
-        crate::catalogue::list_tools(|params| self.request_own("tools/list", params)).await
+        self.read_tools().await.complete()
+    }
+
+    /// [`StdioUpstream::fetch_tools`], keeping what was read when a page fails.
+    pub async fn read_tools(&self) -> crate::catalogue::ToolList {
+        crate::catalogue::read_tool_list(|params| self.request_own("tools/list", params)).await
     }
 }

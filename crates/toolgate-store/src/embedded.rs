@@ -4,6 +4,7 @@ mod audit;
 mod counters;
 mod grants;
 mod journal;
+mod pins;
 
 pub use grants::GrantsStamp;
 
@@ -78,6 +79,20 @@ const MIGRATIONS: &[&str] = &[
         token_sha256 TEXT NOT NULL UNIQUE,
         body TEXT NOT NULL
     );",
+    // 7: pinned tool definitions (pins.rs): the approved definition of each server's tool,
+    // and beside it a different one the server served since, while that waits for approval.
+    "CREATE TABLE tool_pins (
+        server TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        approved_at TEXT NOT NULL,
+        approved_by TEXT NOT NULL,
+        served_sha256 TEXT,
+        served_definition TEXT,
+        served_at TEXT,
+        PRIMARY KEY (server, tool)
+    ) WITHOUT ROWID;",
 ];
 
 /// What a store remembers of the database so that its hot paths need not read it back:

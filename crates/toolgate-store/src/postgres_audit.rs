@@ -85,6 +85,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row as PgRow, Statement};
 
 pub use grants::{GrantsWatch, GRANTS_CHAIN};
+pub use pins::TOOLS_CHAIN;
 
 /// Runs `$attempt` — a future of `Result<T, Failed>` using `$conn: &mut Conn` — on the
 /// connection of `$link` (a `&mut Link`) within `$timeout`; when the connection turns out
@@ -128,6 +129,7 @@ macro_rules! on_connection {
 
 // After the macro, which it uses.
 mod grants;
+mod pins;
 
 /// Why an operation failed without a tokio runtime.
 const NO_RUNTIME: &str = "the postgres audit log needs a tokio runtime";
@@ -182,6 +184,19 @@ pub const MIGRATIONS: &[&str] = &[
         token_sha256 TEXT NOT NULL UNIQUE,
         body TEXT NOT NULL
     );",
+    // 3: pinned tool definitions (postgres_audit/pins.rs), shared by every replica.
+    "CREATE TABLE {pins} (
+        server TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        approved_at TEXT NOT NULL,
+        approved_by TEXT NOT NULL,
+        served_sha256 TEXT,
+        served_definition TEXT,
+        served_at TEXT,
+        PRIMARY KEY (server, tool)
+    );",
 ];
 
 /// The audit log of a cluster deployment: entries in PostgreSQL, shared by every gateway that
@@ -223,6 +238,8 @@ struct Tables {
     pruned: String,
     /// Minted grants; also the name of the channel their changes are announced on.
     grants: String,
+    /// Pinned tool definitions.
+    pins: String,
     version: String,
     /// Held by every write transaction (see the module docs).
     write_lock: i64,
@@ -741,6 +758,7 @@ impl Tables {
             migrate_lock: lock_key("migrate", &log),
             pruned: format!("{prefix}audit_pruned"),
             grants: format!("{prefix}grants"),
+            pins: format!("{prefix}tool_pins"),
             version: format!("{prefix}audit_schema_version"),
             log,
         }
@@ -764,6 +782,7 @@ impl Tables {
         sql.replace("{log}", &self.log)
             .replace("{pruned}", &self.pruned)
             .replace("{grants}", &self.grants)
+            .replace("{pins}", &self.pins)
     }
 }
 

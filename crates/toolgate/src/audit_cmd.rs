@@ -89,17 +89,19 @@ impl StoreArgs {
     /// that does not exist is an error (load says "cannot read"), not a silent fall-back to
     /// the default directory: that would reach some other store.
     pub(crate) fn settings(&self, hint: &str) -> Result<Option<Settings>, Failure> {
-        let (path, explicit) = match &self.config {
-            Some(path) => (path.clone(), true),
-            None => (PathBuf::from("toolgate.toml"), false),
-        };
-        if !explicit && !path.exists() {
-            return Ok(None);
-        }
-        config::load(&path)
-            .map(Some)
+        find_config(self.config.as_deref())
             .map_err(|e| Failure::Usage(format!("configuration rejected ({hint}):\n{e}")))
     }
+}
+
+/// The configuration at `explicit`, or `toolgate.toml` in the working directory if it
+/// exists (`None` if it does not).
+pub(crate) fn find_config(explicit: Option<&Path>) -> Result<Option<Settings>, String> {
+    let path = explicit.unwrap_or(Path::new("toolgate.toml"));
+    if explicit.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    config::load(path).map(Some).map_err(|e| e.to_string())
 }
 
 /// The data directory when neither `--data-dir` nor a configuration names one.
@@ -287,8 +289,8 @@ pub(crate) fn exit_code(outcome: Result<ExitCode, Failure>) -> ExitCode {
     }
 }
 
-/// Where the audit log the command reads is.
-enum Location {
+/// Where the store a command reads is.
+pub(crate) enum Location {
     /// The embedded store in this data directory.
     Embedded(PathBuf),
     /// PostgreSQL (cluster mode: the configuration's `[store] postgres_url`).
@@ -298,7 +300,7 @@ enum Location {
 /// Finds the audit log: `--data-dir` if given; else the configuration (`--config`, or
 /// `toolgate.toml` if it exists): its PostgreSQL if it names one, else its data directory;
 /// else the default data directory.
-fn location(args: &StoreArgs) -> Result<Location, Failure> {
+pub(crate) fn location(args: &StoreArgs) -> Result<Location, Failure> {
     if let Some(dir) = &args.data_dir {
         return Ok(Location::Embedded(dir.clone()));
     }

@@ -295,7 +295,7 @@ fn failure(error: GrantError) -> Failure {
 }
 
 /// Who runs this command, for the admin stream.
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
         .unwrap_or_default();

@@ -5,6 +5,7 @@
 mod audit_cmd;
 mod grant_cmd;
 mod scan_cmd;
+mod tools_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -43,6 +44,12 @@ enum Command {
     },
     /// List a server's tools, classified by what they can do; write a starter policy.
     Scan(scan_cmd::ScanArgs),
+    /// Pinned tool definitions: list them, show and diff changes, approve them.
+    Tools {
+        /// What to do with pinned tools.
+        #[command(subcommand)]
+        command: tools_cmd::ToolsCommand,
+    },
     /// Mint, list, revoke and rotate grants in the embedded store.
     Grant {
         /// What to do with grants.
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
         Command::Audit { command } => audit_cmd::run(command),
         Command::Grant { command } => grant_cmd::run(command),
         Command::Scan(args) => scan_cmd::run(args),
+        Command::Tools { command } => tools_cmd::run(command),
     }
 }
 

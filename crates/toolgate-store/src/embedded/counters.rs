@@ -648,7 +648,7 @@ mod tests {
         let conn = Connection::open(dir.join("toolgate.db")).unwrap();
         conn.execute_batch(
             "DROP TABLE counter_entries; DROP TABLE audit_log; DROP TABLE audit_pruned;
-             DROP TABLE audit_journal; DROP TABLE grants;
+             DROP TABLE audit_journal; DROP TABLE grants; DROP TABLE tool_pins;
              UPDATE schema_version SET version = 1;",
         )
         .unwrap();

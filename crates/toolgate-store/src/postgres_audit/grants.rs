@@ -139,6 +139,39 @@ async fn listen(
     Err("the connection ended".to_owned())
 }
 
+/// Appends admin `events` to `chain` in the open transaction on `client`, which holds the
+/// audit table's write lock: the chain's head is read under it, so processes appending to
+/// one chain line up instead of forking it.
+pub(super) async fn append_admin_locked(
+    client: &tokio_postgres::Client,
+    tables: &Tables,
+    chain: &str,
+    events: &[AuditEntry],
+) -> Result<(), Failed> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let head = client.query_opt(&tables.head_sql(), &[&chain]).await?;
+    let (mut seq, mut prev_hash): (i64, String) = match head {
+        Some(row) => (row.try_get(0)?, row.try_get(1)?),
+        None => (0, GENESIS.to_owned()),
+    };
+    let insert = format!(
+        "INSERT INTO {} (chain, seq, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5)",
+        tables.log
+    );
+    for event in events {
+        let entry = event.body();
+        let hash = chain_hash(&prev_hash, &entry);
+        seq += 1;
+        client
+            .execute(&insert, &[&chain, &seq, &entry, &prev_hash, &hash])
+            .await?;
+        prev_hash = hash;
+    }
+    Ok(())
+}
+
 /// The change's transaction on `conn`.
 async fn change_in(
     conn: &mut Conn,
@@ -156,7 +189,10 @@ async fn change_in(
             .await?;
         let existing: Option<StoredGrant> = client
             .query_opt(
-                &format!("SELECT body FROM {} WHERE name = $1 FOR UPDATE", tables.grants),
+                &format!(
+                    "SELECT body FROM {} WHERE name = $1 FOR UPDATE",
+                    tables.grants
+                ),
                 &[&change.name()],
             )
             .await?
@@ -180,24 +216,7 @@ async fn change_in(
                 &[&grant.name, &grant.token_sha256, &body],
             )
             .await?;
-        let head = client
-            .query_opt(&tables.head_sql(), &[&GRANTS_CHAIN])
-            .await?;
-        let (seq, prev_hash): (i64, String) = match head {
-            Some(row) => (row.try_get(0)?, row.try_get(1)?),
-            None => (0, GENESIS.to_owned()),
-        };
-        let entry = event.body();
-        let hash = chain_hash(&prev_hash, &entry);
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO {} (chain, seq, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5)",
-                    tables.log
-                ),
-                &[&GRANTS_CHAIN, &(seq + 1), &entry, &prev_hash, &hash],
-            )
-            .await?;
+        append_admin_locked(client, tables, GRANTS_CHAIN, std::slice::from_ref(event)).await?;
         client
             .batch_execute(&format!("NOTIFY {}", tables.grants))
             .await?;
