@@ -34,6 +34,9 @@ const ENDPOINTS: &[(&str, &str, AdminRole, &str)] = &[
     ("PUT", "/admin/api/grants/{name}/policies/{server}", AdminRole::PolicyManager, "attach or replace a minted grant's policy on a server (body: the policy document)"),
     ("GET", "/admin/api/policies", AdminRole::Viewer, "every grant's policy per server, with its version"),
     ("GET", "/admin/api/servers", AdminRole::Viewer, "the upstream servers (never their credentials)"),
+    ("GET", "/admin/api/approvals", AdminRole::Viewer, "approval requests, newest first, with the held call's arguments; query: status (pending, approved, denied, expired, consumed)"),
+    ("POST", "/admin/api/approvals/{id}/approve", AdminRole::PolicyManager, "approve a pending request (body, optional: {reason}); the agent's retry of that exact call runs"),
+    ("POST", "/admin/api/approvals/{id}/deny", AdminRole::PolicyManager, "deny a pending request (body, optional: {reason}); the agent's retry is refused"),
     ("GET", "/admin/api/audit", AdminRole::Viewer, "call records; query: grant, server, tool, decision, rule, since, until, limit (default 100)"),
     ("GET", "/admin/api/audit/admin", AdminRole::Admin, "the admin audit stream; query: since, until, limit"),
 ];
@@ -148,6 +151,11 @@ impl Gateway {
             }
             ("GET", ["policies"]) => Ok(self.list_policies().await),
             ("GET", ["servers"]) => Ok(self.list_servers()),
+            ("GET", ["approvals"]) => self.list_approvals(&query).await,
+            ("POST", ["approvals", id, verdict @ ("approve" | "deny")]) => {
+                self.decide_approval(id, *verdict == "approve", &body, &actor)
+                    .await
+            }
             ("GET", ["audit"]) => self.read_audit(&query, false).await,
             ("GET", ["audit", "admin"]) => self.read_audit(&query, true).await,
             _ => Err(Refusal::new(
@@ -297,6 +305,85 @@ impl Gateway {
         Ok(body::json(
             StatusCode::CREATED,
             &grant_admin::with_token(&grant, &token),
+        ))
+    }
+
+    async fn list_approvals(&self, query: &str) -> Answer {
+        let invalid = |why: String| Refusal::new(StatusCode::BAD_REQUEST, why);
+        let mut wanted = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("status", v @ ("pending" | "approved" | "denied" | "expired" | "consumed")) => {
+                    wanted = Some(v.to_owned())
+                }
+                ("status", v) => {
+                    return Err(invalid(format!(
+                        "status: {v:?} is not one of pending, approved, denied, expired, consumed"
+                    )))
+                }
+                (key, _) => return Err(invalid(format!("{key}: approvals filter by status only"))),
+            }
+        }
+        let now = crate::time::now_unix_ms();
+        let requests = self.approvals.list().await.map_err(|e| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the approvals: {e}"),
+            )
+        })?;
+        let listed: Vec<Value> = requests
+            .iter()
+            .filter(|r| {
+                wanted
+                    .as_deref()
+                    .is_none_or(|w| r.status_at(now).as_str() == w)
+            })
+            .map(|r| crate::approvals::describe(r, now))
+            .collect();
+        Ok(body::json(StatusCode::OK, &json!({ "approvals": listed })))
+    }
+
+    async fn decide_approval(&self, id: &str, approve: bool, body: &Bytes, actor: &str) -> Answer {
+        let reason = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            let parsed: Value = serde_json::from_slice(body).map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not JSON: {e}"),
+                )
+            })?;
+            match parsed.get("reason") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(r)) => Some(r.clone()),
+                Some(_) => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "\"reason\" must be a string",
+                    ))
+                }
+            }
+        };
+        let decided = self
+            .approvals
+            .decide(id, approve, actor, reason.as_deref())
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot decide: {e}"),
+                )
+            })?
+            .map_err(|refused| {
+                let status = match refused {
+                    toolgate_store::DecisionRefused::Unknown(_) => StatusCode::NOT_FOUND,
+                    _ => StatusCode::CONFLICT,
+                };
+                Refusal::new(status, refused.to_string())
+            })?;
+        Ok(body::json(
+            StatusCode::OK,
+            &crate::approvals::describe(&decided, crate::time::now_unix_ms()),
         ))
     }
 

@@ -34,19 +34,34 @@ pub fn refusal(id: Value, decision: &Decision) -> Value {
     if let Some(ms) = decision.retry_after_ms {
         meta["retry_after_ms"] = json!(ms);
     }
-    let text = match decision.outcome {
-        Outcome::ApprovalRequired => format!(
-            "[APPROVAL REQUIRED] {} (this gateway cannot take approvals yet, so the call was not run)",
-            decision.message
-        ),
-        _ => format!("[POLICY DENIED] {}", decision.message),
-    };
+    let text = format!("[POLICY DENIED] {}", decision.message);
     jsonrpc::result_response(
         id,
         json!({
             "content": [{"type": "text", "text": text}],
             "isError": true,
             "_meta": {"toolgate/decision": meta},
+        }),
+    )
+}
+
+/// The answer to a call held for approval (SPEC §4): approval request `approval_id` waits
+/// for a human; the agent retries the identical call once it is approved.
+pub fn approval_required(id: Value, decision: &Decision, approval_id: &str) -> Value {
+    jsonrpc::result_response(
+        id,
+        json!({
+            "content": [{"type": "text", "text": format!(
+                "[APPROVAL REQUIRED] {} (approval {approval_id}; retry the same call once approved)",
+                decision.message
+            )}],
+            "isError": true,
+            "_meta": {"toolgate/decision": {
+                "decision": decision.outcome.as_str(),
+                "rule": decision.rule,
+                "message": decision.message,
+                "approval_id": approval_id,
+            }},
         }),
     )
 }

@@ -283,7 +283,7 @@ fn json_kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pins::PinStore;
+    use crate::SharedStore;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use toolgate_store::EmbeddedStore;
 
@@ -299,7 +299,7 @@ mod tests {
 
     async fn catalogue(tag: &str) -> (Catalogue, Arc<EmbeddedStore>) {
         let store = Arc::new(EmbeddedStore::open(&scratch(tag)).expect("store"));
-        let pins = Pins::load(PinStore::Embedded(Arc::clone(&store)), false)
+        let pins = Pins::load(SharedStore::Embedded(Arc::clone(&store)), false)
             .await
             .expect("pins");
         (Catalogue::new("s", Arc::new(pins)), store)

@@ -313,6 +313,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// OAuth resource-server mode (`[oauth]`).
     pub oauth: Option<OauthSettings>,
+    /// `[approvals]`: where each new approval request is announced.
+    pub approvals_webhook: Option<WebhookSettings>,
     /// `catalogue.withhold_flagged`: tools whose definitions the poisoning or shadowing
     /// checks flag are withheld (hidden and refused) until an operator approves them.
     pub withhold_flagged: bool,
@@ -340,9 +342,19 @@ impl Settings {
             public_url: None,
             oauth: None,
             withhold_flagged: false,
+            approvals_webhook: None,
             warnings: Vec::new(),
         }
     }
+}
+
+/// The approvals webhook (`[approvals]`): one signed JSON POST per new request.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Where to POST (http or https).
+    pub url: String,
+    /// The HMAC-SHA256 key of the `X-Toolgate-Signature` header.
+    pub secret: String,
 }
 
 /// What an admin token may do (SPEC §7); each role includes those before it.
@@ -514,14 +526,6 @@ pub fn load_policy(path: &Path) -> Result<PolicyRef, Vec<String>> {
             .map(|e| format!("{}: {e}", path.display()))
             .collect::<Vec<_>>()
     })?;
-    // Approvals are validated now but taken by a later release; an operator must not believe
-    // a human is asked when nobody is, so say so loudly at load time.
-    if policy.requires_approval() {
-        tracing::warn!(
-            "{}: calls that require approval are refused: this version of toolgate cannot take approvals",
-            path.display()
-        );
-    }
     Ok(PolicyRef {
         id: path.display().to_string(),
         version: policy_version(&bytes),
@@ -853,6 +857,41 @@ fn resolve(
     }
     if let Some(catalogue) = &raw.catalogue {
         settings.withhold_flagged = catalogue.withhold_flagged;
+    }
+    if let Some(approvals) = &raw.approvals {
+        let expand = |key: &str, value: &Option<String>, errors: &mut Vec<String>| {
+            value.as_ref().and_then(|v| {
+                expand_env(v, lookup)
+                    .map_err(|e| errors.push(format!("{file}: approvals.{key}: {e}")))
+                    .ok()
+            })
+        };
+        let url = expand("webhook_url", &approvals.webhook_url, &mut errors);
+        let secret = expand("webhook_secret", &approvals.webhook_secret, &mut errors);
+        match (url, secret) {
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.parse::<http::Uri>().is_err()
+                {
+                    errors.push(format!(
+                        "{file}: approvals.webhook_url: {url:?} is not an http:// or https:// URL"
+                    ));
+                } else if secret.len() < 16 {
+                    errors.push(format!(
+                        "{file}: approvals.webhook_secret: at least 16 characters are needed to sign requests safely"
+                    ));
+                } else {
+                    settings.approvals_webhook = Some(WebhookSettings { url, secret });
+                }
+            }
+            (Some(_), None) => errors.push(format!(
+                "{file}: approvals.webhook_secret: a webhook needs a secret to sign its requests"
+            )),
+            (None, Some(_)) => errors.push(format!(
+                "{file}: approvals.webhook_secret: there is no approvals.webhook_url to sign for"
+            )),
+            (None, None) => {}
+        }
     }
     if let Some(audit) = &raw.audit {
         settings.audit = audit_settings(file, audit, &mut errors, &mut settings.warnings);

@@ -5,27 +5,18 @@
 use crate::config::{self, Settings};
 use crate::grants::mint_token;
 use crate::time::{format_rfc3339_ms, now_unix, now_unix_ms, parse_rfc3339};
+use crate::SharedStore;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use toolgate_policy::Policy;
 use toolgate_store::audit::AdminEvent;
 use toolgate_store::{
-    AuditEntry, EmbeddedStore, GrantChange, GrantRefused, PostgresAuditLog, StoreError,
-    StoredGrant, StoredPolicy,
+    AuditEntry, GrantChange, GrantRefused, StoreError, StoredGrant, StoredPolicy,
 };
 
-/// Where minted grants live: the embedded store, or PostgreSQL in cluster mode (shared by
-/// every replica).
-#[derive(Debug, Clone)]
-pub enum GrantStore {
-    /// `data_dir`'s SQLite.
-    Embedded(Arc<EmbeddedStore>),
-    /// The cluster's PostgreSQL.
-    Postgres(Arc<PostgresAuditLog>),
-}
-
-impl GrantStore {
+/// Minted grants, in the embedded store or in cluster mode PostgreSQL.
+impl SharedStore {
     /// Applies `change` with its admin `event` in one commit.
     pub async fn change(
         &self,
@@ -33,7 +24,7 @@ impl GrantStore {
         event: AuditEntry,
     ) -> Result<Result<StoredGrant, GrantRefused>, StoreError> {
         match self {
-            GrantStore::Embedded(store) => {
+            SharedStore::Embedded(store) => {
                 let store = Arc::clone(store);
                 tokio::task::spawn_blocking(move || store.change_grant(&change, &event))
                     .await
@@ -41,14 +32,14 @@ impl GrantStore {
                         message: format!("the grant change task failed: {e}"),
                     })?
             }
-            GrantStore::Postgres(log) => log.change_grant(&change, &event).await,
+            SharedStore::Postgres(log) => log.change_grant(&change, &event).await,
         }
     }
 
     /// Every stored grant, revoked ones included, by name.
     pub async fn grants(&self) -> Result<Vec<StoredGrant>, StoreError> {
         match self {
-            GrantStore::Embedded(store) => {
+            SharedStore::Embedded(store) => {
                 let store = Arc::clone(store);
                 tokio::task::spawn_blocking(move || store.grants())
                     .await
@@ -56,7 +47,7 @@ impl GrantStore {
                         message: format!("the grant read task failed: {e}"),
                     })?
             }
-            GrantStore::Postgres(log) => log.grants().await,
+            SharedStore::Postgres(log) => log.grants().await,
         }
     }
 }
@@ -101,7 +92,7 @@ pub struct NewGrant {
 /// when the caller has them. Returns it and its token — the only time the token exists
 /// outside the caller's hands.
 pub async fn mint(
-    store: &GrantStore,
+    store: &SharedStore,
     settings: Option<&Settings>,
     grant: NewGrant,
     actor: &str,
@@ -156,7 +147,7 @@ pub async fn mint(
 
 /// Gives grant `name` a new token; returns it with the token.
 pub async fn rotate(
-    store: &GrantStore,
+    store: &SharedStore,
     name: &str,
     actor: &str,
 ) -> Result<(StoredGrant, String), GrantError> {
@@ -172,7 +163,7 @@ pub async fn rotate(
 
 /// Revokes grant `name`.
 pub async fn revoke(
-    store: &GrantStore,
+    store: &SharedStore,
     name: &str,
     actor: &str,
 ) -> Result<StoredGrant, GrantError> {
@@ -186,7 +177,7 @@ pub async fn revoke(
 
 /// Attaches `policy` to grant `name` on `server` (replacing the one it had there).
 pub async fn set_policy(
-    store: &GrantStore,
+    store: &SharedStore,
     settings: Option<&Settings>,
     name: &str,
     server: &str,
@@ -212,7 +203,7 @@ pub async fn set_policy(
 }
 
 async fn apply(
-    store: &GrantStore,
+    store: &SharedStore,
     change: GrantChange,
     event: AuditEntry,
 ) -> Result<StoredGrant, GrantError> {

@@ -1,8 +1,8 @@
 //! Grants: who may call, on which servers, under which policy — and authenticating them.
 
 use crate::error::GatewayError;
-use crate::grant_admin::GrantStore;
 use crate::time::now_unix;
+use crate::SharedStore;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -88,7 +88,7 @@ pub struct Grants {
 /// The source of minted grants.
 #[derive(Debug)]
 struct Minted {
-    store: GrantStore,
+    store: SharedStore,
     /// How changes are noticed.
     changes: Changes,
     /// The marker the index was built at, and when (held while reloading, so one request
@@ -166,7 +166,7 @@ impl Grants {
         store: Arc<EmbeddedStore>,
     ) -> Result<Self, String> {
         let changes = Changes::Stamp(Arc::clone(&store));
-        Grants::with_source(grants, GrantStore::Embedded(store), changes).await
+        Grants::with_source(grants, SharedStore::Embedded(store), changes).await
     }
 
     /// The configuration's `grants` and those minted into PostgreSQL (cluster mode),
@@ -176,12 +176,12 @@ impl Grants {
         log: Arc<PostgresAuditLog>,
         watch: GrantsWatch,
     ) -> Result<Self, String> {
-        Grants::with_source(grants, GrantStore::Postgres(log), Changes::Notified(watch)).await
+        Grants::with_source(grants, SharedStore::Postgres(log), Changes::Notified(watch)).await
     }
 
     async fn with_source(
         grants: Vec<GrantSpec>,
-        store: GrantStore,
+        store: SharedStore,
         changes: Changes,
     ) -> Result<Self, String> {
         let mut this = Grants::new(grants);

@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod answer;
+pub mod approvals;
 mod audit;
 pub mod body;
 pub mod catalogue;
@@ -27,6 +28,7 @@ pub mod session;
 pub mod stdio_upstream;
 mod throttle;
 pub mod time;
+pub mod webhook;
 
 use crate::catalogue::Catalogue;
 use crate::config::{ServerSpec, Settings, UpstreamSpec};
@@ -42,6 +44,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use toolgate_store::EmbeddedStore;
+
+/// Where the state that gateways and the CLI share lives — minted grants, tool pins,
+/// approval requests: the embedded store, or in cluster mode PostgreSQL, shared by every
+/// replica.
+#[derive(Debug, Clone)]
+pub enum SharedStore {
+    /// `data_dir`'s SQLite.
+    Embedded(Arc<EmbeddedStore>),
+    /// The cluster's PostgreSQL.
+    Postgres(Arc<toolgate_store::PostgresAuditLog>),
+}
 
 /// How a server is reached.
 #[derive(Debug)]
@@ -78,7 +91,7 @@ pub struct Gateway {
     /// Validated settings.
     pub settings: Arc<Settings>,
     /// Where minted grants live (the embedded store, or PostgreSQL in cluster mode).
-    grant_store: grant_admin::GrantStore,
+    grant_store: SharedStore,
     /// Where the admin API reads the audit log (none for a log a benchmark supplied).
     audit_reader: Option<AuditStore>,
     /// Grants by token.
@@ -98,6 +111,8 @@ pub struct Gateway {
     /// The embedded store, when it holds both the counters and the audit log: then a
     /// rate-limited call's reservation and record share one commit.
     ledger: Option<Arc<EmbeddedStore>>,
+    /// Requests for human approval of held calls.
+    approvals: approvals::Approvals,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -331,20 +346,14 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     // Grants minted with `toolgate grant` or the admin API live beside the audit log: in
     // the embedded store, or in cluster mode in PostgreSQL, shared by every replica.
     let grant_store = match (&settings.postgres_url, &log_store) {
-        (Some(_), Some(AuditStore::Postgres(log))) => {
-            grant_admin::GrantStore::Postgres(Arc::clone(log))
-        }
-        (Some(url), _) => grant_admin::GrantStore::Postgres(Arc::new(
+        (Some(_), Some(AuditStore::Postgres(log))) => SharedStore::Postgres(Arc::clone(log)),
+        (Some(url), _) => SharedStore::Postgres(Arc::new(
             toolgate_store::PostgresAuditLog::connect(url).map_err(|e| e.to_string())?,
         )),
-        (None, _) => grant_admin::GrantStore::Embedded(Arc::clone(&store)),
+        (None, _) => SharedStore::Embedded(Arc::clone(&store)),
     };
     // Tool pins live with the grants: shared by every replica in cluster mode.
-    let pin_store = match &grant_store {
-        grant_admin::GrantStore::Embedded(store) => pins::PinStore::Embedded(Arc::clone(store)),
-        grant_admin::GrantStore::Postgres(log) => pins::PinStore::Postgres(Arc::clone(log)),
-    };
-    let pins = Arc::new(pins::Pins::load(pin_store, settings.withhold_flagged).await?);
+    let pins = Arc::new(pins::Pins::load(grant_store.clone(), settings.withhold_flagged).await?);
     let mut servers = HashMap::new();
     for spec in &settings.servers {
         let upstream = match &spec.upstream {
@@ -382,10 +391,10 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let grants = match &grant_store {
-        grant_admin::GrantStore::Embedded(store) => {
+        SharedStore::Embedded(store) => {
             Grants::with_minted(settings.grants.clone(), Arc::clone(store)).await
         }
-        grant_admin::GrantStore::Postgres(log) => {
+        SharedStore::Postgres(log) => {
             let watch = log.watch_grants();
             Grants::with_minted_in_postgres(settings.grants.clone(), Arc::clone(log), watch).await
         }
@@ -397,6 +406,12 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         }
         _ => None,
     };
+    // Approvals too: in cluster mode any replica honours an approval given through another.
+    let mut approvals = approvals::Approvals::new(grant_store.clone());
+    if let Some(hook) = &settings.approvals_webhook {
+        approvals =
+            approvals.announced(webhook::Webhook::start(hook)?, settings.public_url.clone());
+    }
     let gateway = Arc::new(Gateway {
         oauth,
         settings: Arc::new(settings),
@@ -409,6 +424,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         counters,
         auditor,
         ledger,
+        approvals,
     });
     tasks.push(tokio::spawn(expire_sessions(
         Arc::clone(&gateway),

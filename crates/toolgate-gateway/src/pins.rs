@@ -15,16 +15,14 @@
 //! a `tools/list` of unchanged tools costs a hash per tool and no I/O.
 
 use crate::time::{format_rfc3339_ms, now_unix_ms};
+use crate::SharedStore;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use toolgate_risk::inspect::{self, Flag};
 use toolgate_store::audit::{hex, AdminEvent};
-use toolgate_store::{
-    AuditEntry, EmbeddedStore, Observed, PinRefused, PostgresAuditLog, ServedTool, StoreError,
-    ToolPin,
-};
+use toolgate_store::{AuditEntry, Observed, PinRefused, ServedTool, StoreError, ToolPin};
 
 /// The fields of a tool definition that are pinned: what the agent's model reads.
 const PINNED_FIELDS: &[&str] = &["name", "description", "inputSchema", "annotations"];
@@ -91,28 +89,20 @@ struct Memo {
     flagged: bool,
 }
 
-/// Where pins live: the embedded store, or in cluster mode PostgreSQL, shared by every
-/// replica (so an approval through one counts on all).
-#[derive(Clone)]
-pub enum PinStore {
-    /// SQLite in the data directory.
-    Embedded(Arc<EmbeddedStore>),
-    /// PostgreSQL (cluster mode).
-    Postgres(Arc<PostgresAuditLog>),
-}
-
 /// Makes the admin events of one observation of a tool.
 type EventMaker = dyn FnMut(&ToolPin, Observed) -> Vec<AuditEntry> + Send;
 
-impl PinStore {
+/// Tool pins, in the embedded store or in cluster mode PostgreSQL (shared by every
+/// replica, so an approval through one counts on all).
+impl SharedStore {
     /// Every pin, of one server or of all.
     pub async fn tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StoreError> {
         match self {
-            PinStore::Embedded(store) => {
+            SharedStore::Embedded(store) => {
                 let (store, server) = (Arc::clone(store), server.map(str::to_owned));
                 blocking(move || store.tool_pins(server.as_deref())).await
             }
-            PinStore::Postgres(log) => log.tool_pins(server).await,
+            SharedStore::Postgres(log) => log.tool_pins(server).await,
         }
     }
 
@@ -125,11 +115,13 @@ impl PinStore {
         mut event: Box<EventMaker>,
     ) -> Result<Vec<(ToolPin, Observed)>, StoreError> {
         match self {
-            PinStore::Embedded(store) => {
+            SharedStore::Embedded(store) => {
                 let (store, server) = (Arc::clone(store), server.to_owned());
                 blocking(move || store.observe_tools(&server, &served, &ts, &mut *event)).await
             }
-            PinStore::Postgres(log) => log.observe_tools(server, &served, &ts, &mut *event).await,
+            SharedStore::Postgres(log) => {
+                log.observe_tools(server, &served, &ts, &mut *event).await
+            }
         }
     }
 
@@ -137,7 +129,7 @@ impl PinStore {
     /// (`expected`: a prefix of the hash the operator reviewed), or vouches for a pinned one
     /// approved only at first sight; records `tool_approved` with the diff in the same
     /// commit. Running gateways honour it on the tool's next call or listing.
-    pub async fn approve(
+    pub async fn approve_tool(
         &self,
         server: &str,
         tool: &str,
@@ -163,7 +155,7 @@ impl PinStore {
             }
         };
         match self {
-            PinStore::Embedded(store) => {
+            SharedStore::Embedded(store) => {
                 let store = Arc::clone(store);
                 let (server, tool) = (server.to_owned(), tool.to_owned());
                 let (expected, actor) = (expected.map(str::to_owned), actor.to_owned());
@@ -172,7 +164,7 @@ impl PinStore {
                 })
                 .await
             }
-            PinStore::Postgres(log) => {
+            SharedStore::Postgres(log) => {
                 log.approve_tool(server, tool, expected, actor, &ts, &event)
                     .await
             }
@@ -194,7 +186,7 @@ async fn blocking<T: Send + 'static>(
 /// The gateway's pins: a memory of the store's, and the checks.
 pub struct Pins {
     /// Where pins live.
-    store: PinStore,
+    store: SharedStore,
     /// `catalogue.withhold_flagged`.
     withhold_flagged: bool,
     /// Pins by server and tool, as last read or written.
@@ -222,7 +214,7 @@ pub struct Reviewed {
 
 impl Pins {
     /// The pins of `store`, remembered.
-    pub async fn load(store: PinStore, withhold_flagged: bool) -> Result<Pins, String> {
+    pub async fn load(store: SharedStore, withhold_flagged: bool) -> Result<Pins, String> {
         let pins = store
             .tool_pins(None)
             .await

@@ -1,6 +1,7 @@
 //! The straight line of one MCP request: authenticate → session → decide → forward → answer.
 
 use crate::answer;
+use crate::approvals::{self, Approvals, HeldCall};
 use crate::audit::{self, Auditor, Awaiting};
 use crate::body::{self, Body};
 use crate::catalogue::Lookup;
@@ -8,7 +9,7 @@ use crate::error::GatewayError;
 use crate::grants::GrantSpec;
 use crate::http_upstream::{self, HttpUpstream};
 use crate::oauth::TokenRefusal;
-use crate::quota::{self, CallScope, Quota};
+use crate::quota::{self, CallScope, Hold, Quota};
 use crate::session::Session;
 use crate::stdio_upstream::{Reply, StdioUpstream};
 use crate::{Gateway, Server, Upstream};
@@ -24,7 +25,7 @@ use toolgate_mcp::sse::{self, SseDecoder};
 use toolgate_mcp::{codes, headers as mcp_headers, version, Kind, Message, Payload};
 use toolgate_policy::{Decision, Identity, Outcome, ToolCall};
 use toolgate_store::audit::CallRecord;
-use toolgate_store::{AuditEntry, CounterStore, Reservation};
+use toolgate_store::{ApprovalKey, AuditEntry, CounterStore, Matched};
 
 /// Upstream response headers passed to the client (the session id is replaced by ours).
 const RELAYED: &[&str] = &[
@@ -58,9 +59,9 @@ struct Checked {
 
 /// What to do with one client message after the policy looked at it.
 enum Verdict {
-    /// Send it upstream, holding this reservation of its limits (if it has any) until the
-    /// outcome is known.
-    Forward(Option<Reservation>),
+    /// Send it upstream, holding its reservation and approval (if any) until the outcome
+    /// is known.
+    Forward(Hold),
     /// Answer it with this JSON-RPC response instead.
     Respond(Value),
 }
@@ -370,7 +371,7 @@ impl Gateway {
         recorded: &mut bool,
     ) -> Verdict {
         let Some(call) = message.tool_call() else {
-            return Verdict::Forward(None);
+            return Verdict::Forward(Hold::default());
         };
         let id = message.id().cloned().unwrap_or(Value::Null);
         let call = match call {
@@ -430,6 +431,61 @@ impl Gateway {
             Lookup::Unknown => None,
             Lookup::Callable | Lookup::Withheld(_) => Some(true),
         };
+        // Step 8: a held call runs only with a human's approval of exactly this call. The
+        // approval is asked for first; its limits are reserved below once it is admitted.
+        let mut approval = None;
+        let mut held_as = None;
+        let decision =
+            if decision.outcome == Outcome::ApprovalRequired && !shadow && exists != Some(false) {
+                let key = ApprovalKey {
+                    grant: grant.name.clone(),
+                    identity: grant.subject.clone(),
+                    server: server.spec.name.clone(),
+                    tool: call.name.to_owned(),
+                    args_sha256: approvals::args_sha256(call.arguments),
+                    policy_version: policy.map(|p| p.version.clone()).unwrap_or_default(),
+                };
+                let held = HeldCall {
+                    key,
+                    arguments: call.arguments,
+                    decision: &decision,
+                };
+                match self.approvals.check(held).await {
+                    Ok(Matched::Admitted(request)) => {
+                        approval = Some(request.id);
+                        Decision::allow(decision.limits.clone())
+                    }
+                    Ok(Matched::Pending(request) | Matched::Opened(request)) => {
+                        held_as = Some(request.id);
+                        decision
+                    }
+                    Ok(Matched::Refused(request)) => Decision::deny(
+                        decision.rule.clone(),
+                        format!(
+                            "Approval {} was denied by {}{}",
+                            request.id,
+                            request.decided_by.as_deref().unwrap_or("an approver"),
+                            request
+                                .reason
+                                .as_deref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ),
+                    ),
+                    Err(e) => Decision::deny(
+                        decision.rule.clone(),
+                        format!(
+                        "{} (approvals cannot be checked right now, so the call was not run: {e})",
+                        decision.message
+                    ),
+                    ),
+                }
+            } else {
+                decision
+            };
+        if let Some(record) = record.as_mut() {
+            record.approval_id = approval.clone().or_else(|| held_as.clone());
+        }
         // Step 7: limits are reserved only for a call that will really be forwarded, so
         // that only admitted calls consume quota (shadow mode consumes nothing).
         let mut reservation = None;
@@ -480,6 +536,11 @@ impl Gateway {
         } else {
             decision
         };
+        if let (Some(id), false) = (&approval, decision.is_allowed()) {
+            // Admitted by its approval, then refused by a limit or the counter store: the
+            // approval is not spent.
+            self.approvals.restore(id).await;
+        }
         tracing::info!(
             target: "toolgate::decision",
             server = %server.spec.name, grant = %grant.name, session = %session.id, tool = %call.name,
@@ -497,7 +558,7 @@ impl Gateway {
             }
         }
         if shadow && decision.outcome != Outcome::Hide {
-            return Verdict::Forward(None);
+            return Verdict::Forward(Hold::default());
         }
         if exists == Some(false) {
             if let (Some(record), true) = (record, decision.outcome != Outcome::Hide) {
@@ -508,10 +569,15 @@ impl Gateway {
             }
             return Verdict::Respond(answer::unknown_tool(id, call.name));
         }
-        if decision.is_allowed() {
-            Verdict::Forward(reservation)
-        } else {
-            Verdict::Respond(answer::refusal(id, &decision))
+        match (decision.is_allowed(), held_as) {
+            (true, _) => Verdict::Forward(Hold {
+                reservation,
+                approval,
+            }),
+            (false, Some(held_as)) => {
+                Verdict::Respond(answer::approval_required(id, &decision, &held_as))
+            }
+            (false, None) => Verdict::Respond(answer::refusal(id, &decision)),
         }
     }
 
@@ -676,9 +742,9 @@ impl Gateway {
             }
             match verdict {
                 Verdict::Respond(v) => answers.push(v),
-                Verdict::Forward(reservation) => {
-                    if let Some(reservation) = reservation {
-                        watch.push((message.id().cloned().unwrap_or(Value::Null), reservation));
+                Verdict::Forward(hold) => {
+                    if !hold.is_empty() {
+                        watch.push((message.id().cloned().unwrap_or(Value::Null), hold));
                     }
                     if message.kind() == Kind::Request && message.method() == Some("tools/list") {
                         list_ids.push(message.id().cloned().unwrap_or(Value::Null));
@@ -689,8 +755,8 @@ impl Gateway {
         }
         if let Err(e) = self.auditor.write(&records).await {
             // Fail closed: nothing unrecorded goes upstream.
-            for (_, reservation) in &watch {
-                quota::rollback(&self.counters, reservation).await;
+            for (_, hold) in &watch {
+                self.release(hold).await;
             }
             answers.extend(awaiting.iter().map(|a| e.to_jsonrpc(a.id.clone())));
             self.auditor.finish_all(&awaiting, "not_sent");
@@ -736,8 +802,8 @@ impl Gateway {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 // Refused at the HTTP level (lost session, overload…): the calls never ran.
-                for (_, reservation) in &watch {
-                    quota::rollback(&self.counters, reservation).await;
+                for (_, hold) in &watch {
+                    self.release(hold).await;
                 }
                 watch.clear();
                 let status = format!("http {}", r.status().as_u16());
@@ -746,8 +812,8 @@ impl Gateway {
                 r
             }
             Err(e) => {
-                for (_, reservation) in &watch {
-                    quota::rollback(&self.counters, reservation).await;
+                for (_, hold) in &watch {
+                    self.release(hold).await;
                 }
                 self.auditor.finish_all(&awaiting, "unreachable");
                 if request_ids.is_empty() {
@@ -774,7 +840,7 @@ impl Gateway {
             batch,
             lists: self.list_filter(server, grant),
             watch,
-            counters: Arc::clone(&self.counters),
+            release: self.releaser(),
             pending: request_ids,
             deadline,
             timed_out: up.timed_out(),
@@ -814,9 +880,7 @@ impl Gateway {
                     records.extend(record.filter(|_| !recorded).map(AuditEntry::Call));
                     match verdict {
                         Verdict::Respond(v) => answers.push(v),
-                        Verdict::Forward(reservation) => {
-                            requests.push((message, reservation, awaiting))
-                        }
+                        Verdict::Forward(hold) => requests.push((message, hold, awaiting)),
                     }
                 }
                 Kind::Notification => {
@@ -835,10 +899,8 @@ impl Gateway {
         }
         if let Err(e) = self.auditor.write(&records).await {
             // Fail closed: nothing unrecorded goes upstream.
-            for (message, reservation, awaiting) in requests.drain(..) {
-                if let Some(reservation) = &reservation {
-                    quota::rollback(&self.counters, reservation).await;
-                }
+            for (message, hold, awaiting) in requests.drain(..) {
+                self.release(&hold).await;
                 if let Some(awaiting) = &awaiting {
                     self.auditor.finish(awaiting, "not_sent");
                 }
@@ -854,12 +916,12 @@ impl Gateway {
             && accepts_sse(headers)
             && requests[0].0.method() == Some("tools/call")
         {
-            let (message, reservation, awaiting) = requests.pop().expect("one request");
+            let (message, hold, awaiting) = requests.pop().expect("one request");
             let id = message.id().cloned().unwrap_or(Value::Null);
             let (stream, rx) = session.open_stream();
             let up = Arc::clone(up);
             let session = Arc::clone(session);
-            let counters = Arc::clone(&self.counters);
+            let release = self.releaser();
             let auditor = Arc::clone(&self.auditor);
             if session.protocol_version.as_str() >= "2025-11-25" {
                 // Lets the client resume even if it loses the stream before the first event.
@@ -867,7 +929,7 @@ impl Gateway {
             }
             tokio::spawn(async move {
                 let outcome = up.request(Some(&session), message, Some(stream)).await;
-                settle(&counters, reservation, &outcome).await;
+                settle(&release, hold, &outcome).await;
                 if let Some(awaiting) = &awaiting {
                     auditor.finish(awaiting, &reply_status(&outcome));
                 }
@@ -881,11 +943,11 @@ impl Gateway {
             });
             return Ok(body::sse(rx));
         }
-        for (message, reservation, awaiting) in requests {
+        for (message, hold, awaiting) in requests {
             let is_list = message.method() == Some("tools/list");
             let id = message.id().cloned().unwrap_or(Value::Null);
             let outcome = up.request(Some(session), message, None).await;
-            settle(&self.counters, reservation, &outcome).await;
+            settle(&self.releaser(), hold, &outcome).await;
             if let Some(awaiting) = &awaiting {
                 self.auditor.finish(awaiting, &reply_status(&outcome));
             }
@@ -991,24 +1053,54 @@ impl Gateway {
     }
 }
 
-/// Rolls a stdio call's reservation back when the call never ran: the child could not be
-/// reached, timed out, or answered with a JSON-RPC error. A cancelled call may have run, so
-/// it keeps its reservation. Done before the client gets its answer.
-async fn settle(
-    counters: &Arc<dyn CounterStore>,
-    reservation: Option<Reservation>,
-    outcome: &Result<Reply, GatewayError>,
-) {
-    let Some(reservation) = reservation else {
+/// Gives back what a stdio call held when it never ran: the child could not be reached,
+/// timed out, or answered with a JSON-RPC error. A cancelled call may have run, so it keeps
+/// what it held. Done before the client gets its answer.
+async fn settle(release: &Releaser, hold: Hold, outcome: &Result<Reply, GatewayError>) {
+    if hold.is_empty() {
         return;
-    };
+    }
     let never_ran = match outcome {
         Err(_) => true,
         Ok(Reply::Answer(response)) => response.get("error").is_some(),
         Ok(Reply::Cancelled) => false,
     };
     if never_ran {
-        quota::rollback(counters, &reservation).await;
+        release.release(&hold).await;
+    }
+}
+
+/// Gives back what forwarded calls held (their reservations and approvals) when they never
+/// ran.
+#[derive(Clone)]
+struct Releaser {
+    /// Where reservations are rolled back.
+    counters: Arc<dyn CounterStore>,
+    /// Where approvals are restored.
+    approvals: Approvals,
+}
+
+impl Releaser {
+    async fn release(&self, hold: &Hold) {
+        if let Some(reservation) = &hold.reservation {
+            quota::rollback(&self.counters, reservation).await;
+        }
+        if let Some(id) = &hold.approval {
+            self.approvals.restore(id).await;
+        }
+    }
+}
+
+impl Gateway {
+    fn releaser(&self) -> Releaser {
+        Releaser {
+            counters: Arc::clone(&self.counters),
+            approvals: self.approvals.clone(),
+        }
+    }
+
+    async fn release(&self, hold: &Hold) {
+        self.releaser().release(hold).await;
     }
 }
 
@@ -1087,11 +1179,11 @@ struct Rewrite {
     batch: bool,
     /// How `tools/list` results are filtered.
     lists: ListFilter,
-    /// Forwarded calls holding a reservation, by request id: rolled back if the upstream
-    /// answers with a JSON-RPC error (the call never ran).
-    watch: Vec<(Value, Reservation)>,
-    /// Where reservations are rolled back.
-    counters: Arc<dyn CounterStore>,
+    /// Forwarded calls holding a reservation or an approval, by request id: given back if
+    /// the upstream answers with a JSON-RPC error (the call never ran).
+    watch: Vec<(Value, Hold)>,
+    /// Gives them back.
+    release: Releaser,
     /// Ids of forwarded requests not answered yet.
     pending: Vec<Value>,
     /// When the requests still pending are answered by the gateway with `timed_out`.
@@ -1135,9 +1227,9 @@ impl Rewrite {
         let Some(index) = self.watch.iter().position(|(watched, _)| watched == id) else {
             return;
         };
-        let (_, reservation) = self.watch.swap_remove(index);
+        let (_, hold) = self.watch.swap_remove(index);
         if message.get("error").is_some() {
-            quota::rollback(&self.counters, &reservation).await;
+            self.release.release(&hold).await;
         }
     }
 

@@ -118,6 +118,24 @@ where
 
 /// Gives a reservation back because the call never ran; logged, never fatal (a reservation
 /// that cannot be returned errs on the side of the budget).
+/// What a forwarded call holds until its outcome is known: the reservation of its limits
+/// and the approval it used, each given back if the call never ran.
+#[derive(Debug, Default)]
+pub struct Hold {
+    /// The reservation, if the call has limits.
+    pub reservation: Option<Reservation>,
+    /// The approval request that admitted it, if it was held for approval.
+    pub approval: Option<String>,
+}
+
+impl Hold {
+    /// Whether there is nothing to give back.
+    pub fn is_empty(&self) -> bool {
+        self.reservation.is_none() && self.approval.is_none()
+    }
+}
+
+/// Rolls `reservation` back (the call never ran); a failure is logged.
 pub async fn rollback(store: &Arc<dyn CounterStore>, reservation: &Reservation) {
     if let Err(e) = store.rollback(reservation).await {
         tracing::warn!(reservation = %reservation.id, error = %e, "could not roll back a reservation");

@@ -80,8 +80,9 @@ impl Decision {
         }
     }
 
-    /// An allowed call that consumes `limits`.
-    pub(crate) fn allow(limits: Vec<LimitCharge>) -> Decision {
+    /// An allowed call that consumes `limits` (also used by the gateway for a held call a
+    /// human approved).
+    pub fn allow(limits: Vec<LimitCharge>) -> Decision {
         Decision {
             outcome: Outcome::Allow,
             rule: String::new(),

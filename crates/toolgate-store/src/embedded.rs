@@ -1,5 +1,6 @@
 //! The embedded store: one SQLite database in the data directory, in WAL mode.
 
+mod approvals;
 mod audit;
 mod counters;
 mod grants;
@@ -93,6 +94,15 @@ const MIGRATIONS: &[&str] = &[
         served_at TEXT,
         PRIMARY KEY (server, tool)
     ) WITHOUT ROWID;",
+    // 8: approval requests (approvals.rs): the request as JSON, found by id or by the
+    // digest of the call it is bound to.
+    "CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        key_digest TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX approvals_by_key ON approvals (key_digest, created_ms);",
 ];
 
 /// What a store remembers of the database so that its hot paths need not read it back:

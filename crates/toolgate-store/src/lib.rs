@@ -6,6 +6,7 @@
 //! beyond the records they keep.
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod audit;
 pub mod counters;
 mod embedded;
@@ -15,6 +16,7 @@ pub mod postgres_audit;
 pub mod redis_counters;
 mod sessions;
 
+pub use approvals::{ApprovalKey, ApprovalRequest, ApprovalStatus, DecisionRefused, Matched};
 pub use audit::{AuditEntry, AuditLog};
 pub use counters::{Charge, Clock, CounterStore, Reservation, Reserve, StoreFuture, SystemClock};
 pub use embedded::{EmbeddedStore, GrantsStamp};

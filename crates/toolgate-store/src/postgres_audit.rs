@@ -84,6 +84,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row as PgRow, Statement};
 
+pub use approvals::APPROVALS_CHAIN;
 pub use grants::{GrantsWatch, GRANTS_CHAIN};
 pub use pins::TOOLS_CHAIN;
 
@@ -128,6 +129,39 @@ macro_rules! on_connection {
 }
 
 // After the macro, which it uses.
+/// Runs `work` in a transaction holding the audit table's write lock; rolls back when it
+/// fails or when it returns `commit == false`.
+macro_rules! locked_transaction {
+    ($client:expr, $tables:expr, $work:expr) => {{
+        let client: &tokio_postgres::Client = $client;
+        let outcome = async {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({})",
+                    $tables.write_lock
+                ))
+                .await?;
+            let (value, commit) = $work.await?;
+            if commit {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(Failed::in_doubt)?;
+            } else {
+                client.batch_execute("ROLLBACK").await?;
+            }
+            Ok::<_, Failed>(value)
+        }
+        .await;
+        if outcome.is_err() {
+            // Leave no transaction open on a connection that is kept.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        outcome
+    }};
+}
+
+mod approvals;
 mod grants;
 mod pins;
 
@@ -197,6 +231,14 @@ pub const MIGRATIONS: &[&str] = &[
         served_at TEXT,
         PRIMARY KEY (server, tool)
     );",
+    // 4: approval requests (postgres_audit/approvals.rs), shared by every replica.
+    "CREATE TABLE {approvals} (
+        id TEXT PRIMARY KEY,
+        key_digest TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX {approvals}_by_key ON {approvals} (key_digest, created_ms);",
 ];
 
 /// The audit log of a cluster deployment: entries in PostgreSQL, shared by every gateway that
@@ -240,6 +282,8 @@ struct Tables {
     grants: String,
     /// Pinned tool definitions.
     pins: String,
+    /// Approval requests.
+    approvals: String,
     version: String,
     /// Held by every write transaction (see the module docs).
     write_lock: i64,
@@ -759,6 +803,7 @@ impl Tables {
             pruned: format!("{prefix}audit_pruned"),
             grants: format!("{prefix}grants"),
             pins: format!("{prefix}tool_pins"),
+            approvals: format!("{prefix}approvals"),
             version: format!("{prefix}audit_schema_version"),
             log,
         }
@@ -783,6 +828,7 @@ impl Tables {
             .replace("{pruned}", &self.pruned)
             .replace("{grants}", &self.grants)
             .replace("{pins}", &self.pins)
+            .replace("{approvals}", &self.approvals)
     }
 }
 

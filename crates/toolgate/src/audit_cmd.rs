@@ -290,7 +290,7 @@ pub(crate) fn exit_code(outcome: Result<ExitCode, Failure>) -> ExitCode {
 }
 
 /// Where the store a command reads is.
-pub(crate) enum Location {
+enum Location {
     /// The embedded store in this data directory.
     Embedded(PathBuf),
     /// PostgreSQL (cluster mode: the configuration's `[store] postgres_url`).
@@ -300,7 +300,7 @@ pub(crate) enum Location {
 /// Finds the audit log: `--data-dir` if given; else the configuration (`--config`, or
 /// `toolgate.toml` if it exists): its PostgreSQL if it names one, else its data directory;
 /// else the default data directory.
-pub(crate) fn location(args: &StoreArgs) -> Result<Location, Failure> {
+fn location(args: &StoreArgs) -> Result<Location, Failure> {
     if let Some(dir) = &args.data_dir {
         return Ok(Location::Embedded(dir.clone()));
     }
@@ -314,6 +314,31 @@ pub(crate) fn location(args: &StoreArgs) -> Result<Location, Failure> {
             None => Location::Embedded(default_data_dir()),
         },
     )
+}
+
+/// The store of shared state (grants, tool pins, approvals) that `args` point at — PostgreSQL
+/// for a configuration in cluster mode, else an existing embedded store (`what` names what
+/// is looked for) — and a runtime to reach it.
+pub(crate) fn shared_store(
+    args: &StoreArgs,
+    what: &str,
+) -> Result<(toolgate_gateway::SharedStore, tokio::runtime::Runtime), Failure> {
+    use toolgate_gateway::SharedStore;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start a runtime: {e}")))?;
+    let store = match location(args)? {
+        Location::Postgres(url) => SharedStore::Postgres(std::sync::Arc::new(
+            PostgresAuditLog::connect(&url).map_err(|e| Failure::Usage(e.to_string()))?,
+        )),
+        Location::Embedded(dir) => {
+            existing_store(&dir, what)?;
+            let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+            SharedStore::Embedded(std::sync::Arc::new(store))
+        }
+    };
+    Ok((store, runtime))
 }
 
 /// The audit log being read.

@@ -14,8 +14,9 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use toolgate_gateway::config::Settings;
-use toolgate_gateway::grant_admin::{self, GrantError, GrantStore, NewGrant};
+use toolgate_gateway::grant_admin::{self, GrantError, NewGrant};
 use toolgate_gateway::time::format_rfc3339_ms;
+use toolgate_gateway::SharedStore;
 use toolgate_store::{EmbeddedStore, PostgresAuditLog, StoredGrant, StoredPolicy};
 
 /// `toolgate grant …`.
@@ -92,7 +93,7 @@ pub fn run(command: GrantCommand) -> ExitCode {
 
 /// Where the grants are, and the configuration (if one was found) to check them against.
 struct Target {
-    store: GrantStore,
+    store: SharedStore,
     settings: Option<Settings>,
     /// Runs the store's work (PostgreSQL is asynchronous; so is the embedded store's API).
     runtime: tokio::runtime::Runtime,
@@ -113,7 +114,7 @@ fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
     if let (Some(url), None) = (cluster, &args.data_dir) {
         let log = PostgresAuditLog::connect(&url).map_err(|e| Failure::Usage(e.to_string()))?;
         return Ok(Target {
-            store: GrantStore::Postgres(Arc::new(log)),
+            store: SharedStore::Postgres(Arc::new(log)),
             settings,
             runtime,
         });
@@ -128,7 +129,7 @@ fn open(args: &StoreArgs, create: bool) -> Result<Target, Failure> {
     }
     let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(Target {
-        store: GrantStore::Embedded(Arc::new(store)),
+        store: SharedStore::Embedded(Arc::new(store)),
         settings,
         runtime,
     })

@@ -2,6 +2,7 @@
 //! happens in `toolgate-gateway` and `toolgate-policy`.
 #![forbid(unsafe_code)]
 
+mod approvals_cmd;
 mod audit_cmd;
 mod grant_cmd;
 mod scan_cmd;
@@ -44,6 +45,12 @@ enum Command {
     },
     /// List a server's tools, classified by what they can do; write a starter policy.
     Scan(scan_cmd::ScanArgs),
+    /// Decide calls held for human approval: list, show, approve, deny.
+    Approvals {
+        /// What to do with approval requests.
+        #[command(subcommand)]
+        command: approvals_cmd::ApprovalsCommand,
+    },
     /// Pinned tool definitions: list them, show and diff changes, approve them.
     Tools {
         /// What to do with pinned tools.
@@ -106,6 +113,7 @@ fn main() -> ExitCode {
         Command::Grant { command } => grant_cmd::run(command),
         Command::Scan(args) => scan_cmd::run(args),
         Command::Tools { command } => tools_cmd::run(command),
+        Command::Approvals { command } => approvals_cmd::run(command),
     }
 }
 

@@ -6,15 +6,15 @@
 //! approves it. Approvals are recorded in the audit log's admin stream, and
 //! running gateways honour them on the tool's next call or listing.
 
-use crate::audit_cmd::{existing_store, exit_code, location, Failure, Location, StoreArgs};
+use crate::audit_cmd::{exit_code, shared_store, Failure, StoreArgs};
 use crate::grant_cmd::actor;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
-use toolgate_gateway::pins::{self, PinStore};
-use toolgate_store::{EmbeddedStore, PostgresAuditLog, ToolPin};
+use toolgate_gateway::pins;
+use toolgate_gateway::SharedStore;
+use toolgate_store::ToolPin;
 
 /// `toolgate tools …`.
 #[derive(Subcommand)]
@@ -92,27 +92,13 @@ pub fn run(command: ToolsCommand) -> ExitCode {
 
 /// Where the pins are, and a runtime to reach them.
 struct Target {
-    store: PinStore,
+    store: SharedStore,
     runtime: tokio::runtime::Runtime,
 }
 
-/// The store the gateway pins tools in: PostgreSQL for a configuration in cluster mode
-/// (unless `--data-dir` names an embedded store), else the embedded store.
+/// The store the gateway pins tools in.
 fn open(args: &StoreArgs) -> Result<Target, Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Runtime(format!("cannot start a runtime: {e}")))?;
-    let store = match location(args)? {
-        Location::Postgres(url) => PinStore::Postgres(Arc::new(
-            PostgresAuditLog::connect(&url).map_err(|e| Failure::Usage(e.to_string()))?,
-        )),
-        Location::Embedded(dir) => {
-            existing_store(&dir, "tool pins")?;
-            let store = EmbeddedStore::open(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-            PinStore::Embedded(Arc::new(store))
-        }
-    };
+    let (store, runtime) = shared_store(args, "tool pins")?;
     Ok(Target { store, runtime })
 }
 
@@ -367,9 +353,10 @@ fn approve(args: &ApproveArgs) -> Result<ExitCode, Failure> {
     let write = |e| Failure::write("the approvals", e);
     let mut refused = 0;
     for tool in &tools {
-        let approval = target
-            .store
-            .approve(&args.server, tool, args.sha256.as_deref(), &actor);
+        let approval =
+            target
+                .store
+                .approve_tool(&args.server, tool, args.sha256.as_deref(), &actor);
         match target
             .runtime
             .block_on(approval)

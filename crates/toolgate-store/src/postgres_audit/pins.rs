@@ -77,38 +77,6 @@ async fn save(
     Ok(())
 }
 
-/// Runs `work` in a transaction holding the audit table's write lock; rolls back when it
-/// fails or when it returns `commit == false`.
-macro_rules! locked_transaction {
-    ($client:expr, $tables:expr, $work:expr) => {{
-        let client: &tokio_postgres::Client = $client;
-        let outcome = async {
-            client
-                .batch_execute(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({})",
-                    $tables.write_lock
-                ))
-                .await?;
-            let (value, commit) = $work.await?;
-            if commit {
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(Failed::in_doubt)?;
-            } else {
-                client.batch_execute("ROLLBACK").await?;
-            }
-            Ok::<_, Failed>(value)
-        }
-        .await;
-        if outcome.is_err() {
-            // Leave no transaction open on a connection that is kept.
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
-        outcome
-    }};
-}
-
 impl PostgresAuditLog {
     /// Every pin, of one server or of all, ordered by server and tool.
     pub async fn tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StoreError> {
