@@ -22,12 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import mcp.types as types
 import pytest
 
 from e2e_helpers import (
     PY_UPSTREAM,
     PYTHON,
+    ClientCallbacks,
     Gateway,
     Procs,
     assert_allowed,
@@ -36,8 +39,10 @@ from e2e_helpers import (
     gateway_binary,
     http_client,
     ready_url,
+    py_upstream_stdio_argv,
     run,
     start_gateway_config,
+    start_gateway_quick,
     started_lazily,
 )
 
@@ -392,3 +397,77 @@ policies = {{ py = "policy.json" }}
     assert verified.returncode == 0, verified.stdout + verified.stderr
     chains = [json.loads(line) for line in verified.stdout.splitlines()]
     assert any(c["chain"] == "admin@approvals" and c["ok"] for c in chains), chains
+
+
+def call_with(s: Setup, tool: str, arguments: dict[str, Any], **client_kwargs: Any) -> Any:
+    async def body() -> Any:
+        async with http_client(s.gateway.server_url("py"), TOKEN, **client_kwargs) as client:
+            return await client.call_tool(tool, arguments)
+
+    return run(body)
+
+
+@pytest.mark.parametrize("action", ["accept", "decline", "cancel"])
+def test_a_client_with_elicitation_is_asked_in_band(setup: Callable[[], Setup], action: str) -> None:
+    s = setup()
+    tag = f"in-band-{action}"
+    asked = ClientCallbacks(elicit_content={"approve": True}, sampling_model="m", sampling_text="t",
+                            elicit_action=action)
+    result = call_with(s, "record_run", {"tag": tag}, **asked.kwargs())
+    assert len(asked.elicitations) == 1, "the human is asked once, on the call's own stream"
+    question = asked.elicitations[0].message
+    assert "Server: py" in question and "Tool: record_run" in question and f'"tag": "{tag}"' in question, question
+    done = s.cli("approvals", "list", "--all", "--json")
+    request = next(r for r in map(json.loads, done.stdout.splitlines()) if r["arguments"] == {"tag": tag})
+    assert request["decided_by"] == "elicitation:agent", request
+    if action == "accept":
+        assert_allowed(result)
+        assert tag in s.ran_lines()
+        assert request["status"] == "consumed", request
+        assert s.admin_events(request["id"]) == ["approval_requested", "approval_approved", "approval_used"]
+    else:
+        message = result.content[0].text.removeprefix("[POLICY DENIED] ")
+        why = "declined by the approver" if action == "decline" else "cancelled by the approver"
+        assert message == f"Approval {request['id']} was denied by elicitation:agent: {why}", message
+        assert_denied(result, "/tools/record_run/action", message)
+        assert tag not in s.ran_lines()
+        assert request["status"] == "denied", request
+
+
+def test_an_approver_who_does_not_answer_in_time_refuses_the_call(setup: Callable[[], Setup]) -> None:
+    s = setup()
+
+    async def too_slow(ctx: Any, params: Any) -> Any:
+        await anyio.sleep(2.5)
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    result = call_with(s, "echo", {"text": "slow approver"}, elicitation_callback=too_slow)
+    message = result.content[0].text.removeprefix("[POLICY DENIED] ")
+    assert message.startswith("Approval apr_") and message.endswith(
+        "was not given: the approver did not answer in time"), message
+    assert_denied(result, "/tools/echo/action", message)
+
+
+@pytest.mark.parametrize("action", ["accept", "decline"])
+def test_in_band_approval_in_front_of_a_stdio_upstream(procs: Procs, tmp_path: Path, action: str) -> None:
+    """The same question on a stdio child (py_upstream.py over stdio, shared by the
+    gateway's sessions): accepted, the call runs; declined, it is refused."""
+    ran = tmp_path / "ran"
+    gw = start_gateway_quick(procs, tmp_path, POLICY, command=py_upstream_stdio_argv(),
+                             env={"PY_UPSTREAM_RAN_FILE": str(ran)}, name=f"toolgate-approvals-stdio-{action}")
+    asked = ClientCallbacks(elicit_content={"approve": True}, sampling_model="m", sampling_text="t",
+                            elicit_action=action)
+
+    async def body() -> Any:
+        async with http_client(gw.url, gw.token, **asked.kwargs()) as client:
+            return await client.call_tool("record_run", {"tag": f"stdio-{action}"})
+
+    result = run(body)
+    assert len(asked.elicitations) == 1 and "Tool: record_run" in asked.elicitations[0].message
+    if action == "accept":
+        assert_allowed(result)
+        assert ran.read_text().splitlines() == ["stdio-accept"]
+    else:
+        message = result.content[0].text.removeprefix("[POLICY DENIED] ")
+        assert message.endswith("was denied by elicitation:quick: declined by the approver"), message
+        assert not ran.exists() or ran.read_text() == ""

@@ -123,7 +123,7 @@ impl Gateway {
     }
 
     /// [`Gateway::route`]'s answer.
-    async fn answer(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    async fn answer(self: &Arc<Self>, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let forbidden = |what: String| {
             GatewayError::client(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, what)
                 .into_response(serde_json::Value::Null)

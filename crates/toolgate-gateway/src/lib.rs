@@ -19,6 +19,7 @@ pub mod front;
 pub mod grant_admin;
 pub mod grants;
 pub mod http_upstream;
+mod inband;
 pub mod oauth;
 pub mod pins;
 mod proxy;

@@ -8,6 +8,7 @@ use crate::catalogue::Lookup;
 use crate::error::GatewayError;
 use crate::grants::GrantSpec;
 use crate::http_upstream::{self, HttpUpstream};
+use crate::inband::Held;
 use crate::oauth::TokenRefusal;
 use crate::quota::{self, CallScope, Hold, Quota};
 use crate::session::Session;
@@ -55,6 +56,8 @@ struct Checked {
     record: Option<CallRecord>,
     /// The record is written already (with the call's counter reservation).
     recorded: bool,
+    /// The call is held for approval: what the human may be asked in-band.
+    held: Option<Held>,
 }
 
 /// What to do with one client message after the policy looked at it.
@@ -69,7 +72,7 @@ enum Verdict {
 impl Gateway {
     /// Entry point for `/mcp/<server>`.
     pub(crate) async fn handle_mcp(
-        &self,
+        self: &Arc<Self>,
         server_name: &str,
         request: Request<Incoming>,
         peer: std::net::IpAddr,
@@ -236,7 +239,7 @@ impl Gateway {
     }
 
     async fn post(
-        &self,
+        self: &Arc<Self>,
         server: &Arc<Server>,
         grant: &Arc<GrantSpec>,
         request: Request<Incoming>,
@@ -281,8 +284,8 @@ impl Gateway {
         let session = self
             .session_for(server, grant, &headers)
             .map_err(|e| (e, Value::Null))?;
-        let messages = match payload {
-            Payload::Single(m) => vec![m],
+        let (messages, batch) = match payload {
+            Payload::Single(m) => (vec![m], false),
             Payload::Batch(items) => {
                 if !version::allows_batch(&session.protocol_version) {
                     return Err((
@@ -307,27 +310,63 @@ impl Gateway {
                         Value::Null,
                     ));
                 }
-                return match &server.upstream {
-                    Upstream::Http(up) => {
-                        self.http_post(server, up, grant, &session, &headers, items, true, bytes)
-                            .await
-                    }
-                    Upstream::Stdio(up) => {
-                        self.stdio_post(server, up, grant, &session, &headers, items, true)
-                            .await
-                    }
-                };
+                (items, true)
             }
         };
+        // Answers to the gateway's own questions (in-band approval) stay here.
+        let before = messages.len();
+        let messages: Vec<Message> = messages
+            .into_iter()
+            .filter(|m| {
+                m.kind() != Kind::Response || !session.answered(&Value::Object(m.as_map().clone()))
+            })
+            .collect();
+        if messages.is_empty() {
+            return Ok(body::status(StatusCode::ACCEPTED));
+        }
+        let raw = if messages.len() == before {
+            bytes
+        } else {
+            Bytes::from(
+                serde_json::to_vec(&messages.iter().map(Message::as_map).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+        };
+        self.dispatch(
+            server, grant, &session, &headers, messages, batch, raw, true,
+        )
+        .await
+    }
+
+    /// Whether a held call is put to the human in-band: the client can be asked (it declared
+    /// `elicitation`) on the call's own answer (it reads SSE).
+    fn asks_in_band(&self, session: &Session, headers: &HeaderMap) -> bool {
+        session.has_capability("elicitation") && accepts_sse(headers)
+    }
+
+    /// Sends checked messages on to `server`'s upstream; `ask`: a call held for approval may
+    /// be put to the human in-band (not when this is the call that follows such a question).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn dispatch(
+        self: &Arc<Self>,
+        server: &Arc<Server>,
+        grant: &Arc<GrantSpec>,
+        session: &Arc<Session>,
+        headers: &HeaderMap,
+        messages: Vec<Message>,
+        batch: bool,
+        raw: Bytes,
+        ask: bool,
+    ) -> Result<Response<Body>, (GatewayError, Value)> {
         match &server.upstream {
             Upstream::Http(up) => {
                 self.http_post(
-                    server, up, grant, &session, &headers, messages, false, bytes,
+                    server, up, grant, session, headers, messages, batch, raw, ask,
                 )
                 .await
             }
             Upstream::Stdio(up) => {
-                self.stdio_post(server, up, grant, &session, &headers, messages, false)
+                self.stdio_post(server, up, grant, session, headers, messages, batch, ask)
                     .await
             }
         }
@@ -347,8 +386,17 @@ impl Gateway {
                 .record(grant, &server.spec.name, Some(&session.id), message)
         });
         let mut recorded = false;
+        let mut held = None;
         let verdict = self
-            .decide(server, grant, session, message, &mut record, &mut recorded)
+            .decide(
+                server,
+                grant,
+                session,
+                message,
+                &mut record,
+                &mut recorded,
+                &mut held,
+            )
             .await;
         if let (Verdict::Respond(_), Some(record)) = (&verdict, &mut record) {
             record.forwarded = false;
@@ -357,10 +405,13 @@ impl Gateway {
             verdict,
             record,
             recorded,
+            held,
         }
     }
 
-    /// The decision itself; what it decided goes into `record`.
+    /// The decision itself; what it decided goes into `record`, and a call held for
+    /// approval into `held`.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         server: &Server,
@@ -369,6 +420,7 @@ impl Gateway {
         message: &Message,
         record: &mut Option<CallRecord>,
         recorded: &mut bool,
+        held: &mut Option<Held>,
     ) -> Verdict {
         let Some(call) = message.tool_call() else {
             return Verdict::Forward(Hold::default());
@@ -575,6 +627,14 @@ impl Gateway {
                 approval,
             }),
             (false, Some(held_as)) => {
+                let settings = decision.approval.unwrap_or_default();
+                *held = Some(Held {
+                    approval_id: held_as.clone(),
+                    rule: decision.rule.clone(),
+                    why: decision.message.clone(),
+                    timeout: std::time::Duration::from_millis(settings.timeout_ms),
+                    message: message.clone(),
+                });
                 Verdict::Respond(answer::approval_required(id, &decision, &held_as))
             }
             (false, None) => Verdict::Respond(answer::refusal(id, &decision)),
@@ -706,7 +766,7 @@ impl Gateway {
 
     #[allow(clippy::too_many_arguments)]
     async fn http_post(
-        &self,
+        self: &Arc<Self>,
         server: &Arc<Server>,
         up: &HttpUpstream,
         grant: &Arc<GrantSpec>,
@@ -715,6 +775,7 @@ impl Gateway {
         messages: Vec<Message>,
         batch: bool,
         raw: Bytes,
+        ask: bool,
     ) -> Result<Response<Body>, (GatewayError, Value)> {
         let mut answers = Vec::new();
         let mut forward = Vec::new();
@@ -722,12 +783,15 @@ impl Gateway {
         let mut watch = Vec::new();
         let mut records = Vec::new();
         let mut awaiting = Vec::new();
+        let mut in_band = None;
         for message in messages {
             let Checked {
                 verdict,
                 record,
                 recorded,
+                held,
             } = self.check(server, grant, session, &message).await;
+            in_band = held.filter(|_| ask && !batch && self.asks_in_band(session, headers));
             if let Some(record) = record {
                 if record.forwarded {
                     awaiting.push(Awaiting {
@@ -764,6 +828,8 @@ impl Gateway {
             if answers.is_empty() {
                 return Err((e, Value::Null));
             }
+        } else if let Some(held) = in_band {
+            return Ok(self.ask_in_band(server, grant, session, headers, held));
         }
         if forward.is_empty() {
             let value = if batch {
@@ -852,7 +918,7 @@ impl Gateway {
 
     #[allow(clippy::too_many_arguments)]
     async fn stdio_post(
-        &self,
+        self: &Arc<Self>,
         server: &Arc<Server>,
         up: &Arc<StdioUpstream>,
         grant: &Arc<GrantSpec>,
@@ -860,10 +926,12 @@ impl Gateway {
         headers: &HeaderMap,
         messages: Vec<Message>,
         batch: bool,
+        ask: bool,
     ) -> Result<Response<Body>, (GatewayError, Value)> {
         let mut answers = Vec::new();
         let mut requests = Vec::new();
         let mut records = Vec::new();
+        let mut in_band = None;
         for message in messages {
             match message.kind() {
                 Kind::Request => {
@@ -871,7 +939,9 @@ impl Gateway {
                         verdict,
                         record,
                         recorded,
+                        held,
                     } = self.check(server, grant, session, &message).await;
+                    in_band = held.filter(|_| ask && !batch && self.asks_in_band(session, headers));
                     let awaiting = record.as_ref().filter(|r| r.forwarded).map(|r| Awaiting {
                         id: message.id().cloned().unwrap_or(Value::Null),
                         request_id: r.request_id.clone(),
@@ -906,6 +976,8 @@ impl Gateway {
                 }
                 answers.push(e.to_jsonrpc(message.id().cloned().unwrap_or(Value::Null)));
             }
+        } else if let Some(held) = in_band {
+            return Ok(self.ask_in_band(server, grant, session, headers, held));
         }
         if requests.is_empty() && answers.is_empty() {
             return Ok(body::status(StatusCode::ACCEPTED));

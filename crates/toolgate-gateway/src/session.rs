@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use toolgate_mcp::sse;
 use toolgate_store::{SessionRecord, SessionStore};
 
@@ -34,6 +34,9 @@ pub struct Session {
     events: Mutex<EventLog>,
     /// When the client last sent a request on this session.
     last_active: Mutex<Instant>,
+    /// Requests the gateway itself sent the client (an approval question), by JSON-RPC id,
+    /// waiting for the client's answer.
+    asked: Mutex<HashMap<String, oneshot::Sender<Value>>>,
 }
 
 /// The SSE streams of a session.
@@ -91,6 +94,7 @@ impl Session {
             record,
             events: Mutex::new(log),
             last_active: Mutex::new(Instant::now()),
+            asked: Mutex::default(),
         }
     }
 
@@ -121,6 +125,45 @@ impl Session {
         log.streams
             .values()
             .any(|s| s.tx.as_ref().is_some_and(|tx| !tx.is_closed()))
+    }
+
+    /// Waits for the client's answer to the gateway's own request `id` (see
+    /// [`Session::answered`]).
+    pub fn ask(&self, id: &str) -> oneshot::Receiver<Value> {
+        let (tx, rx) = oneshot::channel();
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), tx);
+        rx
+    }
+
+    /// Stops waiting for an answer to `id`.
+    pub fn forget(&self, id: &str) {
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Hands a client response to the gateway's own request it answers; `false` when it
+    /// answers no request of the gateway's (then it is the upstream's).
+    pub fn answered(&self, response: &Value) -> bool {
+        let Some(id) = response.get("id").and_then(Value::as_str) else {
+            return false;
+        };
+        let waiting = self
+            .asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        match waiting {
+            Some(tx) => {
+                let _ = tx.send(response.clone());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether the client declared `capability` (`elicitation`, `sampling`, `roots`).
