@@ -280,6 +280,9 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     if settings.audit.fsync {
         store.fsync_every_commit().map_err(|e| e.to_string())?;
     }
+    store
+        .checkpoint_in_background(Duration::from_millis(500))
+        .map_err(|e| e.to_string())?;
     tracing::info!(path = %store.path().display(), "embedded store open");
     // Cluster mode writes the audit log to PostgreSQL, one hash chain per replica.
     // The store that holds the log (and is pruned); none for a log the caller supplied.

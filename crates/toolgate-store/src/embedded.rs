@@ -273,6 +273,37 @@ impl EmbeddedStore {
         })
     }
 
+    /// Moves WAL checkpoints off the writers: the commit that crosses SQLite's
+    /// auto-checkpoint threshold (1000 pages) otherwise copies the log back into the
+    /// database, with an fsync, while every caller waits — the long tail of a gateway's
+    /// latency. A thread of its own, on its own connection, checkpoints every
+    /// `every` instead (PASSIVE: it never blocks writers), until the store is dropped.
+    pub fn checkpoint_in_background(self: &Arc<Self>, every: Duration) -> Result<(), StoreError> {
+        let checkpointer = Connection::open(&self.path)
+            .and_then(|c| c.execute_batch("PRAGMA busy_timeout = 5000;").map(|()| c))
+            .map_err(|e| self.error("open the checkpointer", e))?;
+        self.with("turn off auto-checkpoints", |c| {
+            c.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+        })?;
+        let store = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("toolgate-checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                if store.upgrade().is_none() {
+                    return;
+                }
+                if let Err(e) =
+                    checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    // The next round tries again; the log only grows meanwhile.
+                    eprintln!("toolgate: WAL checkpoint failed: {e}");
+                }
+            })
+            .map_err(|e| self.error("start the checkpointer", e))?;
+        Ok(())
+    }
+
     /// Makes every commit wait for the disk (`synchronous = FULL`): records then survive
     /// power loss too, not just a killed gateway, at the price of an fsync per commit.
     pub fn fsync_every_commit(&self) -> Result<(), StoreError> {

@@ -1,0 +1,670 @@
+//! `toolgate-load`: MCP `tools/call` load, (a) straight to a fast upstream, (b) through
+//! toolgate with an allow-all policy, (c) through toolgate with a realistic policy (150
+//! tools, limits on the embedded store, the audit log on). All in one run on one machine, so
+//! the ratios hold even where the absolute figures drift.
+//!
+//! For each path: throughput at saturation (closed loop, `--concurrency` callers), latency
+//! percentiles at fixed offered rates (open loop: calls are sent on schedule whether or not
+//! earlier ones were answered, so a slow answer cannot hide the calls behind it), and for
+//! the gateway process
+//! CPU seconds per 1000 calls and memory (idle, peak, with `--sessions` open sessions). Also
+//! the time to the first byte of a streamed (SSE) answer, direct and through the gateway.
+//!
+//! `toolgate-load --write BENCHMARKS.md` replaces the figures between the markers there.
+#![forbid(unsafe_code)]
+
+mod upstream;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The grant token of the gateways under test.
+const TOKEN: &str = "tg_load_token_not_a_secret_0123456789";
+/// Linux's USER_HZ: the unit of utime/stime in /proc/<pid>/stat.
+const TICKS_PER_SECOND: f64 = 100.0;
+/// Where the generated figures go in BENCHMARKS.md.
+const BEGIN: &str = "<!-- toolgate-load:begin -->";
+const END: &str = "<!-- toolgate-load:end -->";
+
+/// Command line.
+#[derive(Parser)]
+#[command(
+    about = "MCP tools/call load: direct, through toolgate allow-all, through toolgate with a realistic policy"
+)]
+struct Args {
+    /// The toolgate binary (default: release, else debug, in $CARGO_TARGET_DIR or ./target).
+    #[arg(long)]
+    gateway: Option<PathBuf>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Offered rates (calls/s) for the latency percentiles.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+    rates: Vec<u32>,
+    /// Concurrent callers at saturation.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Sessions to open for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// A short run that only shows everything works (CI): 0.5 s per measurement, 100
+    /// calls/s, 200 sessions.
+    #[arg(long)]
+    smoke: bool,
+    /// Replace the figures in this file (between the toolgate-load markers).
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Where calls go.
+#[derive(Clone)]
+struct Target {
+    /// Its MCP endpoint.
+    url: String,
+    /// Sent as a bearer token, if any.
+    token: Option<&'static str>,
+    /// The tool called.
+    tool: &'static str,
+}
+
+/// One call path's figures.
+#[derive(Default)]
+struct Figures {
+    saturation: f64,
+    /// (rate, p50, p90, p99) in µs.
+    latency: Vec<(u32, f64, f64, f64)>,
+    cpu_per_1000: Option<f64>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("toolgate-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(mut args: Args) -> Result<(), String> {
+    if args.smoke {
+        args.seconds = 0.5;
+        args.rates = vec![100];
+        args.sessions = 200;
+    }
+    let binary = match &args.gateway {
+        Some(path) => path.clone(),
+        None => default_gateway()?,
+    };
+    let upstream = upstream::start()
+        .await
+        .map_err(|e| format!("cannot start the fast upstream: {e}"))?;
+    let work = std::env::temp_dir().join(format!("toolgate-load-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build_http();
+
+    let allow_all = Gateway::start(&binary, &work.join("allow-all"), upstream, false).await?;
+    let realistic = Gateway::start(&binary, &work.join("realistic"), upstream, true).await?;
+    let idle_kib = realistic.memory("VmRSS")?;
+
+    let direct = Target {
+        url: format!("http://{upstream}/json"),
+        token: None,
+        tool: "tool_042",
+    };
+    let through = |gw: &Gateway, server: &str| Target {
+        url: format!("http://{}/mcp/{server}", gw.addr),
+        token: Some(TOKEN),
+        tool: "tool_042",
+    };
+    let mut rows = Vec::new();
+    for (label, target, gateway) in [
+        ("(a) direct", direct.clone(), None),
+        (
+            "(b) toolgate, allow-all",
+            through(&allow_all, "fast"),
+            Some(&allow_all),
+        ),
+        (
+            "(c) toolgate, realistic policy + limits + audit",
+            through(&realistic, "fast"),
+            Some(&realistic),
+        ),
+    ] {
+        eprintln!("toolgate-load: measuring {label}");
+        rows.push((label, measure(&client, &target, gateway, &args).await?));
+    }
+    eprintln!("toolgate-load: time to first byte of an SSE answer");
+    let ttfb_direct = ttfb(
+        &client,
+        &Target {
+            url: format!("http://{upstream}/sse"),
+            ..direct.clone()
+        },
+        &args,
+    )
+    .await?;
+    let ttfb_gateway = ttfb(&client, &through(&realistic, "fast_sse"), &args).await?;
+    eprintln!("toolgate-load: opening {} sessions", args.sessions);
+    let before_sessions = realistic.memory("VmRSS")?;
+    open_sessions(&client, &through(&realistic, "fast"), args.sessions).await?;
+    let with_sessions = realistic.memory("VmRSS")?;
+    let peak = realistic.memory("VmHWM")?;
+
+    let report = report(
+        &args,
+        &rows,
+        idle_kib,
+        before_sessions,
+        with_sessions,
+        peak,
+        ttfb_direct,
+        ttfb_gateway,
+    );
+    println!("{report}");
+    if let Some(path) = &args.write {
+        write_into(path, &report)?;
+        eprintln!("toolgate-load: wrote the figures into {}", path.display());
+    }
+    drop((allow_all, realistic));
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// `toolgate` in `$CARGO_TARGET_DIR` (or `./target`): the release build if there is one.
+fn default_gateway() -> Result<PathBuf, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("toolgate"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no toolgate binary in {} (build it: cargo build --release -p toolgate), or pass --gateway",
+                target.display()
+            )
+        })
+}
+
+/// A gateway process under test.
+struct Gateway {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// Starts `binary` in `dir` in front of `upstream` (`/json` as server `fast`, `/sse` as
+    /// `fast_sse`), with an allow-all policy or the realistic one.
+    async fn start(
+        binary: &Path,
+        dir: &Path,
+        upstream: std::net::SocketAddr,
+        realistic: bool,
+    ) -> Result<Gateway, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let policy = if realistic {
+            realistic_policy()
+        } else {
+            json!({"version": "1", "default": "allow"})
+        };
+        std::fs::write(dir.join("policy.json"), policy.to_string())
+            .map_err(|e| format!("cannot write the policy: {e}"))?;
+        let port = free_port()?;
+        let config = format!(
+            "[gateway]\nsession_idle_timeout = \"1h\"\n\n[servers.fast]\nurl = \"http://{upstream}/json\"\n\n\
+             [servers.fast_sse]\nurl = \"http://{upstream}/sse\"\n\n[[grants]]\nname = \"load\"\n\
+             token = \"{TOKEN}\"\npolicies = {{ fast = \"policy.json\", fast_sse = \"policy.json\" }}\n"
+        );
+        std::fs::write(dir.join("toolgate.toml"), config)
+            .map_err(|e| format!("cannot write the configuration: {e}"))?;
+        let log = std::fs::File::create(dir.join("gateway.log"))
+            .map_err(|e| format!("cannot create the gateway's log: {e}"))?;
+        let child = Command::new(binary)
+            .args([
+                "serve",
+                "--config",
+                "toolgate.toml",
+                "--data-dir",
+                "data",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let gateway = Gateway {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        gateway.wait_ready(dir).await?;
+        Ok(gateway)
+    }
+
+    async fn wait_ready(&self, dir: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(&self.addr).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let request = "GET /readyz HTTP/1.1
+Host: 127.0.0.1
+Connection: close
+
+";
+                if stream.write_all(request.as_bytes()).await.is_ok() {
+                    let mut answer = Vec::new();
+                    let _ = stream.read_to_end(&mut answer).await;
+                    if answer.starts_with(b"HTTP/1.1 200") {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+                return Err(format!(
+                    "the gateway did not become ready within 30 s:\n{log}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A line of /proc/<pid>/status in KiB (`VmRSS`, `VmHWM`).
+    fn memory(&self, field: &str) -> Result<u64, String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .map_err(|e| format!("cannot read the gateway's memory: {e}"))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| format!("no {field} in /proc/{}/status", self.child.id()))
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    fn cpu_seconds(&self) -> Result<f64, String> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map_err(|e| format!("cannot read the gateway's CPU time: {e}"))?;
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        match (ticks(11), ticks(12)) {
+            (Some(user), Some(system)) => Ok((user + system) / TICKS_PER_SECOND),
+            _ => Err("unreadable /proc/<pid>/stat".into()),
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// 150 tools like a real server's policy: most allowed as they are, predicates, schemas,
+/// limits (far above what the load reaches, so every call is admitted and counted) on the
+/// tool called and on all tools.
+fn realistic_policy() -> Value {
+    let mut tools = serde_json::Map::new();
+    for i in 0..150 {
+        let rules = match i % 5 {
+            0 => json!({"deny_if": [{"path": "args.id", "op": "regex", "value": "\\.\\./|/etc/"}]}),
+            1 => {
+                json!({"schema": {"type": "object", "properties": {"id": {"type": "string", "maxLength": 64}}}})
+            }
+            _ => json!({}),
+        };
+        tools.insert(format!("tool_{i:03}"), rules);
+    }
+    tools.insert(
+        "tool_042".into(),
+        json!({
+            "deny_if": [{"path": "args.id", "op": "regex", "value": "\\.\\./|/etc/"}],
+            "limits": [{"counter": "tool_042", "window": "minute", "max": 1e12, "scope": "grant"}]
+        }),
+    );
+    tools.insert("delete_*".into(), json!({"action": "deny"}));
+    json!({
+        "version": "1",
+        "default": "deny",
+        "hide": ["secret_*"],
+        "all_tools": {"limits": [{"counter": "calls", "window": "minute", "max": 1e12, "scope": "grant"}]},
+        "tools": tools
+    })
+}
+
+/// An MCP session on `target`: its id (none for a stateless server).
+async fn initialize(client: &HttpClient, target: &Target) -> Result<Option<String>, String> {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "toolgate-load", "version": "1"}}});
+    let response = client
+        .request(request(target, None, &init)?)
+        .await
+        .map_err(|e| format!("initialize {}: {e}", target.url))?;
+    let status = response.status();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let _ = response.into_body().collect().await;
+    if !status.is_success() {
+        return Err(format!("initialize {}: HTTP {status}", target.url));
+    }
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let response = client
+        .request(request(target, session.as_deref(), &initialized)?)
+        .await
+        .map_err(|e| format!("initialized {}: {e}", target.url))?;
+    let _ = response.into_body().collect().await;
+    Ok(session)
+}
+
+fn request(
+    target: &Target,
+    session: Option<&str>,
+    body: &Value,
+) -> Result<Request<Full<Bytes>>, String> {
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(&target.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(token) = target.token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(session) = session {
+        builder = builder.header("mcp-session-id", session);
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())
+}
+
+/// One `tools/call`, its answer read whole; fails unless it was answered with a result.
+async fn call(
+    client: &HttpClient,
+    target: &Target,
+    session: Option<&str>,
+    id: u64,
+) -> Result<(), String> {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": target.tool, "arguments": {"id": "item-42"}}});
+    let response = client
+        .request(request(target, session, &body)?)
+        .await
+        .map_err(|e| format!("tools/call {}: {e}", target.url))?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    if !status.is_success() || !text.contains("\"result\"") || text.contains("\"isError\":true") {
+        return Err(format!("tools/call {}: HTTP {status}: {text}", target.url));
+    }
+    Ok(())
+}
+
+async fn measure(
+    client: &HttpClient,
+    target: &Target,
+    gateway: Option<&Gateway>,
+    args: &Args,
+) -> Result<Figures, String> {
+    let session = initialize(client, target).await?;
+    for i in 0..200 {
+        call(client, target, session.as_deref(), i).await?;
+    }
+    let mut figures = Figures::default();
+    // Saturation: closed loop.
+    let cpu_before = gateway.map(Gateway::cpu_seconds).transpose()?;
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let (client, target, session, done) = (
+            client.clone(),
+            target.clone(),
+            session.clone(),
+            Arc::clone(&done),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut id = (w as u64) << 32;
+            while Instant::now() < deadline {
+                id += 1;
+                call(&client, &target, session.as_deref(), id).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for worker in workers {
+        worker.await.map_err(|e| e.to_string())??;
+    }
+    let calls = done.load(Ordering::Relaxed) as f64;
+    figures.saturation = calls / started.elapsed().as_secs_f64();
+    if let (Some(gateway), Some(before)) = (gateway, cpu_before) {
+        figures.cpu_per_1000 = Some((gateway.cpu_seconds()? - before) / calls * 1000.0);
+    }
+    // Fixed offered rates: open loop, each call timed from when it was due.
+    for &rate in &args.rates {
+        let total = (rate as f64 * args.seconds).max(1.0) as u64;
+        let start = tokio::time::Instant::now() + Duration::from_millis(20);
+        let mut calls = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            let (client, target, session) = (client.clone(), target.clone(), session.clone());
+            calls.push(tokio::spawn(async move {
+                tokio::time::sleep_until(due).await;
+                // Timed from the send, not from `due`: tokio's timer wakes up to a
+                // millisecond late, which is the load generator's lag, not the path's.
+                // Calls do not wait for each other, so a slow answer still cannot hold
+                // back the calls behind it.
+                let sent = Instant::now();
+                call(&client, &target, session.as_deref(), (1 << 40) + i).await?;
+                Ok::<f64, String>(sent.elapsed().as_secs_f64() * 1e6)
+            }));
+        }
+        let mut latencies = Vec::with_capacity(calls.len());
+        for c in calls {
+            latencies.push(c.await.map_err(|e| e.to_string())??);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        figures.latency.push((rate, at(0.5), at(0.9), at(0.99)));
+    }
+    Ok(figures)
+}
+
+/// Median time (µs) to the first byte of a streamed answer.
+async fn ttfb(client: &HttpClient, target: &Target, args: &Args) -> Result<f64, String> {
+    let session = initialize(client, target).await?;
+    let rounds = if args.smoke { 20 } else { 500 };
+    let mut times = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                          "params": {"name": target.tool, "arguments": {"id": "item-42"}}});
+        let sent = Instant::now();
+        let response = client
+            .request(request(target, session.as_deref(), &body)?)
+            .await
+            .map_err(|e| format!("tools/call {}: {e}", target.url))?;
+        let is_sse = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            return Err(format!("{} did not answer with an SSE stream", target.url));
+        }
+        let mut body = response.into_body();
+        let _first = body.frame().await;
+        times.push(sent.elapsed().as_secs_f64() * 1e6);
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|e| e.to_string())?;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Opens `n` sessions (and leaves them open).
+async fn open_sessions(client: &HttpClient, target: &Target, n: usize) -> Result<(), String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (client, target, next) = (client.clone(), target.clone(), Arc::clone(&next));
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                initialize(&client, &target).await?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for worker in workers {
+        worker.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// What the machine is, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    args: &Args,
+    rows: &[(&str, Figures)],
+    idle_kib: u64,
+    before_sessions_kib: u64,
+    with_sessions_kib: u64,
+    peak_kib: u64,
+    ttfb_direct: f64,
+    ttfb_gateway: f64,
+) -> String {
+    let mut out = String::new();
+    let direct = rows[0].1.saturation;
+    let _ = writeln!(
+        out,
+        "Generated by `toolgate-load{}` on {} ({} s per measurement, {} callers at saturation). Load generator, fast upstream and gateway share the machine.\n",
+        if args.smoke { " --smoke" } else { "" },
+        machine(),
+        args.seconds,
+        args.concurrency
+    );
+    let _ = write!(
+        out,
+        "| path | calls/s at saturation | vs direct | CPU s per 1000 calls |"
+    );
+    for (rate, ..) in &rows[0].1.latency {
+        let _ = write!(out, " p50 / p90 / p99 at {rate}/s (µs) |");
+    }
+    let _ = write!(out, "\n|---|---|---|---|");
+    for _ in &rows[0].1.latency {
+        let _ = write!(out, "---|");
+    }
+    out.push('\n');
+    for (label, figures) in rows {
+        let _ = write!(
+            out,
+            "| {label} | {:.0} | {:.2} | {} |",
+            figures.saturation,
+            figures.saturation / direct,
+            figures
+                .cpu_per_1000
+                .map_or("—".to_owned(), |c| format!("{c:.3}"))
+        );
+        for (_, p50, p90, p99) in &figures.latency {
+            let _ = write!(out, " {p50:.0} / {p90:.0} / {p99:.0} |");
+        }
+        out.push('\n');
+    }
+    if let (Some((_, a)), Some((_, c))) = (rows.first(), rows.get(2)) {
+        for (i, (rate, p50, _, p99)) in c.latency.iter().enumerate() {
+            if let Some((_, d50, _, d99)) = a.latency.get(i) {
+                let _ = writeln!(
+                    out,
+                    "\n(c) adds {:.0} µs at p50 and {:.0} µs at p99 at {rate} calls/s.",
+                    p50 - d50,
+                    p99 - d99
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nGateway (c) memory: {:.1} MB idle, {:.1} MB peak under load, {:.1} MB with {} more sessions open (from {:.1} MB).",
+        idle_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0,
+        with_sessions_kib as f64 / 1024.0,
+        args.sessions,
+        before_sessions_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        out,
+        "\nTime to the first byte of an SSE answer (median): {ttfb_direct:.0} µs direct, {ttfb_gateway:.0} µs through (c): {:+.0} µs.",
+        ttfb_gateway - ttfb_direct
+    );
+    out
+}
+
+/// Replaces what is between the markers in `path` with `report` (appends the markers if
+/// the file has none).
+fn write_into(path: &Path, report: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!("{BEGIN}\n{report}{END}");
+    let updated = match (text.find(BEGIN), text.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + END.len()..]),
+        _ => format!("{text}\n{section}\n"),
+    };
+    std::fs::write(path, updated).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
