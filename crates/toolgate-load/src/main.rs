@@ -256,7 +256,6 @@ impl Gateway {
             ])
             .arg(format!("127.0.0.1:{port}"))
             .current_dir(dir)
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
