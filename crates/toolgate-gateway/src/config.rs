@@ -481,23 +481,12 @@ fn env_lookup(name: &str) -> Option<String> {
 
 /// Hex SHA-256 of a token, as stored in `token_sha256`.
 pub fn token_sha256_hex(token: &str) -> String {
-    to_hex(&Sha256::digest(token.as_bytes()))
+    toolgate_store::audit::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// A policy document's version: the first 16 hex digits of the SHA-256 of its bytes.
 pub fn policy_version(document: &[u8]) -> String {
-    to_hex(&Sha256::digest(document))[..16].to_owned()
-}
-
-/// Lower-case hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    toolgate_store::audit::hex(&Sha256::digest(document))[..16].to_owned()
 }
 
 /// 64 hex digits (a SHA-256) as bytes.

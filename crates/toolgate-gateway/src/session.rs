@@ -73,7 +73,7 @@ impl Session {
         let mut raw = [0u8; 16];
         rand::rng().fill_bytes(&mut raw);
         Session::restore(SessionRecord {
-            id: format!("tgs-{}", crate::config::to_hex(&raw)),
+            id: format!("tgs-{}", toolgate_store::audit::hex(&raw)),
             grant: grant.to_owned(),
             server: server.to_owned(),
             protocol_version: protocol_version.to_owned(),
