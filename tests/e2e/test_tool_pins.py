@@ -263,3 +263,58 @@ policies = {{ {server} = "allow.json" }}
     assert verified.returncode == 0, verified.stdout + verified.stderr
     chains = [json.loads(line) for line in verified.stdout.splitlines()]
     assert any(c["chain"] == "admin@tools" and c["ok"] for c in chains), chains
+
+
+def test_with_new_tools_withheld_nothing_is_served_before_an_operator_approves_it(procs: Procs,
+                                                                                   tmp_path: Path) -> None:
+    """`[catalogue] new_tools = "withhold"`: no trust on first use. A server's tools are
+    recorded when first seen, withheld (listing and calls) until approved; approving one
+    serves that one."""
+    upstream = start_attack_server(procs, "evil", "--state", str(tmp_path / "state"), "--ran", str(tmp_path / "ran"),
+                                   name="attack_evil-pins-new")
+    config = f"""
+[catalogue]
+new_tools = "withhold"
+
+[servers.evil]
+url = "{upstream}"
+
+[[grants]]
+name = "agent"
+token = "{TOKEN}"
+policies = {{ evil = "allow.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"allow.json": ALLOW_ALL}, name="toolgate-pins-new")
+    data = tmp_path / "toolgate-pins-new-data"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(gateway_binary()), *args, "--data-dir", str(data)],
+                              capture_output=True, text=True, timeout=60)
+
+    async def listed() -> set[str]:
+        async with http_client(gw.server_url("evil"), TOKEN) as client:
+            return {t.name for t in (await client.list_tools()).tools}
+
+    async def call() -> Any:
+        async with http_client(gw.server_url("evil"), TOKEN) as client:
+            return await client.call_tool("add", {"a": 1, "b": 2})
+
+    assert run(listed) == set(), "nothing is served before an operator approves it"
+    refused = run(call)
+    message = refused.content[0].text.removeprefix("[POLICY DENIED] ")
+    assert_denied(refused, "(withheld: not yet approved)", message)
+    assert message.startswith('Tool "add" is new and withheld until an operator approves it'), message
+    pins = {p["tool"]: p for p in map(json.loads, cli("tools", "list", "evil", "--json").stdout.splitlines())}
+    assert pins["add"]["status"] == "new" and pins["add"]["sha256"] == "", pins["add"]
+    assert pins["add"]["served_sha256"], pins["add"]
+    diff = cli("tools", "diff", "evil", "add")
+    assert diff.returncode == 0 and '+   "name": "add"' in diff.stdout, diff.stdout
+    approved = cli("tools", "approve", "evil", "add")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert run(listed) == {"add"}, "only what was approved is served"
+    assert_allowed(run(call))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[catalogue]\nnew_tools = "trust"\n')
+    refused_config = subprocess.run([str(gateway_binary()), "serve", "--config", str(bad), "--data-dir",
+                                     str(tmp_path / "bad-data")], capture_output=True, text=True, timeout=30)
+    assert refused_config.returncode == 2 and 'catalogue.new_tools: "trust" is not a choice' in refused_config.stderr

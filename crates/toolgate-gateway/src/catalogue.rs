@@ -299,7 +299,7 @@ mod tests {
 
     async fn catalogue(tag: &str) -> (Catalogue, Arc<EmbeddedStore>) {
         let store = Arc::new(EmbeddedStore::open(&scratch(tag)).expect("store"));
-        let pins = Pins::load(SharedStore::Embedded(Arc::clone(&store)), false)
+        let pins = Pins::load(SharedStore::Embedded(Arc::clone(&store)), false, false)
             .await
             .expect("pins");
         (Catalogue::new("s", Arc::new(pins)), store)

@@ -181,6 +181,9 @@ pub struct CatalogueSection {
     /// Hide and refuse tools flagged by the poisoning checks.
     #[serde(default)]
     pub withhold_flagged: bool,
+    /// What happens to a tool seen for the first time: `"pin"` (default: approved at first
+    /// sight) or `"withhold"` (hidden and refused until an operator approves it).
+    pub new_tools: Option<String>,
 }
 
 /// `[approvals]`.
@@ -313,6 +316,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// OAuth resource-server mode (`[oauth]`).
     pub oauth: Option<OauthSettings>,
+    /// `catalogue.new_tools = "withhold"`: new tools wait for an operator's approval.
+    pub withhold_new_tools: bool,
     /// `[approvals]`: where each new approval request is announced.
     pub approvals_webhook: Option<WebhookSettings>,
     /// `catalogue.withhold_flagged`: tools whose definitions the poisoning or shadowing
@@ -342,6 +347,7 @@ impl Settings {
             public_url: None,
             oauth: None,
             withhold_flagged: false,
+            withhold_new_tools: false,
             approvals_webhook: None,
             warnings: Vec::new(),
         }
@@ -846,6 +852,13 @@ fn resolve(
     }
     if let Some(catalogue) = &raw.catalogue {
         settings.withhold_flagged = catalogue.withhold_flagged;
+        match catalogue.new_tools.as_deref() {
+            None | Some("pin") => {}
+            Some("withhold") => settings.withhold_new_tools = true,
+            Some(other) => errors.push(format!(
+                "{file}: catalogue.new_tools: {other:?} is not a choice; expected \"pin\" (approved at first sight) or \"withhold\" (until an operator approves)"
+            )),
+        }
     }
     if let Some(approvals) = &raw.approvals {
         let expand = |key: &str, value: &Option<String>, errors: &mut Vec<String>| {

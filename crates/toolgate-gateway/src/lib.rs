@@ -357,7 +357,14 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         (None, _) => SharedStore::Embedded(Arc::clone(&store)),
     };
     // Tool pins live with the grants: shared by every replica in cluster mode.
-    let pins = Arc::new(pins::Pins::load(grant_store.clone(), settings.withhold_flagged).await?);
+    let pins = Arc::new(
+        pins::Pins::load(
+            grant_store.clone(),
+            settings.withhold_flagged,
+            settings.withhold_new_tools,
+        )
+        .await?,
+    );
     let mut servers = HashMap::new();
     for spec in &settings.servers {
         let upstream = match &spec.upstream {

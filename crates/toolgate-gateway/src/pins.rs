@@ -24,6 +24,16 @@ use toolgate_risk::inspect::{self, Flag};
 use toolgate_store::audit::{hex, AdminEvent};
 use toolgate_store::{AuditEntry, Observed, PinRefused, ServedTool, StoreError, ToolPin};
 
+/// The first 12 hex digits of a hash, as operators read them; `-` for none (a new tool
+/// that no operator approved yet).
+pub fn short(sha256: &str) -> &str {
+    match sha256.get(..12) {
+        Some(prefix) => prefix,
+        None if sha256.is_empty() => "-",
+        None => sha256,
+    }
+}
+
 /// The fields of a tool definition that are pinned: what the agent's model reads.
 const PINNED_FIELDS: &[&str] = &["name", "description", "inputSchema", "annotations"];
 
@@ -75,6 +85,9 @@ pub struct Withheld {
 pub const RULE_CHANGED: &str = "(withheld: definition changed)";
 /// Rule id of a tool withheld because its definition was flagged.
 pub const RULE_FLAGGED: &str = "(withheld: flagged)";
+/// Rule id of a new tool withheld until an operator approves it (`catalogue.new_tools =
+/// "withhold"`).
+pub const RULE_NEW: &str = "(withheld: not yet approved)";
 /// Rule id of a tool withheld because its pin could not be checked.
 pub const RULE_UNCHECKED: &str = "(withheld: pins unavailable)";
 
@@ -189,6 +202,9 @@ pub struct Pins {
     store: SharedStore,
     /// `catalogue.withhold_flagged`.
     withhold_flagged: bool,
+    /// `catalogue.new_tools = "withhold"`: a tool seen for the first time waits for an
+    /// operator instead of being approved at first sight.
+    withhold_new: bool,
     /// Pins by server and tool, as last read or written.
     memo: Mutex<HashMap<String, HashMap<String, Memo>>>,
 }
@@ -214,7 +230,11 @@ pub struct Reviewed {
 
 impl Pins {
     /// The pins of `store`, remembered.
-    pub async fn load(store: SharedStore, withhold_flagged: bool) -> Result<Pins, String> {
+    pub async fn load(
+        store: SharedStore,
+        withhold_flagged: bool,
+        withhold_new: bool,
+    ) -> Result<Pins, String> {
         let pins = store
             .tool_pins(None)
             .await
@@ -222,7 +242,7 @@ impl Pins {
         // A tool shadows the tools other servers had when it was first pinned, as it did
         // when this process saw it arrive.
         let mut memo = HashMap::<String, HashMap<String, Memo>>::new();
-        for pin in &pins {
+        for pin in pins.iter().filter(|p| p.is_approved()) {
             let flagged = is_flagged(&pin.server, &pin.definition, &earlier(&pins, pin));
             memo.entry(pin.server.clone())
                 .or_default()
@@ -231,6 +251,7 @@ impl Pins {
         Ok(Pins {
             store,
             withhold_flagged,
+            withhold_new,
             memo: Mutex::new(memo),
         })
     }
@@ -286,6 +307,7 @@ impl Pins {
                 tool: reviewed[i].name.clone(),
                 sha256: reviewed[i].definition.sha256.clone(),
                 definition: reviewed[i].definition.canonical.clone(),
+                pin_if_new: !self.withhold_new,
             })
             .collect();
         match self.observe(server, served).await {
@@ -294,14 +316,22 @@ impl Pins {
                     let tool = &mut reviewed[i];
                     tool.withheld = if pin.sha256 == tool.definition.sha256 {
                         self.flag_verdict(server, &tool.name, flagged, pin.approved_by_operator())
+                    } else if !pin.is_approved() {
+                        Some(Withheld {
+                            rule: RULE_NEW,
+                            message: format!(
+                                "Tool \"{}\" is new and withheld until an operator approves it (toolgate tools show {server} {}; toolgate tools approve {server} {})",
+                                tool.name, tool.name, tool.name
+                            ),
+                        })
                     } else {
                         Some(Withheld {
                             rule: RULE_CHANGED,
                             message: format!(
                                 "Tool \"{}\" is withheld: its definition changed since it was approved (approved sha256 {}, served {}); an operator must review and approve it (toolgate tools diff {server} {}; toolgate tools approve {server} {})",
                                 tool.name,
-                                &pin.sha256[..12],
-                                &tool.definition.sha256[..12],
+                                short(&pin.sha256),
+                                short(&tool.definition.sha256),
                                 tool.name,
                                 tool.name
                             ),
@@ -358,7 +388,9 @@ impl Pins {
             let (server, ts, withhold) = (server.to_owned(), ts.clone(), self.withhold_flagged);
             Box::new(move |pin: &ToolPin, observed: Observed| {
                 let (sha, definition) = match (observed, &pin.served) {
-                    (Observed::Changed, Some(s)) => (&s.sha256, &s.definition),
+                    (Observed::Changed | Observed::Unapproved, Some(s)) => {
+                        (&s.sha256, &s.definition)
+                    }
                     _ => (&pin.sha256, &pin.definition),
                 };
                 let tool: Value = serde_json::from_str(definition).unwrap_or(Value::Null);
@@ -440,8 +472,8 @@ pub fn flags_json(flags: &[Flag]) -> Value {
     )
 }
 
-/// What an operator reads of one pin: `approved`, `changed` (a different definition waits;
-/// withheld) or `flagged` (the approved definition is flagged: withheld when
+/// What an operator reads of one pin: `approved`, `new` (never approved; withheld),
+/// `changed` (a different definition waits; withheld) or `flagged` (the approved definition is flagged: withheld when
 /// `withhold_flagged` and no operator vouched for it), and the flags of the definition
 /// the server serves.
 pub fn status(pin: &ToolPin, others: &[(String, String)]) -> (&'static str, Vec<Flag>) {
@@ -452,7 +484,9 @@ pub fn status(pin: &ToolPin, others: &[(String, String)]) -> (&'static str, Vec<
     let found = serde_json::from_str::<Value>(current)
         .map(|d| flags(&pin.server, &d, others))
         .unwrap_or_default();
-    let status = if pin.served.is_some() {
+    let status = if !pin.is_approved() {
+        "new"
+    } else if pin.served.is_some() {
         "changed"
     } else if !found.is_empty() && !pin.approved_by_operator() {
         "flagged"
@@ -495,6 +529,10 @@ fn events(
                     "diff": diff(&pin.definition, &served.definition),
                 }),
             ));
+            served.sha256.clone()
+        }
+        (Observed::Unapproved, Some(served)) => {
+            events.push(event("tool_new", json!({"served_sha256": served.sha256})));
             served.sha256.clone()
         }
         (Observed::Reverted, _) => {

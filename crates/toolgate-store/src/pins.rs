@@ -37,7 +37,12 @@ pub struct ToolPin {
 impl ToolPin {
     /// Whether an operator (rather than first sight) approved the pinned definition.
     pub fn approved_by_operator(&self) -> bool {
-        self.approved_by != FIRST_SIGHT
+        self.is_approved() && self.approved_by != FIRST_SIGHT
+    }
+
+    /// Whether any definition was ever approved (a new tool may wait for its first).
+    pub fn is_approved(&self) -> bool {
+        !self.sha256.is_empty()
     }
 }
 
@@ -57,6 +62,9 @@ pub struct ServedDefinition {
 pub enum Observed {
     /// The tool had no pin: the definition is now pinned, approved at first sight.
     FirstSight,
+    /// The tool had no pin and waits for an operator (new tools are not trusted at first
+    /// sight): recorded, not approved.
+    Unapproved,
     /// The definition is the approved one, as before.
     Approved,
     /// The definition differs from the approved one, and it is a change the store had not
@@ -122,6 +130,9 @@ pub struct ServedTool {
     pub sha256: String,
     /// The definition (canonical JSON).
     pub definition: String,
+    /// A tool never seen before is approved at first sight; `false`: it waits, withheld,
+    /// for an operator (its pin then has no approved definition yet).
+    pub pin_if_new: bool,
 }
 
 /// The columns a pin is stored in, in the order [`pin_from_columns`] reads them.
@@ -162,6 +173,23 @@ pub(crate) fn observe_one(
     ts: &str,
 ) -> (ToolPin, Observed, bool) {
     match existing {
+        None if !served.pin_if_new => (
+            ToolPin {
+                server: server.to_owned(),
+                tool: served.tool.clone(),
+                sha256: String::new(),
+                definition: String::new(),
+                approved_at: String::new(),
+                approved_by: String::new(),
+                served: Some(ServedDefinition {
+                    sha256: served.sha256.clone(),
+                    definition: served.definition.clone(),
+                    seen_at: ts.to_owned(),
+                }),
+            },
+            Observed::Unapproved,
+            true,
+        ),
         None => (
             ToolPin {
                 server: server.to_owned(),

@@ -174,7 +174,7 @@ fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
     )
     .map_err(write)?;
     for (pin, status, flags) in &rows {
-        let served = pin.served.as_ref().map_or("", |s| &s.sha256[..12]);
+        let served = pin.served.as_ref().map_or("", |s| pins::short(&s.sha256));
         let flags = flags
             .iter()
             .map(|f| f.kind.as_str())
@@ -193,7 +193,7 @@ fn list(args: &ListArgs) -> Result<ExitCode, Failure> {
             pin.server,
             pin.tool,
             status,
-            &pin.sha256[..12],
+            pins::short(&pin.sha256),
             served,
             pin.approved_by,
             pin.approved_at
@@ -252,7 +252,7 @@ fn show(args: &ToolArgs, diff_only: bool) -> Result<ExitCode, Failure> {
                     "--- {}/{} approved {} ({} by {})",
                     pin.server,
                     pin.tool,
-                    &pin.sha256[..12],
+                    pins::short(&pin.sha256),
                     pin.approved_at,
                     pin.approved_by
                 )
@@ -262,7 +262,7 @@ fn show(args: &ToolArgs, diff_only: bool) -> Result<ExitCode, Failure> {
                     "+++ {}/{} served   {} (since {})",
                     pin.server,
                     pin.tool,
-                    &served.sha256[..12],
+                    pins::short(&served.sha256),
                     served.seen_at
                 )
                 .map_err(write)?;
@@ -272,7 +272,7 @@ fn show(args: &ToolArgs, diff_only: bool) -> Result<ExitCode, Failure> {
                     "approve it with: toolgate tools approve {} {} --sha256 {}",
                     pin.server,
                     pin.tool,
-                    &served.sha256[..12]
+                    pins::short(&served.sha256)
                 )
                 .map_err(write)?;
             }
@@ -289,7 +289,7 @@ fn show(args: &ToolArgs, diff_only: bool) -> Result<ExitCode, Failure> {
     writeln!(
         out,
         "approved {} by {} at {}:",
-        &pin.sha256[..12],
+        pins::short(&pin.sha256),
         pin.approved_by,
         pin.approved_at
     )
@@ -299,7 +299,7 @@ fn show(args: &ToolArgs, diff_only: bool) -> Result<ExitCode, Failure> {
         writeln!(
             out,
             "waiting for approval: {} (served since {}), changes:",
-            &served.sha256[..12],
+            pins::short(&served.sha256),
             served.seen_at
         )
         .map_err(write)?;
@@ -371,7 +371,7 @@ fn approve(args: &ApproveArgs) -> Result<ExitCode, Failure> {
                         "approved {}/{} ({}) as {}",
                         pin.server,
                         pin.tool,
-                        &pin.sha256[..12],
+                        pins::short(&pin.sha256),
                         pin.approved_by
                     )
                     .map_err(write)?;

@@ -143,6 +143,7 @@ mod tests {
             tool: tool.into(),
             sha256: sha256.into(),
             definition: format!("{{\"name\":\"{tool}\",\"v\":\"{sha256}\"}}"),
+            pin_if_new: true,
         }
     }
 
@@ -264,5 +265,41 @@ mod tests {
             .expect("store")
             .expect("approved");
         assert!(vouched.approved_by_operator());
+    }
+
+    #[test]
+    fn a_new_tool_can_wait_for_its_first_approval() {
+        let store = EmbeddedStore::open(&scratch("pins-new")).expect("open");
+        let untrusted = ServedTool {
+            pin_if_new: false,
+            ..served("n", "nn")
+        };
+        assert_eq!(
+            observe(&store, std::slice::from_ref(&untrusted)),
+            [Observed::Unapproved]
+        );
+        assert_eq!(
+            observe(&store, std::slice::from_ref(&untrusted)),
+            [Observed::StillChanged]
+        );
+        let waiting = &store.tool_pins(Some("s")).expect("pins")[0];
+        assert!(
+            !waiting.is_approved() && !waiting.approved_by_operator(),
+            "{waiting:?}"
+        );
+        let approved = store
+            .approve_tool("s", "n", Some("nn"), "dana", "t", &|_, after| {
+                event("approved", after)
+            })
+            .expect("store")
+            .expect("approved");
+        assert_eq!(
+            (approved.sha256.as_str(), approved.served.is_none()),
+            ("nn", true)
+        );
+        assert_eq!(
+            observe(&store, std::slice::from_ref(&untrusted)),
+            [Observed::Approved]
+        );
     }
 }
