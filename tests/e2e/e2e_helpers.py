@@ -89,9 +89,12 @@ def _which(name: str) -> str | None:
 
 
 # ----------------------------------------------------------------- upstreams
-def start_py_upstream_http(procs: Procs, *extra: str, name: str = "py_upstream") -> tuple[str, Proc]:
-    """py_upstream.py over Streamable HTTP on a free port; returns (its /mcp URL, proc)."""
-    proc = procs.start(name, [PYTHON, str(PY_UPSTREAM), "--transport", "http", "--port", "0", *extra])
+def start_py_upstream_http(procs: Procs, *extra: str, name: str = "py_upstream",
+                           ran_file: Path | None = None) -> tuple[str, Proc]:
+    """py_upstream.py over Streamable HTTP on a free port; returns (its /mcp URL, proc).
+    With `ran_file`, its `record_run` tool appends there (PY_UPSTREAM_RAN_FILE)."""
+    env = {"PY_UPSTREAM_RAN_FILE": str(ran_file)} if ran_file else None
+    proc = procs.start(name, [PYTHON, str(PY_UPSTREAM), "--transport", "http", "--port", "0", *extra], env=env)
     url = proc.wait_for(ready_url)
     return url, proc
 

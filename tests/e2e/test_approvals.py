@@ -43,6 +43,7 @@ from e2e_helpers import (
     run,
     start_gateway_config,
     start_gateway_quick,
+    start_py_upstream_http,
     started_lazily,
 )
 
@@ -72,8 +73,7 @@ class Setup:
     def __init__(self, procs: Procs, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.ran = workdir / "ran"
-        upstream = procs.start("py_upstream-approvals", [PYTHON, str(PY_UPSTREAM), "--transport", "http", "--port", "0"],
-                               env={"PY_UPSTREAM_RAN_FILE": str(self.ran)}).wait_for(ready_url)
+        upstream, _ = start_py_upstream_http(procs, name="py_upstream-approvals", ran_file=self.ran)
         self.hooks = workdir / "hooks.jsonl"
         # The receiver refuses the first delivery (503): the gateway must retry.
         hook = procs.start("webhook_receiver", [PYTHON, str(WEBHOOK_RECEIVER), "--secret", WEBHOOK_SECRET,
@@ -302,9 +302,7 @@ def test_the_webhook_announces_each_new_request_signed(setup: Callable[[], Setup
 
 
 def test_a_webhook_that_is_down_costs_only_the_announcement(procs: Procs, tmp_path: Path) -> None:
-    upstream = procs.start("py_upstream-approvals-down", [PYTHON, str(PY_UPSTREAM), "--transport", "http", "--port",
-                                                          "0"],
-                           env={"PY_UPSTREAM_RAN_FILE": str(tmp_path / "ran")}).wait_for(ready_url)
+    upstream, _ = start_py_upstream_http(procs, name="py_upstream-approvals-down", ran_file=tmp_path / "ran")
     config = f"""
 [approvals]
 webhook_url = "http://127.0.0.1:9/hook"
@@ -350,9 +348,7 @@ def test_cluster_mode_an_approval_given_through_one_replica_is_honoured_by_anoth
     the CLI (which reaches PostgreSQL through the configuration), runs when retried through
     replica 1 — once; the decision is in the shared admin stream and its chain verifies."""
     ran = tmp_path / "ran"
-    upstream = procs.start("py_upstream-approvals-cluster", [PYTHON, str(PY_UPSTREAM), "--transport", "http",
-                                                             "--port", "0"],
-                           env={"PY_UPSTREAM_RAN_FILE": str(ran)}).wait_for(ready_url)
+    upstream, _ = start_py_upstream_http(procs, name="py_upstream-approvals-cluster", ran_file=ran)
     tag = f"cluster-{time.time_ns()}"
     config = f"""
 [store]

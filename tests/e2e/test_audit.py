@@ -35,7 +35,6 @@ from mcp import MCPError
 from e2e_helpers import (
     FIXTURES,
     PYTHON,
-    PY_UPSTREAM,
     Gateway,
     Proc,
     Procs,
@@ -48,6 +47,7 @@ from e2e_helpers import (
     ready_url,
     run,
     start_gateway_config,
+    start_py_upstream_http,
 )
 
 TOKEN = "tg-e2e-audit-grant-token-0123456789"
@@ -75,9 +75,7 @@ def canonical_sha256(args: dict[str, Any]) -> str:
 
 
 def start_upstream(procs: Procs, ran_file: Path | None = None, name: str = "py_upstream-audit") -> str:
-    env = {"PY_UPSTREAM_RAN_FILE": str(ran_file)} if ran_file else None
-    proc = procs.start(name, [PYTHON, str(PY_UPSTREAM), "--transport", "http", "--port", "0"], env=env)
-    return proc.wait_for(ready_url)
+    return start_py_upstream_http(procs, name=name, ran_file=ran_file)[0]
 
 
 def start(procs: Procs, workdir: Path, upstream: str, *, audit: str = "", name: str = "toolgate-audit") -> Gateway:

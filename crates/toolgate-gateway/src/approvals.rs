@@ -6,7 +6,7 @@
 
 use crate::time::{format_rfc3339_ms, now_unix_ms};
 use crate::webhook::Webhook;
-use crate::SharedStore;
+use crate::{blocking, SharedStore};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -49,17 +49,6 @@ pub fn args_sha256(arguments: &Value) -> String {
     hex(&Sha256::digest(
         toolgate_mcp::json::canonical(arguments).as_bytes(),
     ))
-}
-
-/// Runs a synchronous store operation off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StoreError {
-            message: format!("a store task failed: {e}"),
-        })
-    })
 }
 
 impl Approvals {

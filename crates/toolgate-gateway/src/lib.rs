@@ -57,6 +57,17 @@ pub enum SharedStore {
     Postgres(Arc<toolgate_store::PostgresAuditLog>),
 }
 
+/// Runs a synchronous (embedded) store operation off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, toolgate_store::StoreError> + Send + 'static,
+) -> Result<T, toolgate_store::StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(toolgate_store::StoreError {
+            message: format!("a store task failed: {e}"),
+        })
+    })
+}
+
 /// How a server is reached.
 #[derive(Debug)]
 pub enum Upstream {

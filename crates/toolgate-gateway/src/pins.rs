@@ -15,7 +15,7 @@
 //! a `tools/list` of unchanged tools costs a hash per tool and no I/O.
 
 use crate::time::{format_rfc3339_ms, now_unix_ms};
-use crate::SharedStore;
+use crate::{blocking, SharedStore};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -183,17 +183,6 @@ impl SharedStore {
             }
         }
     }
-}
-
-/// Runs a synchronous store operation off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StoreError {
-            message: format!("a store task failed: {e}"),
-        })
-    })
 }
 
 /// The gateway's pins: a memory of the store's, and the checks.

@@ -276,13 +276,35 @@ pub(crate) fn settle(mut requests: Vec<ApprovalRequest>, now_ms: i64) -> Settled
     Settled { matched, changed }
 }
 
+/// What a change to one request (found by id) makes of it: the request as it becomes and
+/// the audit action that records it, or why the change is refused (nothing written).
+pub(crate) type Change = Result<(ApprovalRequest, &'static str), DecisionRefused>;
+
 /// `request` given back after the call it admitted never ran: usable again.
-pub(crate) fn restored(mut request: ApprovalRequest) -> ApprovalRequest {
+pub(crate) fn restored(mut request: ApprovalRequest) -> Change {
     request.uses = request.uses.saturating_sub(1);
     if request.status == ApprovalStatus::Consumed {
         request.status = ApprovalStatus::Approved;
     }
+    Ok((request, "approval_restored"))
+}
+
+/// `request` approved (or denied) by `actor` at `now_ms`, with its audit action.
+pub(crate) fn decision(
+    request: &ApprovalRequest,
+    approve: bool,
+    actor: &str,
+    reason: Option<&str>,
+    now_ms: i64,
+) -> Change {
+    let action = if approve {
+        "approval_approved"
+    } else {
+        "approval_denied"
+    };
     request
+        .decided(approve, actor, reason, now_ms)
+        .map(|decided| (decided, action))
 }
 
 /// The digest a request's key is looked up by.

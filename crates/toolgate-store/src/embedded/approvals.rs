@@ -4,7 +4,8 @@
 use super::audit::{write_entries, Queued};
 use super::{begin, EmbeddedStore};
 use crate::approvals::{
-    key_digest, restored, settle, ApprovalKey, ApprovalRequest, DecisionRefused, Matched,
+    decision, key_digest, restored, settle, ApprovalKey, ApprovalRequest, Change, DecisionRefused,
+    Matched,
 };
 use crate::{AuditEntry, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -75,17 +76,8 @@ impl EmbeddedStore {
 
     /// Gives back what request `id` admitted, the call having never run.
     pub fn restore_approval(&self, id: &str, event: ApprovalEvent<'_>) -> Result<(), StoreError> {
-        self.write("restore an approval", |conn, memory| {
-            let tx = begin(conn, memory)?;
-            let Some(request) = by_id(&tx, id)? else {
-                return Ok(());
-            };
-            let request = restored(request);
-            save(&tx, &request)?;
-            let queued = Queued::of(&[event(&request, "approval_restored")], true);
-            write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(&queued))?;
-            tx.commit()
-        })
+        self.change_approval("restore an approval", id, restored, event)
+            .map(|_| ())
     }
 
     /// Approves (or denies) request `id` as `actor` at `now_ms`, or says why not.
@@ -98,25 +90,32 @@ impl EmbeddedStore {
         now_ms: i64,
         event: ApprovalEvent<'_>,
     ) -> Result<Result<ApprovalRequest, DecisionRefused>, StoreError> {
-        self.write("decide an approval", |conn, memory| {
+        let change = |request: ApprovalRequest| decision(&request, approve, actor, reason, now_ms);
+        self.change_approval("decide an approval", id, change, event)
+    }
+
+    /// Applies `change` to request `id` and records it, in one commit.
+    fn change_approval(
+        &self,
+        what: &str,
+        id: &str,
+        change: impl FnOnce(ApprovalRequest) -> Change,
+        event: ApprovalEvent<'_>,
+    ) -> Result<Result<ApprovalRequest, DecisionRefused>, StoreError> {
+        self.write(what, |conn, memory| {
             let tx = begin(conn, memory)?;
             let Some(request) = by_id(&tx, id)? else {
                 return Ok(Err(DecisionRefused::Unknown(id.to_owned())));
             };
-            let decided = match request.decided(approve, actor, reason, now_ms) {
-                Ok(decided) => decided,
+            let (changed, action) = match change(request) {
+                Ok(changed) => changed,
                 Err(refused) => return Ok(Err(refused)),
             };
-            save(&tx, &decided)?;
-            let action = if approve {
-                "approval_approved"
-            } else {
-                "approval_denied"
-            };
-            let queued = Queued::of(&[event(&decided, action)], true);
+            save(&tx, &changed)?;
+            let queued = Queued::of(&[event(&changed, action)], true);
             write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(&queued))?;
             tx.commit()?;
-            Ok(Ok(decided))
+            Ok(Ok(changed))
         })
     }
 

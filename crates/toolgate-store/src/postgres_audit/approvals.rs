@@ -9,7 +9,8 @@
 use super::grants::append_admin_locked;
 use super::{Conn, Failed, Link, PostgresAuditLog, Tables, NO_RUNTIME};
 use crate::approvals::{
-    key_digest, restored, settle, ApprovalKey, ApprovalRequest, DecisionRefused, Matched,
+    decision, key_digest, restored, settle, ApprovalKey, ApprovalRequest, Change, DecisionRefused,
+    Matched,
 };
 use crate::{AuditEntry, StoreError};
 use std::time::Duration;
@@ -95,28 +96,9 @@ impl PostgresAuditLog {
         id: &str,
         event: ApprovalEvent<'_>,
     ) -> Result<(), StoreError> {
-        let tables = &self.shared.settings.tables;
-        let timeout = self.shared.settings.timeout;
-        let mut reader = self.reader.lock().await;
-        on_connection!(&mut reader, timeout, |conn| async {
-            let client = &conn.client;
-            locked_transaction!(client, tables, async {
-                let Some(request) = by_id(client, tables, id).await? else {
-                    return Ok::<_, Failed>(((), false));
-                };
-                let request = restored(request);
-                save(client, tables, &request).await?;
-                append_admin_locked(
-                    client,
-                    tables,
-                    APPROVALS_CHAIN,
-                    &[event(&request, "approval_restored")],
-                )
-                .await?;
-                Ok(((), true))
-            })
-        })
-        .map_err(|cause| self.shared.error("restore an approval", &cause))
+        self.change_approval("restore an approval", id, &restored, event)
+            .await
+            .map(|_| ())
     }
 
     /// Like [`crate::EmbeddedStore::decide_approval`].
@@ -129,6 +111,19 @@ impl PostgresAuditLog {
         now_ms: i64,
         event: ApprovalEvent<'_>,
     ) -> Result<Result<ApprovalRequest, DecisionRefused>, StoreError> {
+        let change = |request: ApprovalRequest| decision(&request, approve, actor, reason, now_ms);
+        self.change_approval("decide an approval", id, &change, event)
+            .await
+    }
+
+    /// Applies `change` to request `id` and records it, in one transaction under the lock.
+    async fn change_approval(
+        &self,
+        what: &str,
+        id: &str,
+        change: &(dyn Fn(ApprovalRequest) -> Change + Sync),
+        event: ApprovalEvent<'_>,
+    ) -> Result<Result<ApprovalRequest, DecisionRefused>, StoreError> {
         let tables = &self.shared.settings.tables;
         let timeout = self.shared.settings.timeout;
         let mut reader = self.reader.lock().await;
@@ -138,22 +133,17 @@ impl PostgresAuditLog {
                 let Some(request) = by_id(client, tables, id).await? else {
                     return Ok::<_, Failed>((Err(DecisionRefused::Unknown(id.to_owned())), false));
                 };
-                let decided = match request.decided(approve, actor, reason, now_ms) {
-                    Ok(decided) => decided,
+                let (changed, action) = match change(request) {
+                    Ok(changed) => changed,
                     Err(refused) => return Ok((Err(refused), false)),
                 };
-                save(client, tables, &decided).await?;
-                let action = if approve {
-                    "approval_approved"
-                } else {
-                    "approval_denied"
-                };
-                append_admin_locked(client, tables, APPROVALS_CHAIN, &[event(&decided, action)])
+                save(client, tables, &changed).await?;
+                append_admin_locked(client, tables, APPROVALS_CHAIN, &[event(&changed, action)])
                     .await?;
-                Ok((Ok(decided), true))
+                Ok((Ok(changed), true))
             })
         })
-        .map_err(|cause| self.shared.error("decide an approval", &cause))
+        .map_err(|cause| self.shared.error(what, &cause))
     }
 
     /// Every request, newest first.
