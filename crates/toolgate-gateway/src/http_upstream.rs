@@ -88,6 +88,14 @@ pub(crate) fn build_client(
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
+/// The error for a request to `server` not answered within `timeout`.
+pub fn timed_out(server: &str, timeout: Duration) -> GatewayError {
+    GatewayError::upstream(
+        server,
+        format_args!("did not answer within {} s", timeout.as_secs_f64()),
+    )
+}
+
 /// Whether a response is an SSE stream.
 pub fn is_sse(headers: &HeaderMap) -> bool {
     headers
@@ -135,10 +143,7 @@ impl HttpUpstream {
 
     /// The error for a request that was not answered in time.
     pub fn timed_out(&self) -> GatewayError {
-        GatewayError::upstream(
-            &self.name,
-            format_args!("did not answer within {} s", self.timeout.as_secs_f64()),
-        )
+        timed_out(&self.name, self.timeout)
     }
 
     /// Sends one request upstream. Only allow-listed client headers pass; the upstream

@@ -593,13 +593,26 @@ impl Gateway {
             // approval is not spent.
             self.approvals.restore(id).await;
         }
-        tracing::info!(
-            target: "toolgate::decision",
-            server = %server.spec.name, grant = %grant.name, session = %session.id, tool = %call.name,
-            decision = decision.outcome.as_str(), rule = %decision.rule, shadow, exists = ?exists,
-            counter_store = store_note.as_deref().unwrap_or("ok"),
-            "{}", decision.message
-        );
+        // Every decision is in the audit log; the operator's log shows at `info` the ones that
+        // deserve a look (refusals, holds, shadow-mode findings, a failing counter store) and
+        // plain admissions only at `debug`: one line per admitted call cost about a tenth of
+        // the gateway's CPU under load.
+        macro_rules! decision_line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "toolgate::decision", $level,
+                    server = %server.spec.name, grant = %grant.name, session = %session.id, tool = %call.name,
+                    decision = decision.outcome.as_str(), rule = %decision.rule, shadow, exists = ?exists,
+                    counter_store = store_note.as_deref().unwrap_or("ok"),
+                    "{}", decision.message
+                )
+            };
+        }
+        if decision.is_allowed() && !shadow && store_note.is_none() && exists != Some(false) {
+            decision_line!(tracing::Level::DEBUG);
+        } else {
+            decision_line!(tracing::Level::INFO);
+        }
         if let Some(record) = record {
             audit::decided(record, &decision, shadow);
             if let Some(note) = &store_note {
@@ -909,11 +922,24 @@ impl Gateway {
             release: self.releaser(),
             pending: request_ids,
             deadline,
-            timed_out: up.timed_out(),
+            timeout: up.timeout(),
             auditor: Arc::clone(&self.auditor),
             awaiting,
         };
-        Ok(relay(upstream, Some(&session.id), Some(rewrite)))
+        if rewrite.is_noop()
+            || http_upstream::is_sse(upstream.headers())
+            || !upstream.status().is_success()
+        {
+            return Ok(relay(upstream, Some(&session.id), Some(rewrite)));
+        }
+        // A JSON answer is read whole here, on the request's own task: no task and channel
+        // of its own, and the client gets it with a length, head and body in one write.
+        let (parts, incoming) = upstream.into_parts();
+        let mut response = Response::new(body::full(rewrite_json(incoming, rewrite).await));
+        *response.status_mut() = parts.status;
+        copy_relayed(&parts.headers, response.headers_mut());
+        set_session_header(&mut response, &session.id);
+        Ok(response)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1260,8 +1286,9 @@ struct Rewrite {
     pending: Vec<Value>,
     /// When the requests still pending are answered by the gateway with `timed_out`.
     deadline: tokio::time::Instant,
-    /// The error for a request the upstream did not answer in time (names the server).
-    timed_out: GatewayError,
+    /// The upstream's timeout, for the error answering a request it did not answer in
+    /// time (made only then: formatting it for every call costs).
+    timeout: std::time::Duration,
     /// Where outcomes are written.
     auditor: Arc<Auditor>,
     /// Forwarded requests whose outcome is not written yet.
@@ -1289,18 +1316,46 @@ impl Rewrite {
     /// that answer is passed on; notes the request as answered.
     async fn settle(&mut self, message: &Value) {
         let Some(id) = message.get("id") else { return };
-        if message.get("result").is_some() || message.get("error").is_some() {
+        let failed = message.get("error").is_some();
+        let answered = failed || message.get("result").is_some();
+        self.settle_answer(id, answered, failed, || audit::upstream_status(message))
+            .await;
+    }
+
+    /// [`Rewrite::settle`] for an answer of which only the envelope was read; an announced
+    /// change of the tool list makes the catalogue fetch again before the next call.
+    async fn settle_envelope(&mut self, envelope: &Envelope) {
+        if envelope.method.as_deref() == Some("notifications/tools/list_changed") {
+            self.lists.server.catalogue.invalidate();
+        }
+        let Some(id) = &envelope.id else { return };
+        let failed = envelope.error.is_some();
+        let answered = failed || envelope.result.is_some();
+        self.settle_answer(id, answered, failed, || envelope.upstream_status())
+            .await;
+    }
+
+    /// The answer to request `id`: written to the audit log if it is one (`answered`), and
+    /// what the call held given back if it `failed` at the JSON-RPC level (it never ran).
+    async fn settle_answer(
+        &mut self,
+        id: &Value,
+        answered: bool,
+        failed: bool,
+        upstream_status: impl FnOnce() -> String,
+    ) {
+        if answered {
             self.pending.retain(|p| p != id);
             if let Some(index) = self.awaiting.iter().position(|a| &a.id == id) {
                 let one = self.awaiting.swap_remove(index);
-                self.auditor.finish(&one, &audit::upstream_status(message));
+                self.auditor.finish(&one, &upstream_status());
             }
         }
         let Some(index) = self.watch.iter().position(|(watched, _)| watched == id) else {
             return;
         };
         let (_, hold) = self.watch.swap_remove(index);
-        if message.get("error").is_some() {
+        if failed {
             self.release.release(&hold).await;
         }
     }
@@ -1314,7 +1369,8 @@ impl Rewrite {
                 let one = self.awaiting.swap_remove(index);
                 self.auditor.finish(&one, "timeout");
             }
-            let error = self.timed_out.to_jsonrpc(id);
+            let error =
+                http_upstream::timed_out(&self.lists.server.spec.name, self.timeout).to_jsonrpc(id);
             self.settle(&error).await;
             answers.push(error);
         }
@@ -1361,24 +1417,23 @@ impl ListFilter {
     }
 }
 
-/// Streams an upstream response to the client, applying `rewrite`: JSON is rewritten whole,
-/// SSE event by event as events arrive (never buffering the stream).
+/// Streams an upstream response to the client, applying `rewrite` to SSE event by event as
+/// events arrive (never buffering the stream).
 fn relay(
     upstream: Response<Incoming>,
     session: Option<&str>,
     rewrite: Option<Rewrite>,
 ) -> Response<Body> {
     let (parts, incoming) = upstream.into_parts();
-    let rewrite = rewrite.filter(|r| !r.is_noop() && parts.status.is_success());
+    // A JSON answer that needs rewriting never comes here: `http_post` reads it whole.
+    let rewrite = rewrite.filter(|r| {
+        !r.is_noop() && parts.status.is_success() && http_upstream::is_sse(&parts.headers)
+    });
     let body = match rewrite {
         None => incoming.map_err(|e| Box::new(e) as body::BodyError).boxed(),
         Some(rewrite) => {
             let (tx, rx) = mpsc::unbounded_channel();
-            if http_upstream::is_sse(&parts.headers) {
-                tokio::spawn(rewrite_sse(incoming, rewrite, tx));
-            } else {
-                tokio::spawn(rewrite_json(incoming, rewrite, tx));
-            }
+            tokio::spawn(rewrite_sse(incoming, rewrite, tx));
             body::channel(rx)
         }
     };
@@ -1393,23 +1448,45 @@ fn relay(
     response
 }
 
-/// Rewrites a whole JSON answer (one message or a batch) and prepends the gateway's own.
-/// An answer that needed no change is passed on byte for byte.
-async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite, tx: mpsc::UnboundedSender<Bytes>) {
+/// Reads a whole JSON answer (one message or a batch), applies `rewrite` and prepends the
+/// gateway's own answers. An answer that needed no change is passed on byte for byte, and
+/// when nothing in it can change (no `tools/list` to filter), only its envelopes are parsed:
+/// whose answer each is and how it went, not the results themselves.
+async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite) -> Bytes {
     let read = Limited::new(incoming, http_upstream::MAX_BUFFERED_RESPONSE).collect();
     let bytes = match tokio::time::timeout_at(rewrite.deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => return, // the upstream broke off: the client sees the connection end
+        Ok(Err(e)) => {
+            // The upstream broke off: whether the calls ran is unknown, so nothing is given
+            // back (their outcome is written as `no_answer`), and the client is told.
+            let broke = GatewayError::upstream(
+                &rewrite.lists.server.spec.name,
+                format_args!("broke off its answer: {e}"),
+            );
+            let mut all = std::mem::take(&mut rewrite.prepend);
+            all.extend(
+                std::mem::take(&mut rewrite.pending)
+                    .into_iter()
+                    .map(|id| broke.to_jsonrpc(id)),
+            );
+            return Bytes::from(array_or_single(all, rewrite.batch).to_string());
+        }
         Err(_) => {
             let mut all = std::mem::take(&mut rewrite.prepend);
             all.extend(rewrite.expire().await);
-            let _ = tx.send(Bytes::from(array_or_single(all, rewrite.batch).to_string()));
-            return;
+            return Bytes::from(array_or_single(all, rewrite.batch).to_string());
         }
     };
+    if rewrite.list_ids.is_empty() && rewrite.prepend.is_empty() {
+        if let Some(envelopes) = Envelope::parse_all(&bytes) {
+            for envelope in &envelopes {
+                rewrite.settle_envelope(envelope).await;
+            }
+            return bytes;
+        }
+    }
     let Ok(parsed) = serde_json::from_slice::<Value>(&bytes) else {
-        let _ = tx.send(bytes); // not JSON: the client sees exactly what the upstream sent
-        return;
+        return bytes; // not JSON: the client sees exactly what the upstream sent
     };
     let was_batch = parsed.is_array();
     let mut items = match parsed {
@@ -1422,14 +1499,71 @@ async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite, tx: mpsc::Unboun
         changed |= rewrite.apply(item).await;
     }
     if !changed && rewrite.prepend.is_empty() {
-        let _ = tx.send(bytes);
-        return;
+        return bytes;
     }
     let mut all = std::mem::take(&mut rewrite.prepend);
     all.extend(items);
-    let _ = tx.send(Bytes::from(
-        array_or_single(all, was_batch || rewrite.batch).to_string(),
-    ));
+    Bytes::from(array_or_single(all, was_batch || rewrite.batch).to_string())
+}
+
+/// What the gateway reads of an answer it passes on unchanged. Anything unexpected in these
+/// fields (a `null` result, a `code` that is not an integer…) fails the parse, and the
+/// answer is then read in full like any other.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    /// Whose answer it is.
+    #[serde(default)]
+    id: Option<Value>,
+    /// Present when the request succeeded at the JSON-RPC level.
+    #[serde(default)]
+    result: Option<ResultHead>,
+    /// Present when it failed.
+    #[serde(default)]
+    error: Option<ErrorHead>,
+    /// A notification in the answer (`notifications/tools/list_changed` matters).
+    #[serde(default)]
+    method: Option<String>,
+}
+
+/// The part of a result the audit log records: whether the tool reported an error.
+#[derive(serde::Deserialize)]
+struct ResultHead {
+    #[serde(default, rename = "isError")]
+    is_error: Option<bool>,
+}
+
+/// The part of a JSON-RPC error the audit log records.
+#[derive(serde::Deserialize)]
+struct ErrorHead {
+    #[serde(default)]
+    code: Option<i64>,
+}
+
+impl Envelope {
+    /// The envelopes of a JSON answer (one message or a batch), if it parses as such.
+    fn parse_all(bytes: &[u8]) -> Option<Vec<Envelope>> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+        if *first == b'[' {
+            serde_json::from_slice(bytes).ok()
+        } else {
+            serde_json::from_slice(bytes).ok().map(|one| vec![one])
+        }
+    }
+
+    /// The outcome as the audit log writes it (see [`audit::upstream_status`]).
+    fn upstream_status(&self) -> String {
+        match (&self.error, &self.result) {
+            (Some(ErrorHead { code: Some(code) }), _) => format!("error {code}"),
+            (Some(ErrorHead { code: None }), _) => "error".to_owned(),
+            (
+                None,
+                Some(ResultHead {
+                    is_error: Some(true),
+                }),
+            ) => "tool_error".to_owned(),
+            _ => "ok".to_owned(),
+        }
+    }
 }
 
 /// A batch answer is an array; a single answer stays an object unless the gateway added

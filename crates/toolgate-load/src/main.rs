@@ -13,6 +13,7 @@
 //! `toolgate-load --write BENCHMARKS.md` replaces the figures between the markers there.
 #![forbid(unsafe_code)]
 
+mod relay;
 mod upstream;
 
 use bytes::Bytes;
@@ -65,6 +66,12 @@ struct Args {
     /// Replace the figures in this file (between the toolgate-load markers).
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Internal: run as the plain TCP relay of row (r), listening here…
+    #[arg(long, hide = true, requires = "relay_to")]
+    relay_listen: Option<String>,
+    /// Internal: …and relaying every connection to this address.
+    #[arg(long, hide = true)]
+    relay_to: Option<String>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -105,7 +112,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    if let Err(e) = runtime.block_on(run(args)) {
+    let outcome = match (&args.relay_listen, &args.relay_to) {
+        (Some(listen), Some(to)) => runtime.block_on(relay::serve(listen, to)),
+        _ => runtime.block_on(run(args)),
+    };
+    if let Err(e) = outcome {
         eprintln!("toolgate-load: {e}");
         std::process::exit(1);
     }
@@ -130,6 +141,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         .pool_max_idle_per_host(usize::MAX)
         .build_http();
 
+    let relay = Gateway::relay(upstream).await?;
     let allow_all = Gateway::start(&binary, &work.join("allow-all"), upstream, false).await?;
     let realistic = Gateway::start(&binary, &work.join("realistic"), upstream, true).await?;
     let idle_kib = realistic.memory("VmRSS")?;
@@ -153,6 +165,15 @@ async fn run(mut args: Args) -> Result<(), String> {
     for (label, target, gateway, baseline) in [
         ("(a) direct", direct.clone(), None, 0),
         (
+            "(r) plain TCP relay (no HTTP, no policy)",
+            Target {
+                url: format!("http://{}/json", relay.addr),
+                ..direct.clone()
+            },
+            Some(&relay),
+            0,
+        ),
+        (
             "(b) toolgate, allow-all",
             through(&allow_all, "fast"),
             Some(&allow_all),
@@ -164,12 +185,12 @@ async fn run(mut args: Args) -> Result<(), String> {
             Some(&realistic),
             0,
         ),
-        ("(a) direct, SSE answers", direct_sse.clone(), None, 3),
+        ("(a) direct, SSE answers", direct_sse.clone(), None, 4),
         (
             "(c) toolgate, realistic, SSE answers",
             through(&realistic, "fast_sse"),
             Some(&realistic),
-            3,
+            4,
         ),
     ] {
         eprintln!("toolgate-load: measuring {label}");
@@ -204,7 +225,7 @@ async fn run(mut args: Args) -> Result<(), String> {
         write_into(path, &report)?;
         eprintln!("toolgate-load: wrote the figures into {}", path.display());
     }
-    drop((allow_all, realistic));
+    drop((relay, allow_all, realistic));
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
@@ -287,6 +308,29 @@ impl Gateway {
         };
         gateway.wait_ready(dir).await?;
         Ok(gateway)
+    }
+
+    /// Starts this program again as the plain TCP relay of row (r) in front of `upstream`:
+    /// a process of its own, like a gateway, that only copies bytes both ways — the least
+    /// any proxy process adds on this machine.
+    async fn relay(upstream: std::net::SocketAddr) -> Result<Gateway, String> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let me = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+        let child = Command::new(me)
+            .args(["--relay-listen", &addr, "--relay-to", &upstream.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the relay: {e}"))?;
+        let relay = Gateway { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&relay.addr).await.is_err() {
+            if Instant::now() > deadline {
+                return Err("the relay did not start listening within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(relay)
     }
 
     async fn wait_ready(&self, dir: &Path) -> Result<(), String> {
@@ -649,18 +693,31 @@ fn report(
         }
         out.push('\n');
     }
-    for row in rows.iter().filter(|r| r.label.starts_with("(c)")) {
-        let direct = &rows[row.baseline].figures;
-        for ((rate, p50, _, p99), (_, d50, _, d99)) in
-            row.figures.latency.iter().zip(&direct.latency)
-        {
-            let _ = writeln!(
-                out,
-                "\n{} adds {:.0} µs at p50 and {:.0} µs at p99 at {rate} calls/s.",
-                row.label,
-                p50 - d50,
-                p99 - d99
-            );
+    // Added latency: every path against the direct one; the gateway's JSON rows also against
+    // the relay, the floor of any proxy process here.
+    let relay = rows.iter().position(|r| r.label.starts_with("(r)"));
+    for (index, row) in rows.iter().enumerate() {
+        if row.baseline == index {
+            continue;
+        }
+        let mut against = vec![(row.baseline, "the direct path")];
+        if let Some(relay) = relay.filter(|&r| r != index && rows[r].baseline == row.baseline) {
+            against.push((relay, "the plain relay"));
+        }
+        for (other, name) in against {
+            let _ = write!(out, "\n{} adds to {name}:", row.label);
+            for ((rate, p50, _, p99), (_, o50, _, o99)) in
+                row.figures.latency.iter().zip(&rows[other].figures.latency)
+            {
+                let _ = write!(
+                    out,
+                    " {:.0} µs at p50 and {:.0} µs at p99 at {rate}/s;",
+                    p50 - o50,
+                    p99 - o99
+                );
+            }
+            out.pop();
+            out.push_str(".\n");
         }
     }
     let _ = writeln!(
