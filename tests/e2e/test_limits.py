@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from e2e_helpers import (
     assert_rate_limited,
     decision_of,
     free_port,
+    gateway_binary,
     http_client,
     py_upstream_stdio_argv,
     run,
@@ -535,6 +537,34 @@ def test_counters_survive_restarts(procs: Procs, tmp_path: Path, upstream: Calla
     edited = {**policy, "tools": {**policy["tools"], "add": {}}}
     gw = start(edited)
     assert_limited_until_first_leaves(gw)
+
+
+def test_a_second_gateway_on_the_same_data_directory_refuses_to_start(
+        procs: Procs, tmp_path: Path, upstream: Callable[[], str]) -> None:
+    """The embedded store's counters are journaled by the one gateway that owns them (no
+    commit per call), so a second gateway on its directory would count apart: it refuses to
+    start and says why and what to do instead. The first keeps serving, and once it has
+    stopped the directory can be served again."""
+    counter = sfx("owned")
+    policy = {"version": "1", "default": "deny", "tools": {"echo": {"limits": [limit(counter, 4, "hour")]}}}
+    config = config_text({"up": {"url": upstream()}})
+    first = start_gateway_config(procs, tmp_path, config, policies={"limits.json": policy},
+                                 name="toolgate-limits-owner")
+    assert_allowed(run(lambda: call(first.server_url("up"), TOKEN, "echo", {"text": "x"})))
+    data = tmp_path / "toolgate-limits-owner-data"
+    second = subprocess.run([str(gateway_binary()), "serve", "--config", str(tmp_path / "toolgate.toml"),
+                             "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode != 0, second.stderr
+    assert "another gateway is serving from" in second.stderr and "redis_url" in second.stderr, second.stderr
+    assert_allowed(run(lambda: call(first.server_url("up"), TOKEN, "echo", {"text": "x"})))
+    first.proc.stop()
+    again = start_gateway_config(procs, tmp_path, config, policies={"limits.json": policy},
+                                 name="toolgate-limits-owner")
+    for _ in range(2):
+        assert_allowed(run(lambda: call(again.server_url("up"), TOKEN, "echo", {"text": "x"})))
+    assert_rate_limited(run(lambda: call(again.server_url("up"), TOKEN, "echo", {"text": "x"})),
+                        f"/tools/echo/limits/{counter}", "4", "hour", counter, 3_600_000)
 
 
 # ---------------------------------------------------------------- cluster

@@ -326,6 +326,12 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     }
     if embedded_audit && !settings.audit.fsync {
         store.journal_audit().map_err(|e| e.to_string())?;
+        if settings.redis_url.is_none() {
+            // Counter reservations are journaled like the records they come with, so a
+            // limited call commits nothing on its way; this gateway is then the only writer
+            // of the directory's counters, and a second one on it does not start.
+            store.own_counters().map_err(|e| e.to_string())?;
+        }
     }
     let auditor = Arc::new(audit::Auditor::new(audit_log, settings.audit.clone()));
     // A gateway that cannot audit does not start.

@@ -5,6 +5,7 @@ mod audit;
 mod counters;
 mod grants;
 mod journal;
+mod owned;
 mod pins;
 
 pub use grants::GrantsStamp;
@@ -116,13 +117,20 @@ pub(crate) struct Memory {
     counters: counters::CounterCache,
     /// The last entry of each audit chain: `(seq, hash)`.
     chain_heads: std::collections::HashMap<String, (u64, String)>,
+    /// This store owns the counters (`owned.rs`): `counters` is the truth, ahead of the
+    /// table, and is never forgotten.
+    counters_owned: bool,
 }
 
 impl Memory {
-    /// Forgets everything: the next use of each part reads the database again.
+    /// Forgets everything that may be stale: the next use of each part reads the database
+    /// again. Owned counters are not stale (nobody else writes them) and may be ahead of
+    /// the table, so they stay.
     fn forget(&mut self) {
         self.data_version = None;
-        self.counters = counters::CounterCache::default();
+        if !self.counters_owned {
+            self.counters = counters::CounterCache::default();
+        }
         self.chain_heads.clear();
     }
 }
@@ -207,6 +215,11 @@ pub struct EmbeddedStore {
     /// The last commit of audit entries failed: appends commit (not journal) until one
     /// succeeds, so that a store that cannot take records refuses calls at once.
     audit_failing: AtomicBool,
+    /// `counters.lock`, held exclusively while this store owns the counters
+    /// ([`EmbeddedStore::own_counters`]).
+    counters_lock: Mutex<Option<std::fs::File>>,
+    /// Reservations are journaled (owned counters and a journal).
+    counters_journaled: AtomicBool,
 }
 
 impl Drop for EmbeddedStore {
@@ -270,6 +283,8 @@ impl EmbeddedStore {
             audit_dropped: AtomicU64::new(0),
             audit_journal: Mutex::new(None),
             audit_failing: AtomicBool::new(false),
+            counters_lock: Mutex::new(None),
+            counters_journaled: AtomicBool::new(false),
         })
     }
 
@@ -470,6 +485,17 @@ impl SessionStore for EmbeddedStore {
             })?;
             rows.collect()
         })
+    }
+}
+
+/// A clock a test sets by hand (milliseconds since the epoch).
+#[cfg(test)]
+pub(crate) struct TestClock(pub(crate) std::sync::atomic::AtomicU64);
+
+#[cfg(test)]
+impl Clock for TestClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

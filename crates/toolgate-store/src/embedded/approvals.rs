@@ -68,7 +68,7 @@ impl EmbeddedStore {
                 events.push(event(request, action));
             }
             let queued = Queued::of(&events, true);
-            write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(&queued))?;
+            write_entries(&tx, memory, std::slice::from_ref(&queued))?;
             tx.commit()?;
             Ok(matched)
         })
@@ -113,7 +113,7 @@ impl EmbeddedStore {
             };
             save(&tx, &changed)?;
             let queued = Queued::of(&[event(&changed, action)], true);
-            write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(&queued))?;
+            write_entries(&tx, memory, std::slice::from_ref(&queued))?;
             tx.commit()?;
             Ok(Ok(changed))
         })

@@ -22,6 +22,7 @@
 
 use super::counters::{invalid, reservation_id, reserve_within};
 use super::journal::{self, Journal, Mark};
+use super::owned::{self, Journaled};
 use super::{begin, EmbeddedStore, Memory};
 use crate::audit::{
     admin_events, chain_hash, merge, verify, AdminRecord, AuditEntry, AuditFilter, Broken,
@@ -42,7 +43,7 @@ pub const MAX_QUEUED_LATER: usize = 100_000;
 #[derive(Debug)]
 pub(super) struct Queued {
     /// `(chain, body)` per entry.
-    entries: Vec<journal::Entry>,
+    pub(super) entries: Vec<journal::Entry>,
     /// Someone waits for the outcome (an append); else (`append_later`) a failed commit
     /// queues the entries again instead of losing them.
     awaited: bool,
@@ -50,7 +51,7 @@ pub(super) struct Queued {
     done: Arc<OnceLock<Result<(), StoreError>>>,
     /// Where the entries end in the journal, if they are in it: then they are never dropped
     /// from the queue (the journal's mark must only move past committed entries).
-    journaled: Option<Mark>,
+    pub(super) journaled: Option<Mark>,
 }
 
 impl Queued {
@@ -62,7 +63,7 @@ impl Queued {
         )
     }
 
-    fn new(entries: Vec<journal::Entry>, awaited: bool) -> Queued {
+    pub(super) fn new(entries: Vec<journal::Entry>, awaited: bool) -> Queued {
         Queued {
             entries,
             awaited,
@@ -155,11 +156,17 @@ impl EmbeddedStore {
         if self.audit_failing.load(Ordering::Acquire) {
             return false;
         }
+        self.journal_and_queue(entries.iter().map(|e| (e.chain(), e.body())).collect())
+    }
+
+    /// Writes `lines` to the journal and queues them for the next commit: `false` when there
+    /// is no journal or the write failed.
+    pub(super) fn journal_and_queue(&self, lines: Vec<journal::Entry>) -> bool {
         let mut journal = self.audit_journal.lock().unwrap_or_else(|e| e.into_inner());
         let Some(journal) = journal.as_mut() else {
             return false;
         };
-        let mut queued = Queued::of(entries, false);
+        let mut queued = Queued::new(lines, false);
         let Ok(mark) = journal.append(&journal::encode(&queued.entries)) else {
             return false;
         };
@@ -222,7 +229,7 @@ impl EmbeddedStore {
     /// Hands each committed (or failed) batch its outcome; on failure, entries nobody waits
     /// for go back to the front of the queue for the next commit (bounded, except for
     /// journaled ones). Also tells the journal how far the database now holds it.
-    fn settle_batch(&self, batch: Vec<Queued>, outcome: &Result<(), StoreError>) {
+    pub(super) fn settle_batch(&self, batch: Vec<Queued>, outcome: &Result<(), StoreError>) {
         self.audit_failing
             .store(outcome.is_err(), Ordering::Release);
         if outcome.is_ok() {
@@ -312,7 +319,7 @@ impl EmbeddedStore {
     }
 
     /// Wakes appenders waiting for a commit (synchronous and asynchronous ones).
-    fn wake_appenders(&self) {
+    pub(super) fn wake_appenders(&self) {
         drop(self.audit_ended.lock().unwrap_or_else(|e| e.into_inner()));
         self.audit_committed.notify_all();
         self.audit_notify.notify_waiters();
@@ -356,6 +363,21 @@ impl EmbeddedStore {
         }
         let id = reservation_id();
         let keys: Vec<String> = charges.iter().map(|c| c.key.clone()).collect();
+        if charges.is_empty() && entries.is_empty() {
+            return Ok(Reserve::Granted(Reservation { id, keys }));
+        }
+        if !charges.is_empty() {
+            match self.reserve_journaled(charges, entries, &id)? {
+                Journaled::Decided(None) => return Ok(Reserve::Granted(Reservation { id, keys })),
+                Journaled::Decided(Some((charge, retry_after_ms))) => {
+                    return Ok(Reserve::Exceeded {
+                        charge,
+                        retry_after_ms,
+                    })
+                }
+                Journaled::Unavailable => {}
+            }
+        }
         let own = Queued::of(entries, true);
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let batch =
@@ -513,11 +535,13 @@ impl EmbeddedStore {
 
 /// The chain name of a journal line, if it is one of the embedded store's.
 fn known_chain(chain: &str) -> Option<&'static str> {
-    [CALLS, ADMIN].into_iter().find(|known| *known == chain)
+    [CALLS, ADMIN, owned::COUNTERS]
+        .into_iter()
+        .find(|known| *known == chain)
 }
 
 /// Writes every queued entry in one transaction.
-fn write_batch(
+pub(super) fn write_batch(
     conn: &mut Connection,
     memory: &mut Memory,
     batch: &[Queued],
@@ -525,20 +549,26 @@ fn write_batch(
     let tx = begin(conn, memory)?;
     // The heads move on before the commit; should it fail, the caller forgets `memory`,
     // these heads with it.
-    write_entries(&tx, &mut memory.chain_heads, batch)?;
+    write_entries(&tx, memory, batch)?;
     tx.commit()
 }
 
-/// Appends the entries of `batch` to their chains in `tx`, moving `heads` along.
+/// Appends the entries of `batch` to their chains in `tx`, moving the chain heads along;
+/// applies the journaled counter changes among them (`owned.rs`).
 pub(super) fn write_entries(
     tx: &Connection,
-    heads: &mut HashMap<String, (u64, String)>,
+    memory: &mut Memory,
     batch: &[Queued],
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO audit_log (chain, seq, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for (chain, body) in batch.iter().flat_map(|q| q.entries.iter()) {
+        if *chain == owned::COUNTERS {
+            owned::apply(tx, memory, body)?;
+            continue;
+        }
+        let heads = &mut memory.chain_heads;
         if !heads.contains_key(*chain) {
             heads.insert((*chain).to_owned(), chain_head(tx, chain)?);
         }
@@ -576,12 +606,13 @@ fn reserve_and_write(
     batch: &[Queued],
 ) -> rusqlite::Result<Option<(usize, u64)>> {
     let tx = begin(conn, memory)?;
+    // Queued entries first: they were made earlier, and journaled reservations among them
+    // must be in the table before this one is decided. (Heads move on before the commit,
+    // as in `write_batch`.)
+    write_entries(&tx, memory, batch)?;
     let staged = reserve_within(&tx, memory, clock, charges, id)?;
-    // Queued entries first: they were made earlier. (Heads move on before the commit, as in
-    // `write_batch`.)
-    write_entries(&tx, &mut memory.chain_heads, batch)?;
     if staged.is_ok() {
-        write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(own))?;
+        write_entries(&tx, memory, std::slice::from_ref(own))?;
     }
     tx.commit()?;
     Ok(match staged {
@@ -660,7 +691,7 @@ fn prune(conn: &mut Connection, memory: &mut Memory, before: &str) -> rusqlite::
 impl EmbeddedStore {
     /// Dies as a killed process would: the journal's files are closed (and so unlocked)
     /// but left as they are, and nothing queued is committed.
-    fn abandon_journal(&self) {
+    pub(super) fn abandon_journal(&self) {
         drop(self.audit_journal.lock().unwrap().take());
         self.audit_queue.lock().unwrap().clear();
     }

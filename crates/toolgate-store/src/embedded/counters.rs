@@ -67,16 +67,18 @@ const PRUNE_EVERY_MS: u64 = 1_000;
 #[derive(Debug, Default)]
 pub(super) struct CounterCache {
     /// Per counter key.
-    keys: HashMap<String, CachedKey>,
+    pub(super) keys: HashMap<String, CachedKey>,
     /// When (clock time) to next delete expired entries of every key.
-    next_sweep_ms: u64,
+    pub(super) next_sweep_ms: u64,
+    /// Owned counters (`owned.rs`): when a flush next deletes expired rows of the table.
+    pub(super) next_table_sweep_ms: u64,
 }
 
 /// One key's stored entries, as far back as the calls on it have needed.
 #[derive(Debug)]
-struct CachedKey {
+pub(super) struct CachedKey {
     /// Every stored entry of the key made at or after this instant is in `entries`.
-    complete_from_ms: u64,
+    pub(super) complete_from_ms: u64,
     /// Those entries, oldest first.
     entries: VecDeque<CachedEntry>,
     /// Their amounts added up (kept as entries come and go; recomputed on each sweep).
@@ -90,12 +92,12 @@ struct CachedKey {
 
 /// One stored entry, as the cache holds it.
 #[derive(Debug, Clone)]
-struct CachedEntry {
-    at_ms: u64,
-    amount: f64,
-    expires_ms: u64,
+pub(super) struct CachedEntry {
+    pub(super) at_ms: u64,
+    pub(super) amount: f64,
+    pub(super) expires_ms: u64,
     /// The reservation that made it (for rollback).
-    reservation: Arc<str>,
+    pub(super) reservation: Arc<str>,
 }
 
 impl CachedKey {
@@ -137,7 +139,7 @@ impl CachedKey {
     }
 
     /// Adds an entry just stored, keeping the entries in time order.
-    fn add(&mut self, entry: CachedEntry) {
+    pub(super) fn add(&mut self, entry: CachedEntry) {
         self.total += entry.amount;
         let at = self.entries.partition_point(|e| e.at_ms <= entry.at_ms);
         self.entries.insert(at, entry);
@@ -157,7 +159,7 @@ impl CounterStore for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    fn reserve_now(&self, charges: &[Charge]) -> Result<Reserve, StoreError> {
+    pub(super) fn reserve_now(&self, charges: &[Charge]) -> Result<Reserve, StoreError> {
         const WHAT: &str = "reserve counters";
         if let Some(problem) = charges.iter().find_map(invalid) {
             return Err(self.error(WHAT, problem));
@@ -166,6 +168,10 @@ impl EmbeddedStore {
         let keys: Vec<String> = charges.iter().map(|c| c.key.clone()).collect();
         if charges.is_empty() {
             return Ok(Reserve::Granted(Reservation { id, keys }));
+        }
+        if self.owns_counters() {
+            // Journaled, or synchronously with the queue (see `owned.rs`).
+            return self.reserve_and_append(charges, &[]);
         }
         let outcome = self.write(WHAT, |conn, memory| {
             reserve_in(conn, memory, &*self.clock, charges, &id)
@@ -179,9 +185,43 @@ impl EmbeddedStore {
         }
     }
 
-    fn rollback_now(&self, reservation: &Reservation) -> Result<(), StoreError> {
+    pub(super) fn rollback_now(&self, reservation: &Reservation) -> Result<(), StoreError> {
         const WHAT: &str = "roll back counter reservation";
-        self.write(WHAT, |conn, memory| rollback_in(conn, memory, reservation))
+        if !self.owns_counters() {
+            return self.write(WHAT, |conn, memory| {
+                rollback_in(conn, memory, reservation, &[])
+            });
+        }
+        if self.rollback_journaled(reservation) {
+            return Ok(());
+        }
+        // Synchronously, with the queue: a reservation still queued must be in the table
+        // before its rows are deleted, or the flush would bring them back.
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let batch =
+            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = rollback_in(&mut conn, &mut memory, reservation, &batch)
+            .map_err(|e| self.error(WHAT, e));
+        if outcome.is_err() {
+            memory.forget();
+        }
+        drop(memory);
+        drop(conn);
+        let woken = !batch.is_empty();
+        self.settle_batch(batch, &outcome);
+        if woken {
+            self.wake_appenders();
+        }
+        outcome
+    }
+
+    /// Whether this store owns the data directory's counters (`owned.rs`).
+    fn owns_counters(&self) -> bool {
+        self.counters_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 }
 
@@ -278,7 +318,7 @@ impl Staged {
 
 /// Makes `key`'s cache hold its entries made at or after `from_ms`: dropping older ones, or
 /// reading the key back when the cache does not reach back that far (or has no such key).
-fn load(
+pub(super) fn load(
     conn: &Connection,
     cache: &mut CounterCache,
     key: &str,
@@ -337,7 +377,7 @@ fn load(
 /// The first charge that does not fit at `now_ms`, with its `retry_after_ms`. A charge
 /// sees what is stored plus the earlier charges of this same call on the same key. Every
 /// key of `charges` must be cached back to its charges' window starts ([`load`]).
-fn first_exceeded(
+pub(super) fn first_exceeded(
     cache: &mut CounterCache,
     charges: &[Charge],
     now_ms: u64,
@@ -388,7 +428,7 @@ fn first_exceeded(
 }
 
 /// When an entry made at `now_ms` for `charge` stops counting under its window.
-fn expires(now_ms: u64, charge: &Charge) -> u64 {
+pub(super) fn expires(now_ms: u64, charge: &Charge) -> u64 {
     now_ms.saturating_add(charge.window_ms.max(1))
 }
 
@@ -449,7 +489,7 @@ fn record(
 
 /// The cache's side of the periodic sweep: drops the expired entries the database has just
 /// deleted, and keys left with none; recomputes each sum.
-fn sweep_cache(cache: &mut CounterCache, now_ms: u64) {
+pub(super) fn sweep_cache(cache: &mut CounterCache, now_ms: u64) {
     cache.keys.retain(|_, cached| {
         cached.entries.retain(|e| e.expires_ms > now_ms);
         cached.total = cached.entries.iter().map(|e| e.amount).sum();
@@ -463,8 +503,10 @@ fn rollback_in(
     conn: &mut Connection,
     memory: &mut Memory,
     reservation: &Reservation,
+    batch: &[super::audit::Queued],
 ) -> rusqlite::Result<()> {
     let tx = begin(conn, memory)?;
+    super::audit::write_entries(&tx, memory, batch)?;
     let cache = &mut memory.counters;
     let mut forget =
         tx.prepare_cached("DELETE FROM counter_entries WHERE key = ?1 AND reservation = ?2")?;
@@ -475,6 +517,12 @@ fn rollback_in(
     }
     drop(forget);
     tx.commit()?;
+    forget_reservation(cache, reservation);
+    Ok(())
+}
+
+/// Drops `reservation`'s entries from the cache.
+pub(super) fn forget_reservation(cache: &mut CounterCache, reservation: &Reservation) {
     for key in &reservation.keys {
         if let Some(cached) = cache.keys.get_mut(key) {
             let before = cached.entries.len();
@@ -484,7 +532,6 @@ fn rollback_in(
             }
         }
     }
-    Ok(())
 }
 
 /// Why a charge cannot be stored, if it cannot: amounts must be finite and not negative (a
@@ -510,27 +557,18 @@ pub(super) fn reservation_id() -> String {
 }
 
 /// Milliseconds as SQLite stores them (saturating; real times are far below `i64::MAX`).
-fn sql_ms(ms: u64) -> i64 {
+pub(super) fn sql_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedded::scratch;
-    use crate::Clock;
+    use crate::embedded::{scratch, TestClock};
     use proptest::prelude::*;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::task::{Context, Poll, Waker};
-
-    struct TestClock(AtomicU64);
-
-    impl Clock for TestClock {
-        fn now_ms(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
 
     fn block_on<T>(future: StoreFuture<'_, T>) -> Result<T, StoreError> {
         let mut future = future;

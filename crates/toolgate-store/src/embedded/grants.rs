@@ -114,7 +114,7 @@ fn apply(
     )?
     .execute(params![grant.name, grant.token_sha256, body])?;
     let record = Queued::of(std::slice::from_ref(event), true);
-    write_entries(&tx, &mut memory.chain_heads, std::slice::from_ref(&record))?;
+    write_entries(&tx, memory, std::slice::from_ref(&record))?;
     tx.commit()?;
     Ok(Ok(grant))
 }

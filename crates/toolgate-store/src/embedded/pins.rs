@@ -51,7 +51,7 @@ fn record(tx: &Connection, memory: &mut Memory, events: &[AuditEntry]) -> rusqli
         return Ok(());
     }
     let queued = Queued::of(events, true);
-    write_entries(tx, &mut memory.chain_heads, std::slice::from_ref(&queued))
+    write_entries(tx, memory, std::slice::from_ref(&queued))
 }
 
 impl EmbeddedStore {
