@@ -33,6 +33,10 @@ pub(crate) struct Auditor {
     /// The last flush failed: the next failure is not logged again (flushes run every
     /// 20 ms), the next success is.
     flush_failing: AtomicBool,
+    /// The log is the embedded store, whose flush is a synchronous SQLite commit: run on a
+    /// blocking thread, not on a worker of the runtime (where, every 20 ms, it would hold
+    /// up the requests queued behind it for as long as the commit takes).
+    embedded: Option<Arc<toolgate_store::EmbeddedStore>>,
 }
 
 /// A forwarded request whose outcome is still to be written.
@@ -52,6 +56,18 @@ impl Auditor {
             log,
             settings,
             flush_failing: AtomicBool::new(false),
+            embedded: None,
+        }
+    }
+
+    /// An auditor writing to the embedded store `store` (flushed on a blocking thread).
+    pub(crate) fn embedded(
+        store: Arc<toolgate_store::EmbeddedStore>,
+        settings: AuditSettings,
+    ) -> Self {
+        Auditor {
+            embedded: Some(Arc::clone(&store)),
+            ..Auditor::new(store, settings)
         }
     }
 
@@ -156,7 +172,14 @@ impl Auditor {
     /// Writes queued entries; a failure is logged (nobody is waiting for them) once, and
     /// so is the recovery. Queued entries are kept for the next flush meanwhile.
     pub(crate) async fn flush(&self) {
-        match self.log.flush().await {
+        let outcome = match &self.embedded {
+            Some(store) => {
+                let store = Arc::clone(store);
+                crate::blocking(move || store.flush_audit()).await
+            }
+            None => self.log.flush().await,
+        };
+        match outcome {
             Err(e) => {
                 if !self.flush_failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(target: "toolgate::audit", "audit log unavailable, queued entries wait for it (calls are refused meanwhile): {e}");

@@ -333,7 +333,12 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             store.own_counters().map_err(|e| e.to_string())?;
         }
     }
-    let auditor = Arc::new(audit::Auditor::new(audit_log, settings.audit.clone()));
+    let auditor = Arc::new(match &log_store {
+        Some(AuditStore::Embedded(store)) => {
+            audit::Auditor::embedded(Arc::clone(store), settings.audit.clone())
+        }
+        _ => audit::Auditor::new(audit_log, settings.audit.clone()),
+    });
     // A gateway that cannot audit does not start.
     auditor
         .write(&audit::policies_loaded(&settings.grants))

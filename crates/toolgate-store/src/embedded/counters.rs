@@ -125,7 +125,7 @@ impl CachedKey {
     }
 
     /// Drops the entries made before `from_ms`, which must be at or after `complete_from_ms`.
-    fn advance_to(&mut self, from_ms: u64) {
+    pub(super) fn advance_to(&mut self, from_ms: u64) {
         while self.entries.front().is_some_and(|e| e.at_ms < from_ms) {
             let gone = self.entries.pop_front().expect("front exists");
             self.total -= gone.amount;

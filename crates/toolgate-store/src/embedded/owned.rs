@@ -116,7 +116,7 @@ impl EmbeddedStore {
         {
             let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
             let now_ms = self.clock.now_ms();
-            if covered(&memory, charges, now_ms) {
+            if covered(&mut memory, charges, now_ms) {
                 return Ok(self.decide(&mut memory, charges, entries, id, now_ms));
             }
         }
@@ -219,12 +219,19 @@ impl EmbeddedStore {
 }
 
 /// Whether the cache holds every key of `charges` back to the earliest window start the
-/// call needs on it (else it must be read back).
-fn covered(memory: &Memory, charges: &[Charge], now_ms: u64) -> bool {
+/// call needs on it (else it must be read back). Keys it covers drop the entries made
+/// before that start, so that their sums stay running totals (a sum from a later start
+/// would add up the window entry by entry, on every call).
+fn covered(memory: &mut Memory, charges: &[Charge], now_ms: u64) -> bool {
     charges.iter().all(|charge| {
-        memory.counters.keys.get(&charge.key).is_some_and(|cached| {
-            cached.complete_from_ms <= earliest_start(charges, &charge.key, now_ms)
-        })
+        let from_ms = earliest_start(charges, &charge.key, now_ms);
+        match memory.counters.keys.get_mut(&charge.key) {
+            Some(cached) if cached.complete_from_ms <= from_ms => {
+                cached.advance_to(from_ms);
+                true
+            }
+            _ => false,
+        }
     })
 }
 
