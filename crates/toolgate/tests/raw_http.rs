@@ -670,3 +670,119 @@ fn sessions_survive_a_gateway_restart() {
     assert!(r.json()["result"]["content"].is_array(), "{:?}", r.body);
     assert!(second.dir.0.join(".toolgate/toolgate.db").exists());
 }
+
+const CUT_TOKEN: &str = "tg_raw_http_cut_grant";
+
+/// An HTTP MCP upstream that answers `initialize` and `tools/list` (one tool,
+/// `list_contacts`) and breaks off every `tools/call` answer: a head promising 500 bytes,
+/// a few of them, and the connection closed.
+fn start_breaking_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || serve_breaking(stream));
+        }
+    });
+    addr
+}
+
+fn serve_breaking(mut stream: TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let result = match message["method"].as_str() {
+            _ if request_line.starts_with("DELETE") => None,
+            Some("initialize") => Some(json!({"protocolVersion": "2025-06-18",
+                "capabilities": {"tools": {}}, "serverInfo": {"name": "cut", "version": "0"}})),
+            Some("tools/list") => Some(json!({"tools": [
+                {"name": "list_contacts", "inputSchema": {"type": "object"}}]})),
+            Some("tools/call") => {
+                let cut = "{\"jsonrpc\":\"2.0\",\"id\":";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{cut}"
+                );
+                return; // dropped: the answer ends 480-odd bytes short
+            }
+            _ => {
+                let _ = stream.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+                continue;
+            }
+        };
+        let text = result
+            .map(|r| json!({"jsonrpc": "2.0", "id": message["id"], "result": r}).to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: cut-session\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+    }
+}
+
+#[test]
+fn an_upstream_that_breaks_off_its_answer_is_a_jsonrpc_error_naming_the_server() {
+    let upstream = start_breaking_upstream();
+    let gw = start_gateway(&format!(
+        "\n[servers.cut]\nurl = \"http://{upstream}/mcp\"\ntimeout = \"5s\"\n\n\
+         [[grants]]\nname = \"cutter\"\ntoken = \"{CUT_TOKEN}\"\npolicies = {{ cut = \"policy.json\" }}\n"
+    ));
+    let bearer = format!("Authorization: Bearer {CUT_TOKEN}");
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name":"raw","version":"0"}}});
+    let reply = post(gw.addr, "cut", &[&bearer], &init.to_string());
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let session = reply
+        .header("mcp-session-id")
+        .expect("session id")
+        .to_owned();
+    for id in [7, 8] {
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                          "params":{"name":"list_contacts","arguments":{}}});
+        let reply = post(
+            gw.addr,
+            "cut",
+            &[
+                &bearer,
+                &format!("Mcp-Session-Id: {session}"),
+                "MCP-Protocol-Version: 2025-06-18",
+            ],
+            &body.to_string(),
+        );
+        // A whole answer the client can read, not a cut connection: the call's own id and
+        // an error that says which server did what.
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let answer = reply.json();
+        assert_eq!(answer["id"], id, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("\"cut\"") && message.contains("broke off its answer"),
+            "{answer}"
+        );
+    }
+}
