@@ -133,6 +133,27 @@ impl Memory {
         }
         self.chain_heads.clear();
     }
+
+    /// What a commit of owned counters' journal lines and audit entries needs — all but the
+    /// counter cache — moved out, to be given back with [`Memory::take_back`].
+    fn lend(&mut self) -> Memory {
+        Memory {
+            data_version: self.data_version,
+            counters: counters::CounterCache {
+                next_table_sweep_ms: self.counters.next_table_sweep_ms,
+                ..counters::CounterCache::default()
+            },
+            chain_heads: std::mem::take(&mut self.chain_heads),
+            counters_owned: true,
+        }
+    }
+
+    /// Takes back what [`Memory::lend`] lent, as the commit left it.
+    fn take_back(&mut self, lent: Memory) {
+        self.data_version = lent.data_version;
+        self.chain_heads = lent.chain_heads;
+        self.counters.next_table_sweep_ms = lent.counters.next_table_sweep_ms;
+    }
 }
 
 /// Starts a write transaction (taking SQLite's write lock before anything is read) and

@@ -335,8 +335,21 @@ impl EmbeddedStore {
         let batch =
             std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = write_batch(&mut conn, &mut memory, &batch)
-            .map_err(|e| self.error("append to the audit log", e));
+        let outcome = if memory.counters_owned {
+            // Owned reservations are decided under the memory lock on the request line, and
+            // this commit does not need the counters: it works on the rest, lent out, so
+            // that they need not wait for it. (Everything else that uses the rest holds the
+            // connection, as this does.)
+            let mut lent = memory.lend();
+            drop(memory);
+            let outcome = write_batch(&mut conn, &mut lent, &batch);
+            memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            memory.take_back(lent);
+            outcome
+        } else {
+            write_batch(&mut conn, &mut memory, &batch)
+        }
+        .map_err(|e| self.error("append to the audit log", e));
         if outcome.is_err() {
             memory.forget();
         }

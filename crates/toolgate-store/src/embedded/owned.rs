@@ -386,11 +386,22 @@ mod tests {
         store.flush_audit().unwrap();
         // The refused call's record was not written (the caller records the refusal).
         assert_eq!((rows(&store), records(&store)), (3, 3));
+        // Flushes commit with the chain heads lent out of the store's memory: the chain
+        // still verifies after several, and it continues where it was.
+        clock.0.fetch_add(60_000, Ordering::SeqCst);
+        for i in 4..7 {
+            granted(store.reserve_and_append(&three, &[record(&format!("r{i}"))]));
+            store.flush_audit().unwrap();
+        }
+        assert_eq!(records(&store), 6);
+        for chain in store.audit_verify().unwrap() {
+            assert!(chain.is_ok(), "{chain:?}");
+        }
         // Back in the table exactly as a synchronous reservation writes them: a store that
         // does not own the counters (as after this gateway stops) counts them.
         drop(store);
         let reader = EmbeddedStore::open_with_clock(&dir, clock.clone()).unwrap();
-        assert_eq!(refused(reader.reserve_now(&three)), 57_000);
+        assert_eq!(refused(reader.reserve_now(&three)), 60_000);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
