@@ -567,6 +567,55 @@ def test_a_second_gateway_on_the_same_data_directory_refuses_to_start(
                         f"/tools/echo/limits/{counter}", "4", "hour", counter, 3_600_000)
 
 
+@pytest.mark.parametrize("mode", ["sse", "json", "stdio"])
+def test_a_caller_has_at_most_max_concurrent_calls_running(procs: Procs, tmp_path: Path, mode: str,
+                                                            upstream: Callable[[], str],
+                                                            json_upstream: Callable[[], str]) -> None:
+    """`[gateway] max_concurrent_calls = 3`: of five slow calls fired at once by one grant,
+    three run and two are refused at once with a refusal that names the setting; another
+    grant has places of its own meanwhile; once the three have finished, the grant's calls
+    run again. For answers read whole (JSON), streamed (SSE) and from a stdio child."""
+    policy = {"version": "1", "default": "deny", "tools": {"sleep": {}, "echo": {}}}
+    if mode == "stdio":
+        argv = py_upstream_stdio_argv()
+        server = {"command": argv[0]}
+        extra = "args = [" + ", ".join(f'"{a}"' for a in argv[1:]) + "]\n"
+    else:
+        server, extra = {"url": upstream_url(mode, upstream, json_upstream)}, ""
+    config = config_text({"up": server}, grants={"alice": TOKEN, "bob": TOKEN_BOB})
+    config = config.replace("[gateway]\n", "[gateway]\nmax_concurrent_calls = 3\n", 1)
+    config = config.replace("[servers.up]\n", "[servers.up]\n" + extra, 1)
+    gw = start_gateway_config(procs, tmp_path, config, policies={"limits.json": policy},
+                              name=f"toolgate-limits-running-{mode}")
+    url = gw.server_url("up")
+
+    async def body() -> None:
+        results: list[Any] = []
+        async with http_client(url, TOKEN) as alice, http_client(url, TOKEN_BOB) as bob:
+            async def slow() -> None:
+                results.append(await alice.call_tool("sleep", {"seconds": 1.5}))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(slow)
+                await anyio.sleep(0.5)  # the refusals are back; three calls are still running
+                refused = [r for r in results if r.is_error]
+                assert len(refused) == 2, [r.model_dump() for r in results]
+                for r in refused:
+                    decision = decision_of(r)
+                    assert decision and decision["decision"] == "deny", r
+                    assert decision["rule"] == "/gateway/max_concurrent_calls", r
+                    assert "3 calls are already running" in r.content[0].text, r
+                    assert "max_concurrent_calls" in r.content[0].text, r
+                assert_allowed(await bob.call_tool("echo", {"text": "bob has places of his own"}))
+            ran = [r for r in results if not r.is_error]
+            assert [r.content[0].text for r in ran] == ["slept 1.5"] * 3, [r.model_dump() for r in ran]
+            # All three finished: alice's places are free again.
+            assert_allowed(await alice.call_tool("echo", {"text": "again"}))
+
+    run(body)
+
+
 # ---------------------------------------------------------------- cluster
 def test_two_gateways_share_one_redis_exactly(procs: Procs, tmp_path: Path, upstream: Callable[[], str]) -> None:
     counter = sfx("cluster")

@@ -37,6 +37,8 @@ pub struct GatewaySection {
     pub session_idle_timeout: Option<String>,
     /// Largest request head accepted, in bytes (default 64 KiB).
     pub max_header_bytes: Option<usize>,
+    /// Calls one grant (with OAuth: one caller) may have running at once (default 64).
+    pub max_concurrent_calls: Option<usize>,
     /// TLS certificate chain (PEM) for serving HTTPS; not implemented yet, refused if set.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -282,6 +284,13 @@ pub struct AuditSettings {
 /// file; to the working directory in quick mode).
 pub const DEFAULT_DATA_DIR: &str = ".toolgate";
 
+/// `[gateway] max_concurrent_calls` unless configured: generous for one agent, small next
+/// to the connections and workers a runaway loop could otherwise take.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
+
+/// The largest `max_concurrent_calls` accepted (a number of running calls, not a budget).
+const MOST_CONCURRENT_CALLS: usize = 1_000_000;
+
 /// Everything the running gateway needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -299,6 +308,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// Idle sessions are closed after this long.
     pub session_idle_timeout: Duration,
+    /// Calls one caller may have running at once.
+    pub max_concurrent_calls: usize,
     /// Cluster mode: counters in this Redis instead of the embedded store.
     pub redis_url: Option<String>,
     /// Cluster mode: the audit log in this PostgreSQL instead of the embedded store.
@@ -338,6 +349,7 @@ impl Settings {
             max_body_bytes: 4 << 20,
             max_header_bytes: 64 << 10,
             session_idle_timeout: Duration::from_secs(3600),
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             redis_url: None,
             postgres_url: None,
             audit: AuditSettings::default(),
@@ -815,6 +827,16 @@ fn resolve(
         settings.session_idle_timeout,
         &mut errors,
     );
+    match raw.gateway.max_concurrent_calls {
+        Some(0) => errors.push(format!(
+            "{file}: gateway.max_concurrent_calls: 0 would refuse every call; expected at least 1"
+        )),
+        Some(n) if n > MOST_CONCURRENT_CALLS => errors.push(format!(
+            "{file}: gateway.max_concurrent_calls: {n} is too large; expected at most {MOST_CONCURRENT_CALLS}"
+        )),
+        Some(n) => settings.max_concurrent_calls = n,
+        None => {}
+    }
     if let Some(n) = raw.gateway.max_body_bytes {
         settings.max_body_bytes = n;
     }
@@ -1195,6 +1217,31 @@ expires = "2027-01-01T00:00:00Z"
         assert!(grant.policies.contains_key("sendit"));
         assert_eq!(grant.expires_unix, Some(1_798_761_600));
         assert_eq!(s.warnings.len(), 1, "clear-text token warns");
+    }
+
+    #[test]
+    fn max_concurrent_calls_defaults_and_refuses_zero_and_absurd_values() {
+        let base = "[servers.a]\nurl = \"http://127.0.0.1:9/mcp\"\n";
+        assert_eq!(
+            load_text(base).unwrap().max_concurrent_calls,
+            DEFAULT_MAX_CONCURRENT_CALLS
+        );
+        let eight = load_text(&format!("[gateway]\nmax_concurrent_calls = 8\n{base}")).unwrap();
+        assert_eq!(eight.max_concurrent_calls, 8);
+        for (value, says) in [
+            ("0", "expected at least 1"),
+            ("10000000", "expected at most"),
+        ] {
+            let e = load_text(&format!(
+                "[gateway]\nmax_concurrent_calls = {value}\n{base}"
+            ))
+            .unwrap_err();
+            assert!(
+                e.0.iter()
+                    .any(|m| m.contains("gateway.max_concurrent_calls") && m.contains(says)),
+                "{e}"
+            );
+        }
     }
 
     #[test]

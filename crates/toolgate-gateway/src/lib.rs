@@ -13,6 +13,7 @@ pub mod approvals;
 mod audit;
 pub mod body;
 pub mod catalogue;
+mod concurrency;
 pub mod config;
 pub mod error;
 pub mod front;
@@ -125,6 +126,8 @@ pub struct Gateway {
     ledger: Option<Arc<EmbeddedStore>>,
     /// Requests for human approval of held calls.
     approvals: approvals::Approvals,
+    /// Each caller's running calls (`[gateway] max_concurrent_calls`).
+    running: concurrency::Concurrency,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -445,6 +448,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         approvals =
             approvals.announced(webhook::Webhook::start(hook)?, settings.public_url.clone());
     }
+    let running = concurrency::Concurrency::new(settings.max_concurrent_calls);
     let gateway = Arc::new(Gateway {
         oauth,
         settings: Arc::new(settings),
@@ -458,6 +462,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         auditor,
         ledger,
         approvals,
+        running,
     });
     tasks.push(tokio::spawn(expire_sessions(
         Arc::clone(&gateway),

@@ -441,6 +441,28 @@ impl Gateway {
                 ));
             }
         };
+        // A place among the caller's running calls first: a call over the limit is refused
+        // before anything is reserved, asked or forwarded.
+        let Some(running) = self.running.try_start(&grant.principal()) else {
+            let refused = Decision::deny(
+                "/gateway/max_concurrent_calls".to_owned(),
+                format!(
+                    "{} calls are already running for this caller, the most allowed at once \
+                     ([gateway] max_concurrent_calls); retry once one has finished",
+                    self.running.limit()
+                ),
+            );
+            tracing::info!(
+                target: "toolgate::decision",
+                server = %server.spec.name, grant = %grant.name, session = %session.id, tool = %call.name,
+                decision = refused.outcome.as_str(), rule = %refused.rule,
+                "{}", refused.message
+            );
+            if let Some(record) = record {
+                audit::decided(record, &refused, false);
+            }
+            return Verdict::Respond(answer::refusal(id, &refused));
+        };
         let policy = grant.policies.get(&server.spec.name);
         let identity = Identity {
             grant: grant.name.clone(),
@@ -623,7 +645,10 @@ impl Gateway {
             }
         }
         if shadow && decision.outcome != Outcome::Hide {
-            return Verdict::Forward(Hold::default());
+            return Verdict::Forward(Hold {
+                running: Some(running),
+                ..Hold::default()
+            });
         }
         if exists == Some(false) {
             if let (Some(record), true) = (record, decision.outcome != Outcome::Hide) {
@@ -638,6 +663,7 @@ impl Gateway {
             (true, _) => Verdict::Forward(Hold {
                 reservation,
                 approval,
+                running: Some(running),
             }),
             (false, Some(held_as)) => {
                 let settings = decision.approval.unwrap_or_default();

@@ -119,19 +119,22 @@ where
 /// Gives a reservation back because the call never ran; logged, never fatal (a reservation
 /// that cannot be returned errs on the side of the budget).
 /// What a forwarded call holds until its outcome is known: the reservation of its limits
-/// and the approval it used, each given back if the call never ran.
+/// and the approval it used, each given back if the call never ran, and its place among
+/// its caller's running calls, freed when the hold is dropped.
 #[derive(Debug, Default)]
 pub struct Hold {
     /// The reservation, if the call has limits.
     pub reservation: Option<Reservation>,
     /// The approval request that admitted it, if it was held for approval.
     pub approval: Option<String>,
+    /// Its place among its caller's running calls (`[gateway] max_concurrent_calls`).
+    pub running: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Hold {
-    /// Whether there is nothing to give back.
+    /// Whether it holds nothing (then it need not be kept until the answer).
     pub fn is_empty(&self) -> bool {
-        self.reservation.is_none() && self.approval.is_none()
+        self.reservation.is_none() && self.approval.is_none() && self.running.is_none()
     }
 }
 
