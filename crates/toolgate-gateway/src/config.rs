@@ -39,6 +39,8 @@ pub struct GatewaySection {
     pub max_header_bytes: Option<usize>,
     /// Calls one grant (with OAuth: one caller) may have running at once (default 64).
     pub max_concurrent_calls: Option<usize>,
+    /// Client connections open at once (default 1024); more are answered 503 and closed.
+    pub max_connections: Option<usize>,
     /// TLS certificate chain (PEM) for serving HTTPS; not implemented yet, refused if set.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -288,8 +290,12 @@ pub const DEFAULT_DATA_DIR: &str = ".toolgate";
 /// to the connections and workers a runaway loop could otherwise take.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
 
-/// The largest `max_concurrent_calls` accepted (a number of running calls, not a budget).
-const MOST_CONCURRENT_CALLS: usize = 1_000_000;
+/// `[gateway] max_connections` unless configured: well under a default file-descriptor
+/// limit, well over what agents on one machine open.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// The largest `max_concurrent_calls` and `max_connections` accepted.
+const MOST_AT_ONCE: usize = 1_000_000;
 
 /// Everything the running gateway needs, validated.
 #[derive(Debug, Clone)]
@@ -310,6 +316,8 @@ pub struct Settings {
     pub session_idle_timeout: Duration,
     /// Calls one caller may have running at once.
     pub max_concurrent_calls: usize,
+    /// Client connections open at once.
+    pub max_connections: usize,
     /// Cluster mode: counters in this Redis instead of the embedded store.
     pub redis_url: Option<String>,
     /// Cluster mode: the audit log in this PostgreSQL instead of the embedded store.
@@ -350,6 +358,7 @@ impl Settings {
             max_header_bytes: 64 << 10,
             session_idle_timeout: Duration::from_secs(3600),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             redis_url: None,
             postgres_url: None,
             audit: AuditSettings::default(),
@@ -827,15 +836,28 @@ fn resolve(
         settings.session_idle_timeout,
         &mut errors,
     );
-    match raw.gateway.max_concurrent_calls {
-        Some(0) => errors.push(format!(
-            "{file}: gateway.max_concurrent_calls: 0 would refuse every call; expected at least 1"
-        )),
-        Some(n) if n > MOST_CONCURRENT_CALLS => errors.push(format!(
-            "{file}: gateway.max_concurrent_calls: {n} is too large; expected at most {MOST_CONCURRENT_CALLS}"
-        )),
-        Some(n) => settings.max_concurrent_calls = n,
-        None => {}
+    for (key, value, setting) in [
+        (
+            "max_concurrent_calls",
+            raw.gateway.max_concurrent_calls,
+            &mut settings.max_concurrent_calls,
+        ),
+        (
+            "max_connections",
+            raw.gateway.max_connections,
+            &mut settings.max_connections,
+        ),
+    ] {
+        match value {
+            Some(0) => errors.push(format!(
+                "{file}: gateway.{key}: 0 would refuse everything; expected at least 1"
+            )),
+            Some(n) if n > MOST_AT_ONCE => errors.push(format!(
+                "{file}: gateway.{key}: {n} is too large; expected at most {MOST_AT_ONCE}"
+            )),
+            Some(n) => *setting = n,
+            None => {}
+        }
     }
     if let Some(n) = raw.gateway.max_body_bytes {
         settings.max_body_bytes = n;
@@ -1220,27 +1242,28 @@ expires = "2027-01-01T00:00:00Z"
     }
 
     #[test]
-    fn max_concurrent_calls_defaults_and_refuses_zero_and_absurd_values() {
+    fn limits_at_once_default_and_refuse_zero_and_absurd_values() {
         let base = "[servers.a]\nurl = \"http://127.0.0.1:9/mcp\"\n";
-        assert_eq!(
-            load_text(base).unwrap().max_concurrent_calls,
-            DEFAULT_MAX_CONCURRENT_CALLS
-        );
-        let eight = load_text(&format!("[gateway]\nmax_concurrent_calls = 8\n{base}")).unwrap();
-        assert_eq!(eight.max_concurrent_calls, 8);
-        for (value, says) in [
-            ("0", "expected at least 1"),
-            ("10000000", "expected at most"),
-        ] {
-            let e = load_text(&format!(
-                "[gateway]\nmax_concurrent_calls = {value}\n{base}"
-            ))
-            .unwrap_err();
-            assert!(
-                e.0.iter()
-                    .any(|m| m.contains("gateway.max_concurrent_calls") && m.contains(says)),
-                "{e}"
-            );
+        let defaults = load_text(base).unwrap();
+        assert_eq!(defaults.max_concurrent_calls, DEFAULT_MAX_CONCURRENT_CALLS);
+        assert_eq!(defaults.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let set = load_text(&format!(
+            "[gateway]\nmax_concurrent_calls = 8\nmax_connections = 9\n{base}"
+        ))
+        .unwrap();
+        assert_eq!((set.max_concurrent_calls, set.max_connections), (8, 9));
+        for key in ["max_concurrent_calls", "max_connections"] {
+            for (value, says) in [
+                ("0", "expected at least 1"),
+                ("10000000", "expected at most"),
+            ] {
+                let e = load_text(&format!("[gateway]\n{key} = {value}\n{base}")).unwrap_err();
+                assert!(
+                    e.0.iter()
+                        .any(|m| m.contains(&format!("gateway.{key}")) && m.contains(says)),
+                    "{e}"
+                );
+            }
         }
     }
 

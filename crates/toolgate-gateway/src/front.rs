@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use toolgate_mcp::codes;
 
 /// How long in-flight requests may take to finish after shutdown begins.
@@ -26,6 +26,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limit = gateway.settings.max_connections;
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut full_since: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -37,6 +40,15 @@ pub async fn serve(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    // Said once per ten seconds of being full, not once per connection.
+                    if full_since.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!("{limit} client connections are open, the most allowed ([gateway] max_connections): refusing more with 503");
+                        full_since = Some(std::time::Instant::now());
+                    }
+                    tokio::spawn(refuse_connection(stream, limit));
+                    continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let gw = Arc::clone(&gateway);
@@ -54,6 +66,7 @@ pub async fn serve(
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = crate::stopped(&mut shutdown) => break,
@@ -69,6 +82,36 @@ pub async fn serve(
             DRAIN.as_secs()
         );
     }
+}
+
+/// Answers a connection over `[gateway] max_connections` with a 503 that says so, and
+/// closes it. What the client sent is read (briefly, a bounded amount) before closing, so
+/// that the close does not reset the connection under the answer.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let message = format!(
+        "{limit} client connections are open, the most this gateway allows at once \
+         ([gateway] max_connections); retry shortly\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{message}",
+        message.len()
+    );
+    let refuse = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < 64 << 10 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), refuse).await;
 }
 
 /// Whether a `Host` (or an Origin's authority) names this machine or an allowed host.

@@ -78,6 +78,15 @@ fn start_gateway(extra_config: &str) -> Gateway {
 
 /// Starts a gateway whose config, policy and data dir live in `dir`.
 fn start_gateway_in(dir: std::rc::Rc<TempDir>, extra_config: &str) -> Gateway {
+    start_gateway_with(dir, "", extra_config)
+}
+
+/// [`start_gateway_in`], with `gateway_keys` added to the `[gateway]` section.
+fn start_gateway_with(
+    dir: std::rc::Rc<TempDir>,
+    gateway_keys: &str,
+    extra_config: &str,
+) -> Gateway {
     std::fs::write(dir.0.join("policy.json"), POLICY).unwrap();
     let sendit = bin_dir().join("sendit-example");
     assert!(
@@ -91,6 +100,7 @@ fn start_gateway_in(dir: std::rc::Rc<TempDir>, extra_config: &str) -> Gateway {
 listen = "127.0.0.1:0"
 max_body_bytes = 65536
 max_header_bytes = 16384
+{gateway_keys}
 
 [servers.sendit]
 command = "{}"
@@ -784,5 +794,92 @@ fn an_upstream_that_breaks_off_its_answer_is_a_jsonrpc_error_naming_the_server()
             message.contains("\"cut\"") && message.contains("broke off its answer"),
             "{answer}"
         );
+    }
+}
+
+#[test]
+fn connections_beyond_max_connections_get_a_503_naming_the_setting() {
+    let gw = start_gateway_with(
+        std::rc::Rc::new(TempDir::new("conns")),
+        "max_connections = 3",
+        "",
+    );
+    let ready = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    // Three idle connections (within the header-read timeout) take every place.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(gw.addr).expect("connect"))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let reply = try_request(gw.addr, ready).expect("an answer, not a reset");
+        if reply.status == 503 || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused.body.contains("3 client connections are open")
+            && refused.body.contains("[gateway] max_connections"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
+    // Once they close, the gateway serves again.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = try_request(gw.addr, ready).expect("an answer");
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused after the held connections closed: {reply:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hundreds_of_slow_clients_neither_stop_a_normal_one_nor_stay_past_the_header_timeout() {
+    let gw = start_gateway_with(
+        std::rc::Rc::new(TempDir::new("slow")),
+        "header_read_timeout = \"2s\"",
+        "",
+    );
+    // Slowloris: 300 connections that start a request head and never finish it.
+    let mut slow: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut stream = TcpStream::connect(gw.addr).expect("connect");
+            stream
+                .write_all(b"POST /mcp/sendit HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .expect("write");
+            stream
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let reply = try_request(
+        gw.addr,
+        b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .expect("served");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "a normal client waited {:?} behind slow ones",
+        started.elapsed()
+    );
+    // Past the header-read timeout the gateway has closed every slow connection.
+    std::thread::sleep(Duration::from_millis(2500));
+    for (i, stream) in slow.iter_mut().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut rest = Vec::new();
+        match stream.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("slow connection {i} still open past the timeout: {e}"),
+        }
     }
 }
