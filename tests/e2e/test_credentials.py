@@ -5,8 +5,11 @@ every request it receives (including the gateway's own catalogue sessions)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+
+import httpx
 
 from e2e_helpers import Procs, RawSession, assert_allowed, http_client, run, start_gateway_config, start_header_recorder
 
@@ -71,3 +74,60 @@ policies = {{ rec = "allow.json" }}
         assert "cookie" not in entry, f"{where}: Cookie forwarded upstream: {entry}"
         assert TOKEN not in json.dumps(entry), f"{where}: the grant token leaked upstream: {entry}"
         assert entry.get("x-api-key") == API_KEY, f"{where}: configured X-Api-Key not injected: {entry}"
+
+
+def test_no_secret_reaches_the_logs_or_the_data_directory(procs: Procs, tmp_path: Path) -> None:
+    """SPEC §5 (issue 9, security properties): with the most verbose log (`TOOLGATE_LOG=trace`),
+    neither the grant token, nor a wrong token a client tried, nor the admin token, nor the
+    upstream's injected API key appears in anything the gateway writes: its stdout and
+    stderr, the embedded store, the audit journal."""
+    admin = "tg-e2e-admin-token-never-logged-5c1d"
+    wrong = "tg-e2e-wrong-token-never-logged-8e2f"
+    record = tmp_path / "headers.jsonl"
+    upstream = start_header_recorder(procs, record, "--sse")
+    config = f"""
+[gateway]
+data_dir = "data"
+
+[admin]
+token_sha256 = "{hashlib.sha256(admin.encode()).hexdigest()}"
+
+[servers.rec]
+url = "{upstream}"
+headers = {{ "X-Api-Key" = "${{TG_TEST_KEY}}" }}
+
+[[grants]]
+name = "creds"
+token = "{TOKEN}"
+policies = {{ rec = "allow.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"allow.json": ALLOW_ALL},
+                              env={"TG_TEST_KEY": API_KEY, "TOOLGATE_LOG": "trace"}, name="toolgate-secrets")
+    url = gw.server_url("rec")
+
+    async def body() -> None:
+        async with http_client(url, TOKEN) as client:
+            assert_allowed(await client.call_tool("whoami", {}))
+
+    run(body)
+    with httpx.Client(timeout=10) as http:
+        refused = http.post(url, headers={"Authorization": f"Bearer {wrong}", "Content-Type": "application/json",
+                                          "Accept": "application/json, text/event-stream"},
+                            content=b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+        assert refused.status_code == 401, refused.text
+        listed = http.get(f"{gw.base}/admin/api/grants", headers={"Authorization": f"Bearer {admin}"})
+        assert listed.status_code == 200, listed.text
+        denied = http.get(f"{gw.base}/admin/api/grants", headers={"Authorization": f"Bearer {wrong}"})
+        assert denied.status_code == 401, denied.text
+    gw.proc.stop()
+    written = {"stdout": gw.proc.stdout(), "stderr": gw.proc.stderr()}
+    assert "whoami" in written["stderr"] or "creds" in written["stderr"], "the trace log was not captured"
+    data = tmp_path / "toolgate-secrets-data"
+    assert (data / "toolgate.db").is_file(), "the data directory was not where expected"
+    for path in data.rglob("*"):
+        if path.is_file():
+            written[str(path)] = path.read_bytes().decode("latin-1")
+    for name, secret in [("grant token", TOKEN), ("wrong token", wrong), ("admin token", admin),
+                         ("upstream API key", API_KEY)]:
+        for where, text in written.items():
+            assert secret not in text, f"the {name} appears in {where}"

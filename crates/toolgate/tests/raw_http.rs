@@ -883,3 +883,48 @@ fn hundreds_of_slow_clients_neither_stop_a_normal_one_nor_stay_past_the_header_t
         }
     }
 }
+
+#[test]
+fn without_a_listen_address_the_gateway_binds_to_loopback_only() {
+    let dir = TempDir::new("loopback");
+    std::fs::write(dir.0.join("policy.json"), POLICY).unwrap();
+    std::fs::write(
+        dir.0.join("toolgate.toml"),
+        format!(
+            "[servers.sendit]\ncommand = \"{}\"\n\n[[grants]]\nname = \"g\"\ntoken = \"{TOKEN}\"\npolicies = {{ sendit = \"policy.json\" }}\n",
+            bin_dir().join("sendit-example").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(dir.0.join("toolgate.toml"))
+        .env("SENDIT_QUIET", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start toolgate");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    // The listening socket itself, as the kernel lists it: 127.0.0.1:8080, not 0.0.0.0.
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let sockets: Vec<&str> = listening
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(3) == Some(&"0A") && fields[1].ends_with(":1F90")).then_some(fields[1])
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.starts_with("url: http://127.0.0.1:8080/"),
+        "announced {first:?} (is port 8080 free on this machine?)"
+    );
+    assert_eq!(
+        sockets,
+        vec!["0100007F:1F90"],
+        "listening sockets on port 8080"
+    );
+}
