@@ -135,6 +135,7 @@ async fn gateway(
         timeout: Duration::from_secs(30),
         shadow: false,
         fail_open: false,
+        max_message_bytes: toolgate_gateway::config::DEFAULT_MAX_MESSAGE_BYTES,
     });
     let policy = config::load_policy(&policy_path).expect("policy");
     settings

@@ -70,6 +70,9 @@ pub struct ServerSection {
     pub timeout: Option<String>,
     /// Connect timeout for HTTP upstreams (default 10s).
     pub connect_timeout: Option<String>,
+    /// Largest message accepted from the upstream where the gateway must hold one whole:
+    /// a JSON answer it reads, one SSE event, one stdio line (default 16 MiB).
+    pub max_message_bytes: Option<usize>,
     /// Decisions computed and logged but not enforced.
     #[serde(default)]
     pub shadow: bool,
@@ -265,6 +268,8 @@ pub struct ServerSpec {
     pub shadow: bool,
     /// Proceed when the counter store is down.
     pub fail_open: bool,
+    /// Largest upstream message held whole (JSON answer, SSE event, stdio line).
+    pub max_message_bytes: usize,
 }
 
 /// How requests are audited (`[audit]`).
@@ -289,6 +294,13 @@ pub const DEFAULT_DATA_DIR: &str = ".toolgate";
 /// `[gateway] max_concurrent_calls` unless configured: generous for one agent, small next
 /// to the connections and workers a runaway loop could otherwise take.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
+
+/// `[servers.X] max_message_bytes` unless configured.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// The bounds of `[servers.X] max_message_bytes`: an initialize answer must fit, and one
+/// message must not be able to take the machine's memory.
+const MESSAGE_BYTES_BOUNDS: (usize, usize) = (4 << 10, 1 << 30);
 
 /// `[gateway] max_connections` unless configured: well under a default file-descriptor
 /// limit, well over what agents on one machine open.
@@ -1018,12 +1030,24 @@ fn resolve(
                 ));
             }
         }
+        let max_message_bytes = match server.max_message_bytes {
+            None => DEFAULT_MAX_MESSAGE_BYTES,
+            Some(n) if (MESSAGE_BYTES_BOUNDS.0..=MESSAGE_BYTES_BOUNDS.1).contains(&n) => n,
+            Some(n) => {
+                errors.push(format!(
+                    "{file}: {key}.max_message_bytes: {n} is out of bounds; expected {} to {}",
+                    MESSAGE_BYTES_BOUNDS.0, MESSAGE_BYTES_BOUNDS.1
+                ));
+                DEFAULT_MAX_MESSAGE_BYTES
+            }
+        };
         settings.servers.push(ServerSpec {
             name,
             upstream,
             timeout,
             shadow: server.shadow,
             fail_open: server.fail_open,
+            max_message_bytes,
         });
     }
 
@@ -1264,6 +1288,32 @@ expires = "2027-01-01T00:00:00Z"
                     "{e}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn max_message_bytes_defaults_and_has_bounds() {
+        let server = |extra: &str| {
+            load_text(&format!(
+                "[servers.a]\nurl = \"http://127.0.0.1:9/mcp\"\n{extra}"
+            ))
+        };
+        assert_eq!(
+            server("").unwrap().servers[0].max_message_bytes,
+            DEFAULT_MAX_MESSAGE_BYTES
+        );
+        assert_eq!(
+            server("max_message_bytes = 65536\n").unwrap().servers[0].max_message_bytes,
+            65536
+        );
+        for value in ["100", "4294967296"] {
+            let e = server(&format!("max_message_bytes = {value}\n")).unwrap_err();
+            assert!(
+                e.0.iter()
+                    .any(|m| m.contains("servers.a.max_message_bytes")
+                        && m.contains("out of bounds")),
+                "{e}"
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! Streamable HTTP upstreams: forwarding requests, and the gateway's own small MCP client
 //! used to learn an upstream's tool catalogue.
 
-use crate::config::UpstreamSpec;
+use crate::config::{ServerSpec, UpstreamSpec};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
@@ -46,6 +46,8 @@ pub struct HttpUpstream {
     inject: HeaderMap,
     /// Per-request timeout.
     timeout: Duration,
+    /// Largest answer read whole, or SSE event (`[servers.X] max_message_bytes`).
+    max_message_bytes: usize,
     /// Connection pool.
     client: HttpClient,
 }
@@ -96,6 +98,16 @@ pub fn timed_out(server: &str, timeout: Duration) -> GatewayError {
     )
 }
 
+/// The error for a message from `server` larger than `limit` bytes (its answer is lost).
+pub fn too_large(server: &str, limit: usize) -> GatewayError {
+    GatewayError::upstream(
+        server,
+        format_args!(
+            "sent a message larger than {limit} bytes, the most accepted ([servers.{server}] max_message_bytes)"
+        ),
+    )
+}
+
 /// Whether a response is an SSE stream.
 pub fn is_sse(headers: &HeaderMap) -> bool {
     headers
@@ -106,13 +118,14 @@ pub fn is_sse(headers: &HeaderMap) -> bool {
 
 impl HttpUpstream {
     /// Builds the upstream from its configuration.
-    pub fn new(name: &str, spec: &UpstreamSpec, timeout: Duration) -> Result<Self, String> {
+    pub fn new(server: &ServerSpec) -> Result<Self, String> {
+        let (name, timeout) = (server.name.as_str(), server.timeout);
         let UpstreamSpec::Http {
             url,
             headers,
             ca_file,
             connect_timeout,
-        } = spec
+        } = &server.upstream
         else {
             return Err("not an HTTP upstream".into());
         };
@@ -132,6 +145,7 @@ impl HttpUpstream {
             uri,
             inject,
             timeout,
+            max_message_bytes: server.max_message_bytes,
             client: build_client(ca_file.as_deref(), *connect_timeout)?,
         })
     }
@@ -139,6 +153,16 @@ impl HttpUpstream {
     /// The per-request timeout: how long a request may take to be answered in full.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Largest answer read whole, or SSE event.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// The error for an answer or event larger than [`HttpUpstream::max_message_bytes`].
+    pub fn too_large(&self) -> GatewayError {
+        too_large(&self.name, self.max_message_bytes)
     }
 
     /// The error for a request that was not answered in time.

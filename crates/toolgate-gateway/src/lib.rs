@@ -393,17 +393,10 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     let mut servers = HashMap::new();
     for spec in &settings.servers {
         let upstream = match &spec.upstream {
-            UpstreamSpec::Http { .. } => Upstream::Http(Arc::new(HttpUpstream::new(
-                &spec.name,
-                &spec.upstream,
-                spec.timeout,
-            )?)),
-            UpstreamSpec::Stdio { .. } => Upstream::Stdio(StdioUpstream::new(
-                &spec.name,
-                &spec.upstream,
-                spec.timeout,
-                Arc::clone(&sessions),
-            )?),
+            UpstreamSpec::Http { .. } => Upstream::Http(Arc::new(HttpUpstream::new(spec)?)),
+            UpstreamSpec::Stdio { .. } => {
+                Upstream::Stdio(StdioUpstream::new(spec, Arc::clone(&sessions))?)
+            }
         };
         let server = Arc::new(Server {
             spec: spec.clone(),

@@ -949,6 +949,7 @@ impl Gateway {
             pending: request_ids,
             deadline,
             timeout: up.timeout(),
+            max_message_bytes: up.max_message_bytes(),
             auditor: Arc::clone(&self.auditor),
             awaiting,
         };
@@ -1315,6 +1316,8 @@ struct Rewrite {
     /// The upstream's timeout, for the error answering a request it did not answer in
     /// time (made only then: formatting it for every call costs).
     timeout: std::time::Duration,
+    /// The largest JSON answer or SSE event read (`[servers.X] max_message_bytes`).
+    max_message_bytes: usize,
     /// Where outcomes are written.
     auditor: Arc<Auditor>,
     /// Forwarded requests whose outcome is not written yet.
@@ -1384,6 +1387,17 @@ impl Rewrite {
         if failed {
             self.release.release(&hold).await;
         }
+    }
+
+    /// The answers to the requests still pending were lost (the upstream broke off, or went
+    /// past the size limit): each is answered with `error`. Whether the calls ran is
+    /// unknown, so nothing they held is given back (their outcome is written as
+    /// `no_answer` when the rewrite ends).
+    fn lost(&mut self, error: &GatewayError) -> Vec<Value> {
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|id| error.to_jsonrpc(id))
+            .collect()
     }
 
     /// The upstream ran out of time: the gateway answers every request still pending with
@@ -1479,22 +1493,22 @@ fn relay(
 /// when nothing in it can change (no `tools/list` to filter), only its envelopes are parsed:
 /// whose answer each is and how it went, not the results themselves.
 async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite) -> Bytes {
-    let read = Limited::new(incoming, http_upstream::MAX_BUFFERED_RESPONSE).collect();
+    let read = Limited::new(incoming, rewrite.max_message_bytes).collect();
     let bytes = match tokio::time::timeout_at(rewrite.deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) => {
-            // The upstream broke off: whether the calls ran is unknown, so nothing is given
-            // back (their outcome is written as `no_answer`), and the client is told.
-            let broke = GatewayError::upstream(
-                &rewrite.lists.server.spec.name,
-                format_args!("broke off its answer: {e}"),
-            );
+            // The upstream broke off, or went past the size limit: the answer is lost.
+            let server = &rewrite.lists.server.spec.name;
+            let lost = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                http_upstream::too_large(server, rewrite.max_message_bytes)
+            } else {
+                GatewayError::upstream(server, format_args!("broke off its answer: {e}"))
+            };
             let mut all = std::mem::take(&mut rewrite.prepend);
-            all.extend(
-                std::mem::take(&mut rewrite.pending)
-                    .into_iter()
-                    .map(|id| broke.to_jsonrpc(id)),
-            );
+            all.extend(rewrite.lost(&lost));
             return Bytes::from(array_or_single(all, rewrite.batch).to_string());
         }
         Err(_) => {
@@ -1616,7 +1630,7 @@ async fn rewrite_sse(
             return;
         }
     }
-    let mut decoder = SseDecoder::new(http_upstream::MAX_BUFFERED_RESPONSE);
+    let mut decoder = SseDecoder::new(rewrite.max_message_bytes);
     loop {
         let frame = if rewrite.pending.is_empty() {
             incoming.frame().await
@@ -1637,6 +1651,14 @@ async fn rewrite_sse(
             continue;
         };
         let Ok(events) = decoder.push(&chunk) else {
+            // An event past the size limit: the requests still waiting are told so.
+            let lost = http_upstream::too_large(
+                &rewrite.lists.server.spec.name,
+                rewrite.max_message_bytes,
+            );
+            for answer in rewrite.lost(&lost) {
+                let _ = tx.send(sse::encode_message(None, &answer.to_string()));
+            }
             return;
         };
         for mut event in events {

@@ -14,13 +14,13 @@ use toolgate_store::{SessionRecord, SessionStore, StoreError};
 pub async fn fetch_tools(spec: &ServerSpec) -> Result<ToolList, String> {
     match &spec.upstream {
         UpstreamSpec::Http { .. } => {
-            let upstream = HttpUpstream::new(&spec.name, &spec.upstream, spec.timeout)?;
+            let upstream = HttpUpstream::new(spec)?;
             upstream.read_tools().await.map_err(|e| e.message)
         }
         UpstreamSpec::Stdio { .. } => {
             // A scan opens no client sessions; the child's own session needs none kept.
             let sessions = Arc::new(Sessions::restore(Arc::new(NoSessions), |_| false));
-            let upstream = StdioUpstream::new(&spec.name, &spec.upstream, spec.timeout, sessions)?;
+            let upstream = StdioUpstream::new(spec, sessions)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             // One life, no restarts: a program that cannot start, or exits, is reported at
             // once instead of after the whole timeout.

@@ -16,7 +16,7 @@
 //! several could have caused it, or when the client lacks the capability. The cost is
 //! concurrency between capable clients sharing one stdio server.
 
-use crate::config::UpstreamSpec;
+use crate::config::{ServerSpec, UpstreamSpec};
 use crate::error::GatewayError;
 use crate::session::{Session, Sessions};
 use serde_json::{json, Value};
@@ -30,8 +30,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use toolgate_mcp::stdio::{Frame, LineFramer};
 use toolgate_mcp::{codes, jsonrpc, version, Kind, Message};
 
-/// Longest line accepted from a child.
-const MAX_LINE: usize = 16 << 20;
 /// First restart delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest restart delay.
@@ -187,6 +185,8 @@ pub struct StdioUpstream {
     env: Vec<(String, String)>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Longest line accepted from the child (`[servers.X] max_message_bytes`).
+    max_line: usize,
     /// Multiplexer state.
     mux: Mutex<Mux>,
     /// The child's InitializeResult while it is up and initialized; None otherwise.
@@ -212,21 +212,17 @@ impl std::fmt::Debug for StdioUpstream {
 
 impl StdioUpstream {
     /// Builds the upstream; [`StdioUpstream::supervise`] starts it.
-    pub fn new(
-        name: &str,
-        spec: &UpstreamSpec,
-        timeout: Duration,
-        sessions: Arc<Sessions>,
-    ) -> Result<Arc<Self>, String> {
-        let UpstreamSpec::Stdio { command, args, env } = spec else {
+    pub fn new(server: &ServerSpec, sessions: Arc<Sessions>) -> Result<Arc<Self>, String> {
+        let UpstreamSpec::Stdio { command, args, env } = &server.upstream else {
             return Err("not a stdio upstream".into());
         };
         Ok(Arc::new(StdioUpstream {
-            name: name.to_owned(),
+            name: server.name.clone(),
             command: command.clone(),
             args: args.clone(),
             env: env.clone(),
-            timeout,
+            timeout: server.timeout,
+            max_line: server.max_message_bytes,
             mux: Mutex::new(Mux::default()),
             ready: watch::channel(None).0,
             sessions,
@@ -334,7 +330,7 @@ impl StdioUpstream {
         });
         let me = Arc::clone(self);
         let reader = tokio::spawn(async move {
-            let mut framer = LineFramer::new(MAX_LINE);
+            let mut framer = LineFramer::new(me.max_line);
             let mut buf = vec![0u8; 64 << 10];
             loop {
                 let n = match stdout.read(&mut buf).await {
@@ -344,9 +340,7 @@ impl StdioUpstream {
                 for frame in framer.push(&buf[..n]) {
                     match frame {
                         Frame::Line(line) => me.on_line(&line),
-                        Frame::TooLong => {
-                            tracing::warn!(server = %me.name, "dropped a line longer than {MAX_LINE} bytes")
-                        }
+                        Frame::TooLong { head } => me.on_too_long(&head),
                     }
                 }
             }
@@ -674,19 +668,40 @@ impl StdioUpstream {
         }
     }
 
+    /// A line longer than `max_line` was dropped. If it was the answer to a pending
+    /// request (its id is near the start, as JSON-RPC answers have it), that request is
+    /// answered with an error that says so at once; otherwise the reason waits for the
+    /// timeout error of whichever request it was.
+    fn on_too_long(&self, head: &[u8]) {
+        let error = crate::http_upstream::too_large(&self.name, self.max_line);
+        tracing::warn!(server = %self.name, "dropped a line: {}", error.message);
+        *self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "longer than {} bytes, the most accepted ([servers.{}] max_message_bytes)",
+            self.max_line, self.name
+        ));
+        let Some(id) = toolgate_mcp::stdio::id_in_head(head) else {
+            return;
+        };
+        if let Some(p) = self.take_pending(id) {
+            let _ = p.reply.send(Reply::Answer(error.to_jsonrpc(p.client_id)));
+        }
+    }
+
+    /// Removes pending request `id` (with its progress token), if it is pending.
+    fn take_pending(&self, id: u64) -> Option<Pending> {
+        let mut mux = self.mux();
+        let p = mux.pending.remove(&id);
+        if let Some(key) = p.as_ref().and_then(|p| p.progress_key.clone()) {
+            mux.progress.remove(&key);
+        }
+        p
+    }
+
     fn on_response(&self, mut message: Message) {
         let Some(id) = message.id().and_then(Value::as_u64) else {
             return;
         };
-        let pending = {
-            let mut mux = self.mux();
-            let p = mux.pending.remove(&id);
-            if let Some(key) = p.as_ref().and_then(|p| p.progress_key.clone()) {
-                mux.progress.remove(&key);
-            }
-            p
-        };
-        if let Some(p) = pending {
+        if let Some(p) = self.take_pending(id) {
             message.set_id(p.client_id);
             let _ = p.reply.send(Reply::Answer(message.into_value()));
         }

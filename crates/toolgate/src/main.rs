@@ -184,6 +184,7 @@ fn quick_settings(
         timeout,
         shadow: false,
         fail_open: false,
+        max_message_bytes: toolgate_gateway::config::DEFAULT_MAX_MESSAGE_BYTES,
     });
     let policy = config::load_policy(policy).map_err(|errors| errors.join("\n"))?;
     let token = grants::mint_token();

@@ -290,6 +290,7 @@ fn server_spec(
         timeout,
         shadow: false,
         fail_open: false,
+        max_message_bytes: toolgate_gateway::config::DEFAULT_MAX_MESSAGE_BYTES,
     };
     match (&args.target, args.command.split_first()) {
         (Some(_), Some(_)) => Err("give a server name or URL, or `-- COMMAND`, not both".into()),
