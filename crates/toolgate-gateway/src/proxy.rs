@@ -1525,8 +1525,21 @@ async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite) -> Bytes {
             return bytes;
         }
     }
-    let Ok(parsed) = serde_json::from_slice::<Value>(&bytes) else {
-        return bytes; // not JSON: the client sees exactly what the upstream sent
+    let parsed = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(parsed) => parsed,
+        // Not JSON with nothing waiting for it: passed on as it came.
+        Err(_) if rewrite.pending.is_empty() && rewrite.prepend.is_empty() => return bytes,
+        Err(e) => {
+            // Not JSON (an error page of a proxy in between…): the requests waiting are
+            // told, with the parser's words; whether the calls ran is unknown.
+            let garbage = GatewayError::upstream(
+                &rewrite.lists.server.spec.name,
+                format_args!("sent an answer that is not JSON-RPC: {e}"),
+            );
+            let mut all = std::mem::take(&mut rewrite.prepend);
+            all.extend(rewrite.lost(&garbage));
+            return Bytes::from(array_or_single(all, rewrite.batch).to_string());
+        }
     };
     let was_batch = parsed.is_array();
     let mut items = match parsed {

@@ -683,9 +683,10 @@ fn sessions_survive_a_gateway_restart() {
 
 const CUT_TOKEN: &str = "tg_raw_http_cut_grant";
 
-/// An HTTP MCP upstream that answers `initialize` and `tools/list` (one tool,
-/// `list_contacts`) and breaks off every `tools/call` answer: a head promising 500 bytes,
-/// a few of them, and the connection closed.
+/// A faulty HTTP MCP upstream: it answers `initialize` and `tools/list` properly, and each
+/// of its tools fails in its own way — `list_contacts` breaks off its answer (a head
+/// promising 500 bytes, a few of them, the connection closed), `garbage` answers 200 with
+/// a body that is not JSON, `reset` closes the connection without answering.
 fn start_breaking_upstream() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -730,7 +731,19 @@ fn serve_breaking(mut stream: TcpStream) {
             Some("initialize") => Some(json!({"protocolVersion": "2025-06-18",
                 "capabilities": {"tools": {}}, "serverInfo": {"name": "cut", "version": "0"}})),
             Some("tools/list") => Some(json!({"tools": [
-                {"name": "list_contacts", "inputSchema": {"type": "object"}}]})),
+                {"name": "list_contacts", "inputSchema": {"type": "object"}},
+                {"name": "garbage", "inputSchema": {"type": "object"}},
+                {"name": "reset", "inputSchema": {"type": "object"}}]})),
+            Some("tools/call") if message["params"]["name"] == "garbage" => {
+                let page = "<html><body>502 Bad Gateway (nginx)</body></html>";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{page}",
+                    page.len()
+                );
+                continue;
+            }
+            Some("tools/call") if message["params"]["name"] == "reset" => return,
             Some("tools/call") => {
                 let cut = "{\"jsonrpc\":\"2.0\",\"id\":";
                 let _ = write!(
@@ -927,4 +940,58 @@ fn without_a_listen_address_the_gateway_binds_to_loopback_only() {
         vec!["0100007F:1F90"],
         "listening sockets on port 8080"
     );
+}
+
+#[test]
+fn an_upstream_sending_garbage_or_resetting_is_a_jsonrpc_error_naming_the_server() {
+    let upstream = start_breaking_upstream();
+    let dir = std::rc::Rc::new(TempDir::new("faulty"));
+    std::fs::write(
+        dir.0.join("allow.json"),
+        r#"{"version": "1", "default": "allow"}"#,
+    )
+    .unwrap();
+    let gw = start_gateway_with(
+        dir,
+        "",
+        &format!(
+            "\n[servers.faulty]\nurl = \"http://{upstream}/mcp\"\ntimeout = \"5s\"\n\n\
+             [[grants]]\nname = \"cutter\"\ntoken = \"{CUT_TOKEN}\"\npolicies = {{ faulty = \"allow.json\" }}\n"
+        ),
+    );
+    let bearer = format!("Authorization: Bearer {CUT_TOKEN}");
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name":"raw","version":"0"}}});
+    let reply = post(gw.addr, "faulty", &[&bearer], &init.to_string());
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let session = reply
+        .header("mcp-session-id")
+        .expect("session id")
+        .to_owned();
+    for (id, tool, says) in [
+        (7, "garbage", "sent an answer that is not JSON-RPC"),
+        (8, "reset", "is unreachable"),
+        (9, "garbage", "sent an answer that is not JSON-RPC"),
+    ] {
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                          "params":{"name":tool,"arguments":{}}});
+        let reply = post(
+            gw.addr,
+            "faulty",
+            &[
+                &bearer,
+                &format!("Mcp-Session-Id: {session}"),
+                "MCP-Protocol-Version: 2025-06-18",
+            ],
+            &body.to_string(),
+        );
+        assert_eq!(reply.status, 200, "{tool}: {reply:?}");
+        let answer = reply.json();
+        assert_eq!(answer["id"], id, "{tool}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("\"faulty\"") && message.contains(says),
+            "{tool}: {answer}"
+        );
+    }
 }
