@@ -332,8 +332,14 @@ policies = {{ py = "policy.json" }}
 
     done = cli("grant", "revoke", name)
     assert done.returncode == 0, done.stderr
+    # A replica learns of the revocation from PostgreSQL's notification, which arrives a
+    # moment after the CLI's commit (on a busy machine, after the next request can). Within
+    # a second, well before the 5 s reload that would catch a lost notification.
+    deadline = time.monotonic() + 1.0
     for raw in sessions:
-        assert_refused(call(raw, "echo", {"text": "after revoke"}))
+        while (r := call(raw, "echo", {"text": "after revoke"})).status_code != 401 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert_refused(r)
 
     done = cli("audit", "query", "--admin", "--json")
     events = [e for e in map(json.loads, done.stdout.splitlines()) if e["subject"] == name]
