@@ -11,20 +11,23 @@ from pathlib import Path
 
 import httpx
 
-from e2e_helpers import Procs, RawSession, assert_allowed, http_client, run, start_gateway_config, start_header_recorder
+from e2e_helpers import Gateway, Procs, RawSession, assert_allowed, http_client, run, start_gateway_config, start_header_recorder
 
 TOKEN = "tg-e2e-credentials-grant-token-42"
 API_KEY = "sk-e2e-upstream-key-7f3a9c"
 ALLOW_ALL = {"version": "1", "default": "allow"}
 
 
-def test_client_credentials_are_not_forwarded(procs: Procs, tmp_path: Path) -> None:
+def start_recorded_gateway(procs: Procs, tmp_path: Path, name: str, *, extra: str = "",
+                           env: dict[str, str] | None = None) -> tuple[Gateway, Path]:
+    """A gateway in front of header_recorder.py (server `rec`, the configured `X-Api-Key`
+    injected from the environment), one grant with TOKEN; returns it and the record file."""
     record = tmp_path / "headers.jsonl"
     upstream = start_header_recorder(procs, record, "--sse")
     config = f"""
 [gateway]
 data_dir = "data"
-
+{extra}
 [servers.rec]
 url = "{upstream}"
 headers = {{ "X-Api-Key" = "${{TG_TEST_KEY}}" }}
@@ -35,7 +38,12 @@ token = "{TOKEN}"
 policies = {{ rec = "allow.json" }}
 """
     gw = start_gateway_config(procs, tmp_path, config, policies={"allow.json": ALLOW_ALL},
-                              env={"TG_TEST_KEY": API_KEY}, name="toolgate-creds")
+                              env={"TG_TEST_KEY": API_KEY, **(env or {})}, name=name)
+    return gw, record
+
+
+def test_client_credentials_are_not_forwarded(procs: Procs, tmp_path: Path) -> None:
+    gw, record = start_recorded_gateway(procs, tmp_path, "toolgate-creds")
     url = gw.server_url("rec")
     client_headers = {"Cookie": "session=abc", "X-Custom": "1"}
 
@@ -83,26 +91,9 @@ def test_no_secret_reaches_the_logs_or_the_data_directory(procs: Procs, tmp_path
     stderr, the embedded store, the audit journal."""
     admin = "tg-e2e-admin-token-never-logged-5c1d"
     wrong = "tg-e2e-wrong-token-never-logged-8e2f"
-    record = tmp_path / "headers.jsonl"
-    upstream = start_header_recorder(procs, record, "--sse")
-    config = f"""
-[gateway]
-data_dir = "data"
-
-[admin]
-token_sha256 = "{hashlib.sha256(admin.encode()).hexdigest()}"
-
-[servers.rec]
-url = "{upstream}"
-headers = {{ "X-Api-Key" = "${{TG_TEST_KEY}}" }}
-
-[[grants]]
-name = "creds"
-token = "{TOKEN}"
-policies = {{ rec = "allow.json" }}
-"""
-    gw = start_gateway_config(procs, tmp_path, config, policies={"allow.json": ALLOW_ALL},
-                              env={"TG_TEST_KEY": API_KEY, "TOOLGATE_LOG": "trace"}, name="toolgate-secrets")
+    gw, _ = start_recorded_gateway(
+        procs, tmp_path, "toolgate-secrets", env={"TOOLGATE_LOG": "trace"},
+        extra=f'\n[admin]\ntoken_sha256 = "{hashlib.sha256(admin.encode()).hexdigest()}"\n')
     url = gw.server_url("rec")
 
     async def body() -> None:

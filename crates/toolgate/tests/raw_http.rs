@@ -76,6 +76,18 @@ fn start_gateway(extra_config: &str) -> Gateway {
     start_gateway_in(std::rc::Rc::new(TempDir::new("raw")), extra_config)
 }
 
+/// `toolgate serve --config DIR/toolgate.toml`, its stdout piped (the url line).
+fn serve(dir: &TempDir) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(dir.0.join("toolgate.toml"))
+        .env("SENDIT_QUIET", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start toolgate")
+}
+
 /// Starts a gateway whose config, policy and data dir live in `dir`.
 fn start_gateway_in(dir: std::rc::Rc<TempDir>, extra_config: &str) -> Gateway {
     start_gateway_with(dir, "", extra_config)
@@ -125,14 +137,7 @@ policies = {{ sendit = "policy.json" }}
         sha256_hex(TOKEN)
     );
     std::fs::write(dir.0.join("toolgate.toml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["serve", "--config"])
-        .arg(dir.0.join("toolgate.toml"))
-        .env("SENDIT_QUIET", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start toolgate");
+    let mut child = serve(&dir);
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().expect("a url line").unwrap();
@@ -769,48 +774,6 @@ fn serve_breaking(mut stream: TcpStream) {
 }
 
 #[test]
-fn an_upstream_that_breaks_off_its_answer_is_a_jsonrpc_error_naming_the_server() {
-    let upstream = start_breaking_upstream();
-    let gw = start_gateway(&format!(
-        "\n[servers.cut]\nurl = \"http://{upstream}/mcp\"\ntimeout = \"5s\"\n\n\
-         [[grants]]\nname = \"cutter\"\ntoken = \"{CUT_TOKEN}\"\npolicies = {{ cut = \"policy.json\" }}\n"
-    ));
-    let bearer = format!("Authorization: Bearer {CUT_TOKEN}");
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name":"raw","version":"0"}}});
-    let reply = post(gw.addr, "cut", &[&bearer], &init.to_string());
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let session = reply
-        .header("mcp-session-id")
-        .expect("session id")
-        .to_owned();
-    for id in [7, 8] {
-        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-                          "params":{"name":"list_contacts","arguments":{}}});
-        let reply = post(
-            gw.addr,
-            "cut",
-            &[
-                &bearer,
-                &format!("Mcp-Session-Id: {session}"),
-                "MCP-Protocol-Version: 2025-06-18",
-            ],
-            &body.to_string(),
-        );
-        // A whole answer the client can read, not a cut connection: the call's own id and
-        // an error that says which server did what.
-        assert_eq!(reply.status, 200, "{reply:?}");
-        let answer = reply.json();
-        assert_eq!(answer["id"], id, "{answer}");
-        let message = answer["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("\"cut\"") && message.contains("broke off its answer"),
-            "{answer}"
-        );
-    }
-}
-
-#[test]
 fn connections_beyond_max_connections_get_a_503_naming_the_setting() {
     let gw = start_gateway_with(
         std::rc::Rc::new(TempDir::new("conns")),
@@ -909,14 +872,7 @@ fn without_a_listen_address_the_gateway_binds_to_loopback_only() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["serve", "--config"])
-        .arg(dir.0.join("toolgate.toml"))
-        .env("SENDIT_QUIET", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start toolgate");
+    let mut child = serve(&dir);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     // The listening socket itself, as the kernel lists it: 127.0.0.1:8080, not 0.0.0.0.
@@ -943,7 +899,7 @@ fn without_a_listen_address_the_gateway_binds_to_loopback_only() {
 }
 
 #[test]
-fn an_upstream_sending_garbage_or_resetting_is_a_jsonrpc_error_naming_the_server() {
+fn an_upstream_breaking_off_sending_garbage_or_resetting_is_a_jsonrpc_error_naming_the_server() {
     let upstream = start_breaking_upstream();
     let dir = std::rc::Rc::new(TempDir::new("faulty"));
     std::fs::write(
@@ -968,10 +924,14 @@ fn an_upstream_sending_garbage_or_resetting_is_a_jsonrpc_error_naming_the_server
         .header("mcp-session-id")
         .expect("session id")
         .to_owned();
+    // A whole answer the client can read, never a cut connection or the upstream's bytes:
+    // the call's own id and an error that says which server did what, call after call.
     for (id, tool, says) in [
-        (7, "garbage", "sent an answer that is not JSON-RPC"),
-        (8, "reset", "is unreachable"),
-        (9, "garbage", "sent an answer that is not JSON-RPC"),
+        (7, "list_contacts", "broke off its answer"),
+        (8, "garbage", "sent an answer that is not JSON-RPC"),
+        (9, "reset", "is unreachable"),
+        (10, "list_contacts", "broke off its answer"),
+        (11, "garbage", "sent an answer that is not JSON-RPC"),
     ] {
         let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
                           "params":{"name":tool,"arguments":{}}});
