@@ -305,6 +305,31 @@ impl EmbeddedStore {
         }
     }
 
+    /// Runs `write` — one write transaction that writes `batch`, everything queued, ahead of
+    /// its own work — with the connection and memory (already locked), then hands each
+    /// queued batch its outcome and wakes the appenders that may be waiting for them. A
+    /// failure forgets the memory (the failed transaction may have moved it along).
+    pub(super) fn with_queue_locked<T>(
+        &self,
+        conn: &mut Connection,
+        memory: &mut Memory,
+        what: &str,
+        write: impl FnOnce(&mut Connection, &mut Memory, &[Queued]) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let batch =
+            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let outcome = write(conn, memory, &batch).map_err(|e| self.error(what, e));
+        if outcome.is_err() {
+            memory.forget();
+        }
+        let woken = !batch.is_empty();
+        self.settle_batch(batch, &outcome.as_ref().map(|_| ()).map_err(Clone::clone));
+        if woken {
+            self.wake_appenders();
+        }
+        outcome
+    }
+
     /// Becomes the appender that commits the queue, unless another is.
     fn try_lead(&self) -> bool {
         self.audit_leading
@@ -393,30 +418,11 @@ impl EmbeddedStore {
         }
         let own = Queued::of(entries, true);
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let batch =
-            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = reserve_and_write(
-            &mut conn,
-            &mut memory,
-            &*self.clock,
-            charges,
-            &id,
-            &own,
-            &batch,
-        )
-        .map_err(|e| self.error(WHAT, e));
-        if outcome.is_err() {
-            memory.forget();
-        }
-        let woken = !batch.is_empty();
-        self.settle_batch(batch, &outcome.clone().map(drop));
-        drop(memory);
-        drop(conn);
-        if woken {
-            // Appenders waiting for a leader may be waiting for these.
-            self.wake_appenders();
-        }
+        let outcome =
+            self.with_queue_locked(&mut conn, &mut memory, WHAT, |conn, memory, batch| {
+                reserve_and_write(conn, memory, &*self.clock, charges, &id, &own, batch)
+            });
         match outcome? {
             None => Ok(Reserve::Granted(Reservation { id, keys })),
             Some((charge, retry_after_ms)) => Ok(Reserve::Exceeded {

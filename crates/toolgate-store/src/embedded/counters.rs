@@ -56,7 +56,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// How often (clock time) a grant also deletes expired entries of every key.
-const SWEEP_EVERY_MS: u64 = 60_000;
+pub(super) const SWEEP_EVERY_MS: u64 = 60_000;
 
 /// How often (clock time), at most, a grant deletes a key's rows that can no longer count:
 /// often enough that the table holds little more than what counts, rarely enough that a
@@ -198,22 +198,10 @@ impl EmbeddedStore {
         // Synchronously, with the queue: a reservation still queued must be in the table
         // before its rows are deleted, or the flush would bring them back.
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let batch =
-            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = rollback_in(&mut conn, &mut memory, reservation, &batch)
-            .map_err(|e| self.error(WHAT, e));
-        if outcome.is_err() {
-            memory.forget();
-        }
-        drop(memory);
-        drop(conn);
-        let woken = !batch.is_empty();
-        self.settle_batch(batch, &outcome);
-        if woken {
-            self.wake_appenders();
-        }
-        outcome
+        self.with_queue_locked(&mut conn, &mut memory, WHAT, |conn, memory, batch| {
+            rollback_in(conn, memory, reservation, batch)
+        })
     }
 
     /// Whether this store owns the data directory's counters (`owned.rs`).
@@ -273,13 +261,12 @@ pub(super) fn reserve_within(
         if charges[..index].iter().any(|c| c.key == charge.key) {
             continue;
         }
-        let from_ms = charges
-            .iter()
-            .filter(|c| c.key == charge.key)
-            .map(|c| window::counts_from(now_ms, c.window_ms, c.calendar))
-            .min()
-            .expect("the charge itself");
-        load(tx, cache, &charge.key, from_ms)?;
+        load(
+            tx,
+            cache,
+            &charge.key,
+            earliest_start(charges, &charge.key, now_ms),
+        )?;
     }
     if let Some(refused) = first_exceeded(cache, charges, now_ms) {
         return Ok(Err(refused));
@@ -297,23 +284,38 @@ impl Staged {
     /// Teaches the cache what the committed transaction wrote.
     pub(super) fn committed(self, memory: &mut Memory, charges: &[Charge], id: &str) {
         let cache = &mut memory.counters;
-        let reservation: Arc<str> = Arc::from(id);
-        for charge in charges {
-            let entry = CachedEntry {
-                at_ms: self.now_ms,
-                amount: charge.amount,
-                expires_ms: expires(self.now_ms, charge),
-                reservation: Arc::clone(&reservation),
-            };
-            if let Some(key) = cache.keys.get_mut(&charge.key) {
-                key.add(entry);
-            }
-        }
+        remember(cache, charges, id, self.now_ms);
         if self.swept {
             sweep_cache(cache, self.now_ms);
             cache.next_sweep_ms = self.now_ms.saturating_add(SWEEP_EVERY_MS);
         }
     }
+}
+
+/// Adds reservation `id`'s entries, made at `now_ms`, to the keys of `charges` the cache
+/// holds (a key it does not hold is read back whole on its next use).
+pub(super) fn remember(cache: &mut CounterCache, charges: &[Charge], id: &str, now_ms: u64) {
+    let reservation: Arc<str> = Arc::from(id);
+    for charge in charges {
+        if let Some(key) = cache.keys.get_mut(&charge.key) {
+            key.add(CachedEntry {
+                at_ms: now_ms,
+                amount: charge.amount,
+                expires_ms: expires(now_ms, charge),
+                reservation: Arc::clone(&reservation),
+            });
+        }
+    }
+}
+
+/// The earliest window start any charge of the call needs on `key`.
+pub(super) fn earliest_start(charges: &[Charge], key: &str, now_ms: u64) -> u64 {
+    charges
+        .iter()
+        .filter(|c| c.key == key)
+        .map(|c| window::counts_from(now_ms, c.window_ms, c.calendar))
+        .min()
+        .unwrap_or(now_ms)
 }
 
 /// Makes `key`'s cache hold its entries made at or after `from_ms`: dropping older ones, or

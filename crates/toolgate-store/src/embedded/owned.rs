@@ -27,21 +27,16 @@
 //! gateways that share counters share them through Redis (cluster mode).
 
 use super::audit::write_batch;
-use super::counters::{self, expires, load, CachedEntry};
+use super::counters::{self, earliest_start, expires, load, SWEEP_EVERY_MS};
 use super::{EmbeddedStore, Memory};
 use crate::audit::AuditEntry;
-use crate::counters::window;
 use crate::{Charge, Reservation, StoreError};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 /// The journal's pseudo-chain of counter changes (never a chain of `audit_log`).
 pub(super) const COUNTERS: &str = "counters";
-
-/// How often (by the reservations' clock), at most, a flush deletes expired counter rows.
-const SWEEP_EVERY_MS: u64 = 60_000;
 
 /// What a journaled reservation came to.
 pub(super) enum Journaled {
@@ -178,17 +173,7 @@ impl EmbeddedStore {
         if !self.journal_and_queue(lines) {
             return Journaled::Unavailable;
         }
-        let reservation: Arc<str> = Arc::from(id);
-        for charge in charges {
-            if let Some(key) = cache.keys.get_mut(&charge.key) {
-                key.add(CachedEntry {
-                    at_ms: now_ms,
-                    amount: charge.amount,
-                    expires_ms: expires(now_ms, charge),
-                    reservation: Arc::clone(&reservation),
-                });
-            }
-        }
+        counters::remember(cache, charges, id, now_ms);
         if now_ms >= cache.next_sweep_ms {
             counters::sweep_cache(cache, now_ms);
             cache.next_sweep_ms = now_ms.saturating_add(SWEEP_EVERY_MS);
@@ -202,19 +187,17 @@ impl EmbeddedStore {
         conn: &mut Connection,
         memory: &mut Memory,
     ) -> Result<(), StoreError> {
-        let batch =
-            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|e| e.into_inner()));
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let outcome =
-            write_batch(conn, memory, &batch).map_err(|e| self.error("append to the audit log", e));
-        if outcome.is_err() {
-            memory.forget();
-        }
-        self.settle_batch(batch, &outcome);
-        self.wake_appenders();
-        outcome
+        self.with_queue_locked(
+            conn,
+            memory,
+            "append to the audit log",
+            |conn, memory, batch| {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                write_batch(conn, memory, batch)
+            },
+        )
     }
 }
 
@@ -233,16 +216,6 @@ fn covered(memory: &mut Memory, charges: &[Charge], now_ms: u64) -> bool {
             _ => false,
         }
     })
-}
-
-/// The earliest window start any charge of the call needs on `key`.
-fn earliest_start(charges: &[Charge], key: &str, now_ms: u64) -> u64 {
-    charges
-        .iter()
-        .filter(|c| c.key == key)
-        .map(|c| window::counts_from(now_ms, c.window_ms, c.calendar))
-        .min()
-        .unwrap_or(now_ms)
 }
 
 /// Applies one journaled counter change in `tx` (part of the commit that moves the
@@ -313,6 +286,7 @@ mod tests {
     use crate::embedded::{scratch, TestClock};
     use crate::Reserve;
     use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
 
     const T0: u64 = 1_800_000_000_000;
 
