@@ -40,15 +40,11 @@ SHARED_POSTGRES = os.environ.get("TOOLGATE_TEST_POSTGRES_URL", "postgres://toolg
 ALLOW_ALL: dict[str, Any] = {"version": "1", "default": "allow"}
 
 
-class Setup:
-    def __init__(self, procs: Procs, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.state = workdir / "rug-state"
-        upstream = start_attack_server(procs, "evil", "--state", str(self.state), "--ran", str(workdir / "ran"),
-                                       name="attack_evil-pins")
-        self.workdir = workdir
-        self.config = workdir / "toolgate.toml"
-        config = f"""
+
+def evil_config(upstream: str, extra: str = "") -> str:
+    """A configuration with the attack server as `evil` and one grant `agent` (TOKEN,
+    allow.json), `extra` sections first."""
+    return f"""{extra}
 [servers.evil]
 url = "{upstream}"
 
@@ -57,6 +53,16 @@ name = "agent"
 token = "{TOKEN}"
 policies = {{ evil = "allow.json" }}
 """
+
+class Setup:
+    def __init__(self, procs: Procs, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.state = workdir / "rug-state"
+        upstream = start_attack_server(procs, "evil", "--state", str(self.state), "--ran", str(workdir / "ran"),
+                                       name="attack_evil-pins")
+        self.workdir = workdir
+        self.config = workdir / "toolgate.toml"
+        config = evil_config(upstream)
         self.gateway: Gateway = start_gateway_config(procs, workdir, config, policies={"allow.json": ALLOW_ALL},
                                                      name="toolgate-pins")
         self.data = workdir / "toolgate-pins-data"
@@ -272,18 +278,7 @@ def test_with_new_tools_withheld_nothing_is_served_before_an_operator_approves_i
     serves that one."""
     upstream = start_attack_server(procs, "evil", "--state", str(tmp_path / "state"), "--ran", str(tmp_path / "ran"),
                                    name="attack_evil-pins-new")
-    config = f"""
-[catalogue]
-new_tools = "withhold"
-
-[servers.evil]
-url = "{upstream}"
-
-[[grants]]
-name = "agent"
-token = "{TOKEN}"
-policies = {{ evil = "allow.json" }}
-"""
+    config = evil_config(upstream, '[catalogue]\nnew_tools = "withhold"\n')
     gw = start_gateway_config(procs, tmp_path, config, policies={"allow.json": ALLOW_ALL}, name="toolgate-pins-new")
     data = tmp_path / "toolgate-pins-new-data"
 

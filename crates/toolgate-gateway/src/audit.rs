@@ -251,18 +251,28 @@ pub(crate) fn decided(record: &mut CallRecord, decision: &Decision, shadow: bool
 /// How the upstream answered, as the outcome records it: `ok`, `tool_error` (a result with
 /// `isError`: the tool ran and failed) or `error <code>` (a JSON-RPC error: it never ran).
 pub(crate) fn upstream_status(response: &Value) -> String {
-    if let Some(error) = response.get("error") {
-        return match error.get("code").and_then(Value::as_i64) {
-            Some(code) => format!("error {code}"),
-            None => "error".to_owned(),
-        };
-    }
-    let is_error = response
+    let tool_error = response
         .get("result")
         .and_then(|r| r.get("isError"))
         .and_then(Value::as_bool)
         == Some(true);
-    if is_error { "tool_error" } else { "ok" }.to_owned()
+    status_of(
+        response
+            .get("error")
+            .map(|e| e.get("code").and_then(Value::as_i64)),
+        tool_error,
+    )
+}
+
+/// The outcome as the audit log words it: a JSON-RPC error (`Some`, with its code if it
+/// had an integer one), else a result the tool marked `isError`, else `ok`.
+pub(crate) fn status_of(error: Option<Option<i64>>, tool_error: bool) -> String {
+    match error {
+        Some(Some(code)) => format!("error {code}"),
+        Some(None) => "error".to_owned(),
+        None if tool_error => "tool_error".to_owned(),
+        None => "ok".to_owned(),
+    }
 }
 
 /// A fresh request id: `tgr-` and 96 random bits.

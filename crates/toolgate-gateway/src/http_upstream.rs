@@ -160,11 +160,6 @@ impl HttpUpstream {
         self.max_message_bytes
     }
 
-    /// The error for an answer or event larger than [`HttpUpstream::max_message_bytes`].
-    pub fn too_large(&self) -> GatewayError {
-        too_large(&self.name, self.max_message_bytes)
-    }
-
     /// The error for a request that was not answered in time.
     pub fn timed_out(&self) -> GatewayError {
         timed_out(&self.name, self.timeout)

@@ -1400,6 +1400,14 @@ impl Rewrite {
             .collect()
     }
 
+    /// A JSON answer made by the gateway alone (the upstream's is lost or late): its own
+    /// answers to messages it did not forward, then `answers`.
+    fn answered_by_gateway(&mut self, answers: Vec<Value>) -> Bytes {
+        let mut all = std::mem::take(&mut self.prepend);
+        all.extend(answers);
+        Bytes::from(array_or_single(all, self.batch).to_string())
+    }
+
     /// The upstream ran out of time: the gateway answers every request still pending with
     /// the timeout error, its reservation rolled back first (SPEC §2.1).
     async fn expire(&mut self) -> Vec<Value> {
@@ -1507,14 +1515,12 @@ async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite) -> Bytes {
             } else {
                 GatewayError::upstream(server, format_args!("broke off its answer: {e}"))
             };
-            let mut all = std::mem::take(&mut rewrite.prepend);
-            all.extend(rewrite.lost(&lost));
-            return Bytes::from(array_or_single(all, rewrite.batch).to_string());
+            let lost = rewrite.lost(&lost);
+            return rewrite.answered_by_gateway(lost);
         }
         Err(_) => {
-            let mut all = std::mem::take(&mut rewrite.prepend);
-            all.extend(rewrite.expire().await);
-            return Bytes::from(array_or_single(all, rewrite.batch).to_string());
+            let expired = rewrite.expire().await;
+            return rewrite.answered_by_gateway(expired);
         }
     };
     if rewrite.list_ids.is_empty() && rewrite.prepend.is_empty() {
@@ -1536,9 +1542,8 @@ async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite) -> Bytes {
                 &rewrite.lists.server.spec.name,
                 format_args!("sent an answer that is not JSON-RPC: {e}"),
             );
-            let mut all = std::mem::take(&mut rewrite.prepend);
-            all.extend(rewrite.lost(&garbage));
-            return Bytes::from(array_or_single(all, rewrite.batch).to_string());
+            let lost = rewrite.lost(&garbage);
+            return rewrite.answered_by_gateway(lost);
         }
     };
     let was_batch = parsed.is_array();
@@ -1603,19 +1608,12 @@ impl Envelope {
         }
     }
 
-    /// The outcome as the audit log writes it (see [`audit::upstream_status`]).
+    /// The outcome as the audit log writes it.
     fn upstream_status(&self) -> String {
-        match (&self.error, &self.result) {
-            (Some(ErrorHead { code: Some(code) }), _) => format!("error {code}"),
-            (Some(ErrorHead { code: None }), _) => "error".to_owned(),
-            (
-                None,
-                Some(ResultHead {
-                    is_error: Some(true),
-                }),
-            ) => "tool_error".to_owned(),
-            _ => "ok".to_owned(),
-        }
+        audit::status_of(
+            self.error.as_ref().map(|e| e.code),
+            self.result.as_ref().and_then(|r| r.is_error) == Some(true),
+        )
     }
 }
 
