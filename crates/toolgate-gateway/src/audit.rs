@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use toolgate_mcp::answer::AnswerHead;
 use toolgate_mcp::Message;
 use toolgate_policy::{Decision, Outcome};
 use toolgate_store::audit::{hex, AdminEvent, CallOutcome, CallRecord};
@@ -251,26 +252,16 @@ pub(crate) fn decided(record: &mut CallRecord, decision: &Decision, shadow: bool
 /// How the upstream answered, as the outcome records it: `ok`, `tool_error` (a result with
 /// `isError`: the tool ran and failed) or `error <code>` (a JSON-RPC error: it never ran).
 pub(crate) fn upstream_status(response: &Value) -> String {
-    let tool_error = response
-        .get("result")
-        .and_then(|r| r.get("isError"))
-        .and_then(Value::as_bool)
-        == Some(true);
-    status_of(
-        response
-            .get("error")
-            .map(|e| e.get("code").and_then(Value::as_i64)),
-        tool_error,
-    )
+    answer_status(&AnswerHead::of(response))
 }
 
-/// The outcome as the audit log words it: a JSON-RPC error (`Some`, with its code if it
-/// had an integer one), else a result the tool marked `isError`, else `ok`.
-pub(crate) fn status_of(error: Option<Option<i64>>, tool_error: bool) -> String {
-    match error {
+/// [`upstream_status`] of an answer's head: a JSON-RPC error (with its code if it had an
+/// integer one), else a result the tool marked `isError`, else `ok`.
+pub(crate) fn answer_status(head: &AnswerHead) -> String {
+    match head.error {
         Some(Some(code)) => format!("error {code}"),
         Some(None) => "error".to_owned(),
-        None if tool_error => "tool_error".to_owned(),
+        None if head.tool_error => "tool_error".to_owned(),
         None => "ok".to_owned(),
     }
 }

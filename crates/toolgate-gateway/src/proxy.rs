@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use toolgate_mcp::answer::AnswerHead;
 use toolgate_mcp::jsonrpc::{self, parse_payload};
 use toolgate_mcp::sse::{self, SseDecoder};
 use toolgate_mcp::{codes, headers as mcp_headers, version, Kind, Message, Payload};
@@ -1344,23 +1345,22 @@ impl Rewrite {
     /// Rolls back the reservation of a watched call answered with a JSON-RPC error, before
     /// that answer is passed on; notes the request as answered.
     async fn settle(&mut self, message: &Value) {
-        let Some(id) = message.get("id") else { return };
-        let failed = message.get("error").is_some();
-        let answered = failed || message.get("result").is_some();
-        self.settle_answer(id, answered, failed, || audit::upstream_status(message))
-            .await;
+        self.settle_head(&AnswerHead::of(message)).await;
     }
 
-    /// [`Rewrite::settle`] for an answer of which only the envelope was read; an announced
+    /// [`Rewrite::settle`] for an answer of which only the head was read; an announced
     /// change of the tool list makes the catalogue fetch again before the next call.
-    async fn settle_envelope(&mut self, envelope: &Envelope) {
-        if envelope.method.as_deref() == Some("notifications/tools/list_changed") {
+    async fn settle_envelope(&mut self, head: &AnswerHead) {
+        if head.method.as_deref() == Some("notifications/tools/list_changed") {
             self.lists.server.catalogue.invalidate();
         }
-        let Some(id) = &envelope.id else { return };
-        let failed = envelope.error.is_some();
-        let answered = failed || envelope.result.is_some();
-        self.settle_answer(id, answered, failed, || envelope.upstream_status())
+        self.settle_head(head).await;
+    }
+
+    async fn settle_head(&mut self, head: &AnswerHead) {
+        let Some(id) = &head.id else { return };
+        let failed = head.error.is_some();
+        self.settle_answer(id, head.answered(), failed, || audit::answer_status(head))
             .await;
     }
 
@@ -1524,9 +1524,9 @@ async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite) -> Bytes {
         }
     };
     if rewrite.list_ids.is_empty() && rewrite.prepend.is_empty() {
-        if let Some(envelopes) = Envelope::parse_all(&bytes) {
-            for envelope in &envelopes {
-                rewrite.settle_envelope(envelope).await;
+        if let Some(heads) = AnswerHead::read_all(&bytes) {
+            for head in &heads {
+                rewrite.settle_envelope(head).await;
             }
             return bytes;
         }
@@ -1562,59 +1562,6 @@ async fn rewrite_json(incoming: Incoming, mut rewrite: Rewrite) -> Bytes {
     let mut all = std::mem::take(&mut rewrite.prepend);
     all.extend(items);
     Bytes::from(array_or_single(all, was_batch || rewrite.batch).to_string())
-}
-
-/// What the gateway reads of an answer it passes on unchanged. Anything unexpected in these
-/// fields (a `null` result, a `code` that is not an integer…) fails the parse, and the
-/// answer is then read in full like any other.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    /// Whose answer it is.
-    #[serde(default)]
-    id: Option<Value>,
-    /// Present when the request succeeded at the JSON-RPC level.
-    #[serde(default)]
-    result: Option<ResultHead>,
-    /// Present when it failed.
-    #[serde(default)]
-    error: Option<ErrorHead>,
-    /// A notification in the answer (`notifications/tools/list_changed` matters).
-    #[serde(default)]
-    method: Option<String>,
-}
-
-/// The part of a result the audit log records: whether the tool reported an error.
-#[derive(serde::Deserialize)]
-struct ResultHead {
-    #[serde(default, rename = "isError")]
-    is_error: Option<bool>,
-}
-
-/// The part of a JSON-RPC error the audit log records.
-#[derive(serde::Deserialize)]
-struct ErrorHead {
-    #[serde(default)]
-    code: Option<i64>,
-}
-
-impl Envelope {
-    /// The envelopes of a JSON answer (one message or a batch), if it parses as such.
-    fn parse_all(bytes: &[u8]) -> Option<Vec<Envelope>> {
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
-        if *first == b'[' {
-            serde_json::from_slice(bytes).ok()
-        } else {
-            serde_json::from_slice(bytes).ok().map(|one| vec![one])
-        }
-    }
-
-    /// The outcome as the audit log writes it.
-    fn upstream_status(&self) -> String {
-        audit::status_of(
-            self.error.as_ref().map(|e| e.code),
-            self.result.as_ref().and_then(|r| r.is_error) == Some(true),
-        )
-    }
 }
 
 /// A batch answer is an array; a single answer stays an object unless the gateway added

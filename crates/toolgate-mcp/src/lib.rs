@@ -7,6 +7,7 @@
 //! gateway buffer without limit. No policy and no storage live here.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod codes;
 pub mod headers;
 pub mod json;
