@@ -23,6 +23,19 @@ pub async fn read_request(
     incoming: hyper::body::Incoming,
     limit: usize,
 ) -> Result<Bytes, (StatusCode, String)> {
+    use hyper::body::Body as _;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {limit} bytes"),
+        )
+    };
+    // A Content-Length past the limit is refused before anything is read: otherwise the
+    // answer would wait for bytes that may never come (the stress test sends a length of
+    // terabytes and stops).
+    if incoming.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
     match http_body_util::Limited::new(incoming, limit)
         .collect()
         .await
@@ -32,10 +45,7 @@ pub async fn read_request(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {limit} bytes"),
-            ))
+            Err(too_large())
         }
         Err(e) => Err((
             StatusCode::BAD_REQUEST,

@@ -83,7 +83,7 @@ fn serve(dir: &TempDir) -> Child {
         .arg(dir.0.join("toolgate.toml"))
         .env("SENDIT_QUIET", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("gateway.log")).expect("gateway log"))
         .spawn()
         .expect("start toolgate")
 }
@@ -954,4 +954,286 @@ fn an_upstream_breaking_off_sending_garbage_or_resetting_is_a_jsonrpc_error_nami
             "{tool}: {answer}"
         );
     }
+}
+
+/// A small deterministic generator (xorshift64*), so a failure can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// One hostile request: its bytes, what kind it is, and the answers allowed for it.
+struct Hostile {
+    kind: &'static str,
+    raw: Vec<u8>,
+    /// Close our side after sending (a body shorter than its Content-Length).
+    half_close: bool,
+    /// Status codes the gateway may answer with; 0 stands for "closed without an answer".
+    allowed: &'static [u16],
+}
+
+fn hostile(rng: &mut Rng, port: u16, session: &str) -> Hostile {
+    let request = |content_type: &str, extra: &str, body: &[u8]| {
+        let mut raw = format!(
+            "POST /mcp/sendit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Type: {content_type}\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        raw
+    };
+    let call_with = |arguments: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"list_contacts","arguments":{arguments}}}}}"#
+        )
+    };
+    let valid = call_with(r#"{"q":"ann","limit":5}"#);
+    match rng.below(11) {
+        0 => {
+            let len = rng.below(2000);
+            let body = rng.bytes(len);
+            Hostile {
+                kind: "random body",
+                raw: request("application/json", "", &body),
+                half_close: false,
+                allowed: &[400],
+            }
+        }
+        1 => {
+            let cut = rng.below(valid.len());
+            Hostile {
+                kind: "truncated body",
+                raw: request("application/json", "", &valid.as_bytes()[..cut]),
+                half_close: false,
+                allowed: &[400],
+            }
+        }
+        2 => {
+            // Content-Length promises more than comes; the client then stops sending.
+            let mut raw = request("application/json", "", valid.as_bytes());
+            let cut = raw.len() - 1 - rng.below(valid.len() - 1);
+            raw.truncate(cut);
+            Hostile {
+                kind: "body shorter than its length",
+                raw,
+                half_close: true,
+                allowed: &[400, 0],
+            }
+        }
+        3 => {
+            const TYPES: &[&str] = &[
+                "text/plain",
+                "application/xml",
+                "multipart/form-data; boundary=x",
+                "application/x-www-form-urlencoded",
+                "json",
+                "*/*",
+            ];
+            let content_type = TYPES[rng.below(TYPES.len())];
+            Hostile {
+                kind: "wrong content type",
+                raw: request(content_type, "", valid.as_bytes()),
+                half_close: false,
+                allowed: &[415],
+            }
+        }
+        4 => {
+            let huge = if rng.below(2) == 0 {
+                format!("X-Huge: {}\r\n", "a".repeat(20_000 + rng.below(80_000)))
+            } else {
+                (0..600)
+                    .map(|i| format!("X-Many-{i}: {}\r\n", "b".repeat(30)))
+                    .collect()
+            };
+            Hostile {
+                kind: "huge headers",
+                raw: request("application/json", &huge, valid.as_bytes()),
+                half_close: false,
+                allowed: &[431],
+            }
+        }
+        5 => {
+            let depth = [200, 1_000, 10_000, 30_000][rng.below(4)];
+            let arguments = format!(r#"{{"q":{}1{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            Hostile {
+                kind: "deep nesting",
+                raw: request("application/json", "", call_with(&arguments).as_bytes()),
+                half_close: false,
+                allowed: &[400],
+            }
+        }
+        6 => {
+            let arguments = match rng.below(3) {
+                0 => r#"{"q":"a","q":"b"}"#.to_owned(),
+                1 => format!(r#"{{"q":{{"x":{{"deep":1,"deep":{}}}}}}}"#, rng.below(100)),
+                _ => r#"{"q":[{"k":1},{"k":1,"k":2}]}"#.to_owned(),
+            };
+            Hostile {
+                kind: "duplicate keys",
+                raw: request("application/json", "", call_with(&arguments).as_bytes()),
+                half_close: false,
+                allowed: &[400],
+            }
+        }
+        7 => {
+            let mut body = call_with(r#"{"q":"@@@@"}"#).into_bytes();
+            let at = body.windows(4).position(|w| w == b"@@@@").expect("marker");
+            let bad: &[&[u8]] = &[
+                b"\xff\xfe",
+                b"\xc3\x28",
+                b"\xed\xa0\x80",
+                b"\xf0\x28\x8c\x28",
+            ];
+            body.splice(at..at + 4, bad[rng.below(bad.len())].iter().copied());
+            Hostile {
+                kind: "invalid UTF-8",
+                raw: request("application/json", "", &body),
+                half_close: false,
+                allowed: &[400],
+            }
+        }
+        8 => {
+            let len = 1 + rng.below(3000);
+            Hostile {
+                kind: "not HTTP at all",
+                raw: rng.bytes(len),
+                half_close: true,
+                allowed: &[400, 0],
+            }
+        }
+        9 => {
+            let raw = format!(
+                "POST /mcp/sendit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\nMcp-Session-Id: {session}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}\r\n{valid}\r\n0\r\n\r\n",
+                ["zz", "-5", "ffffffffffffffffffff", "1;ext=\u{0}"][rng.below(4)]
+            );
+            Hostile {
+                kind: "bad chunked encoding",
+                raw: raw.into_bytes(),
+                half_close: true,
+                allowed: &[400, 0],
+            }
+        }
+        _ => {
+            let raw = format!(
+                "POST /mcp/sendit HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\nMcp-Session-Id: {session}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{valid}",
+                1u64 << (40 + rng.below(20))
+            );
+            Hostile {
+                kind: "absurd Content-Length",
+                raw: raw.into_bytes(),
+                half_close: true,
+                allowed: &[413],
+            }
+        }
+    }
+}
+
+/// Sends `raw` and reads whatever comes back (status 0: the gateway closed without answering).
+fn send_hostile(addr: SocketAddr, h: &Hostile) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // The gateway may answer (413, 431) and close before it has read everything.
+    let _ = stream.write_all(&h.raw);
+    if h.half_close {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: Vec::new(),
+        body: body.to_owned(),
+    }
+}
+
+#[test]
+fn a_storm_of_hostile_requests_gets_clear_refusals_and_a_normal_client_is_still_served() {
+    let gw = start_gateway("");
+    let addr = gw.addr;
+    let session = initialize(addr, "sendit", "2025-06-18");
+    let seed: u64 = std::env::var("TOOLGATE_STRESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7001_6a7e);
+    eprintln!("hostile storm seed {seed} (TOOLGATE_STRESS_SEED replays it)");
+
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let session = session.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed.wrapping_add(t).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+                let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+                for n in 0..250 {
+                    let h = hostile(&mut rng, addr.port(), &session);
+                    let reply = send_hostile(addr, &h);
+                    assert!(
+                        h.allowed.contains(&reply.status),
+                        "thread {t} request {n} ({}): status {} not in {:?}; body {:?}",
+                        h.kind,
+                        reply.status,
+                        h.allowed,
+                        reply.body
+                    );
+                    // A JSON-RPC refusal says what was wrong.
+                    if reply.status == 400 && reply.body.trim_start().starts_with('{') {
+                        let v = reply.json();
+                        let message = v["error"]["message"].as_str().unwrap_or_default();
+                        assert!(
+                            !message.is_empty(),
+                            "{} refused without a reason: {v}",
+                            h.kind
+                        );
+                    }
+                    *kinds.entry(h.kind).or_default() += 1;
+                }
+                kinds
+            })
+        })
+        .collect();
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for thread in threads {
+        for (kind, n) in thread.join().expect("a storm thread failed") {
+            *kinds.entry(kind).or_default() += n;
+        }
+    }
+    assert_eq!(
+        kinds.len(),
+        11,
+        "every kind of hostile request was sent: {kinds:?}"
+    );
+
+    // The gateway is still there, and serves a normal client correctly.
+    let mut gw = gw;
+    assert!(gw.child.try_wait().unwrap().is_none(), "the gateway exited");
+    let fresh = initialize(addr, "sendit", "2025-06-18");
+    for (id, session) in [(21, &session), (22, &fresh)] {
+        let v = call(addr, session, id, "list_contacts", json!({})).json();
+        assert_eq!(v["id"], id);
+        assert!(v["result"]["content"].is_array(), "{v}");
+        assert_ne!(v["result"]["isError"], true, "{v}");
+    }
+    let log = std::fs::read_to_string(gw.dir.0.join("gateway.log")).unwrap();
+    assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
 }
