@@ -12,7 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -128,6 +133,94 @@ def start_redis(procs: Procs, port: int | None = None, name: str = "redis") -> t
     url = f"redis://127.0.0.1:{port}"
     wait_tcp(f"http://127.0.0.1:{port}", proc)
     return url, proc
+
+
+def redis_command(url: str, *args: str) -> Any:
+    """One Redis command over RESP (no client library needed); returns the decoded reply:
+    str, int, None or a list of them."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port or 6379), timeout=5) as sock:
+        request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        sock.sendall(request.encode())
+        reader = sock.makefile("rb")
+
+        def reply() -> Any:
+            line = reader.readline().decode().rstrip("\r\n")
+            kind, rest = line[0], line[1:]
+            if kind == "+":
+                return rest
+            if kind == "-":
+                raise RuntimeError(f"redis: {rest}")
+            if kind == ":":
+                return int(rest)
+            if kind == "$":
+                return None if rest == "-1" else reader.read(int(rest) + 2)[:-2].decode()
+            if kind == "*":
+                return None if rest == "-1" else [reply() for _ in range(int(rest))]
+            raise RuntimeError(f"redis: unexpected reply {line!r}")
+
+        return reply()
+
+
+def _postgres_bindir() -> Path:
+    """Where initdb and postgres are: $TOOLGATE_POSTGRES_BINDIR, `pg_config --bindir`, or the
+    newest /usr/lib/postgresql/*/bin (Debian's layout, which .ci/setup installs)."""
+    if env := os.environ.get("TOOLGATE_POSTGRES_BINDIR"):
+        return Path(env)
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                        if p.parent.name.isdigit() else 0, reverse=True)
+    if pg_config := _which("pg_config"):
+        done = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if done.returncode == 0:
+            candidates.insert(0, Path(done.stdout.strip()))
+    for candidate in candidates:
+        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
+            return candidate
+    pytest.fail("no PostgreSQL server binaries (initdb, postgres) found; set TOOLGATE_POSTGRES_BINDIR")
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL cluster of the test's own (initdb in a scratch directory, trust
+    auth, fsync off), so it can be stopped and started again under a gateway without
+    disturbing the shared one. PostgreSQL refuses to run as root: as root, it runs as the
+    `postgres` user. `close()` removes the cluster."""
+
+    def __init__(self, procs: Procs, name: str = "postgres-private") -> None:
+        self.procs, self.name = procs, name
+        self.bindir = _postgres_bindir()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.dir = Path(tempfile.mkdtemp(prefix="toolgate-pg-"))
+        if self.as_user:
+            shutil.chown(self.dir, "postgres")
+        self.data = self.dir / "data"
+        done = subprocess.run([*self.as_user, str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust",
+                               "-U", "toolgate", "--no-sync", "-E", "UTF8"],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            pytest.fail(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        self.port = free_port()
+        self.url = f"postgres://toolgate@127.0.0.1:{self.port}/postgres"
+        self.proc: Proc | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        """Starts the server on its port (again, after `stop`)."""
+        self.starts += 1
+        self.proc = self.procs.start(f"{self.name}-{self.starts}", [
+            *self.as_user, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+            "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        wait_tcp(f"http://127.0.0.1:{self.port}", self.proc)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): open transactions are rolled back, clients disconnected."""
+        assert self.proc is not None
+        self.proc.signal_group(signal.SIGINT)
+        self.proc.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.proc.poll() is None:
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def start_everything_http(procs: Procs) -> str:

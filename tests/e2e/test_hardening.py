@@ -6,11 +6,18 @@
   the next call on the same session works.
 - SIGTERM drains a call in flight: it gets its answer, the gateway exits 0, and the audit
   log holds the call with its outcome.
+- PostgreSQL (cluster audit log) stopped and started again under a steady load: calls are
+  refused with a message naming the audit log while it is down and never reach the
+  upstream; the gateway recovers by itself; every call that ran is in the audit log with its
+  outcome, and the Redis counter holds exactly the calls that ran.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -19,16 +26,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import MCPError
 
 from e2e_helpers import (
+    PrivatePostgres,
     Procs,
     RawSession,
     assert_allowed,
     gateway_binary,
     http_client,
     py_upstream_stdio_argv,
+    redis_command,
     run,
     start_gateway_config,
     start_py_upstream_http,
@@ -36,6 +46,7 @@ from e2e_helpers import (
 )
 
 TOKEN = "tg-e2e-hardening-grant-token-0123456789"
+SHARED_REDIS = os.environ.get("TOOLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 ALLOW_ALL = {"version": "1", "default": "allow"}
 
 
@@ -132,3 +143,125 @@ policies = {{ up = "allow.json" }}
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["decision"], r["upstream_status"]) for r in records] == [("allow", "ok")], records
+
+
+@pytest.fixture
+def private_postgres(procs: Procs) -> Any:
+    pg = PrivatePostgres(procs)
+    yield pg
+    pg.close()
+
+
+def test_postgres_stopped_and_restarted_under_load_loses_nothing(procs: Procs, tmp_path: Path,
+                                                                 private_postgres: PrivatePostgres) -> None:
+    """Six clients call `record_run` in a loop through a cluster-mode gateway (audit log in a
+    private PostgreSQL, counters in Redis) while PostgreSQL is stopped (fast shutdown) and
+    started again. Every call either ran or was refused naming the audit log; no refused call
+    reached the upstream; calls run again without a gateway restart; every call that ran has
+    its audit record with outcome `ok`; a refused call has none, or one whose outcome says it
+    was not sent; and the counter holds exactly the calls that ran."""
+    pg = private_postgres
+    pg.start()
+    counter = f"pg-outage-{secrets.token_hex(4)}"
+    ran_file = tmp_path / "ran.txt"
+    upstream = start_py_upstream_http(procs, name="py_upstream-pg-outage", ran_file=ran_file)[0]
+    policy = {"version": "1", "default": "deny", "tools": {"record_run": {"limits": [
+        {"counter": counter, "window": "hour", "max": 1_000_000, "scope": "global"}]}}}
+    config = f"""
+[gateway]
+
+[store]
+postgres_url = "{pg.url}"
+redis_url = "{SHARED_REDIS}"
+
+[servers.py]
+url = "{upstream}"
+
+[[grants]]
+name = "outage"
+token = "{TOKEN}"
+policies = {{ py = "policy.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": policy},
+                              name="toolgate-hardening-pg")
+    outcomes: dict[str, str] = {}
+    phase = {"now": "before"}
+    refused_in: dict[str, int] = {"before": 0, "down": 0, "after": 0}
+
+    async def worker(i: int, stop: anyio.Event) -> None:
+        async with http_client(gw.server_url("py"), TOKEN, timeout=20) as client:
+            n = 0
+            while not stop.is_set():
+                tag = f"w{i}-{n}"
+                n += 1
+                try:
+                    result = await client.call_tool("record_run", {"tag": tag})
+                    outcomes[tag] = "ran" if not result.is_error else f"tool error: {result}"
+                except MCPError as e:
+                    if "audit log unavailable, so the request was not forwarded" in str(e):
+                        outcomes[tag] = "refused"
+                        refused_in[phase["now"]] += 1
+                    else:
+                        outcomes[tag] = f"unexpected error: {e}"
+
+    def ran_count() -> int:
+        return sum(1 for o in outcomes.values() if o == "ran")
+
+    async def body() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(worker, i, stop)
+            await anyio.sleep(1.5)
+            assert ran_count() > 0, outcomes
+            phase["now"] = "down"
+            await anyio.to_thread.run_sync(pg.stop)
+            await anyio.sleep(2.5)
+            await anyio.to_thread.run_sync(pg.start)
+            phase["now"] = "after"
+            ran_at_restart = ran_count()
+            deadline = time.monotonic() + 20
+            while ran_count() < ran_at_restart + 20:
+                assert time.monotonic() < deadline, f"no recovery within 20 s: {refused_in}"
+                await anyio.sleep(0.2)
+            stop.set()
+
+    run(body, timeout=90)
+    unexpected = {tag: o for tag, o in outcomes.items() if o not in ("ran", "refused")}
+    assert not unexpected, unexpected
+    assert refused_in["down"] > 0, f"the outage was never felt: {refused_in}"
+    ran = ran_file.read_text().split()
+    assert len(ran) == len(set(ran)), "a call ran twice"
+    assert set(ran) == {tag for tag, o in outcomes.items() if o == "ran"}, "a refused call reached the upstream"
+
+    def sha(tag: str) -> str:
+        text = json.dumps({"tag": tag}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    by_sha = {sha(tag): tag for tag in outcomes}
+    # Outcomes ride along with later commits (or the periodic flush): poll until every call
+    # that ran has one.
+    deadline = time.monotonic() + 15
+    while True:
+        done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--grant", "outage",
+                               "--tool", "record_run", "--config", str(tmp_path / "toolgate.toml")],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        status = {by_sha[r["args_sha256"]]: r["upstream_status"] for r in records}
+        if all(status.get(tag) == "ok" for tag in ran):
+            break
+        missing = [tag for tag in ran if status.get(tag) != "ok"]
+        assert time.monotonic() < deadline, f"calls that ran lack their audit outcome: {missing[:10]}"
+        time.sleep(0.5)
+    assert len(records) == len(status), "a call was recorded twice"
+    for tag, outcome in status.items():
+        if outcomes[tag] == "refused":
+            # Its record may have been committed just as PostgreSQL went away (the COMMIT's
+            # answer lost): then its outcome says it was never sent.
+            assert outcome == "not_sent", (tag, outcome)
+    key = f"toolgate:counter:{{global\x1f{counter}}}:sum"
+    total = float(redis_command(SHARED_REDIS, "HGET", key, "s") or 0)
+    assert total == len(ran), f"counter {total}, calls that ran {len(ran)}"
+    print(f"ran {len(ran)}, refused {refused_in}, records {len(records)}, "
+          f"not_sent {sum(1 for o in status.values() if o == 'not_sent')}")
