@@ -120,16 +120,20 @@ def start_attack_server(procs: Procs, role: str, *extra: str, name: str | None =
     return proc.wait_for(ready_url)
 
 
-def start_redis(procs: Procs, port: int | None = None, name: str = "redis") -> tuple[str, Proc]:
-    """A private, throw-away redis-server (no persistence) on `port` (default: a free one),
-    managed by `procs`; returns (its redis:// URL, proc). Start it again on the same port to
-    simulate a Redis that comes back."""
+def start_redis(procs: Procs, port: int | None = None, name: str = "redis",
+                persist_dir: Path | None = None) -> tuple[str, Proc]:
+    """A private, throw-away redis-server on `port` (default: a free one), managed by
+    `procs`; returns (its redis:// URL, proc). Start it again on the same port to simulate a
+    Redis that comes back: empty, or with `persist_dir` (append-only file, fsync on every
+    write) holding what it had."""
     binary = os.environ.get("TOOLGATE_REDIS_SERVER") or _which("redis-server")
     if not binary:
         pytest.fail("redis-server is not on PATH (set TOOLGATE_REDIS_SERVER, or run .ci/setup)")
     port = port or free_port()
+    persistence = ["--appendonly", "no"] if persist_dir is None else [
+        "--appendonly", "yes", "--appendfsync", "always", "--dir", str(persist_dir)]
     proc = procs.start(name, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--daemonize", "no"])
+                              *persistence, "--daemonize", "no"])
     url = f"redis://127.0.0.1:{port}"
     wait_tcp(f"http://127.0.0.1:{port}", proc)
     return url, proc

@@ -6,22 +6,22 @@
   the next call on the same session works.
 - SIGTERM drains a call in flight: it gets its answer, the gateway exits 0, and the audit
   log holds the call with its outcome.
-- PostgreSQL (cluster audit log) stopped and started again under a steady load: calls are
-  refused with a message naming the audit log while it is down and never reach the
+- PostgreSQL (cluster audit log), then Redis (counters), stopped and started again under a
+  steady load: calls are refused with a message naming what is down and never reach the
   upstream; the gateway recovers by itself; every call that ran is in the audit log with its
-  outcome, and the Redis counter holds exactly the calls that ran.
+  outcome, and the counter holds exactly the calls that ran.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,15 +38,16 @@ from e2e_helpers import (
     gateway_binary,
     http_client,
     py_upstream_stdio_argv,
+    free_port,
     redis_command,
     run,
     start_gateway_config,
     start_py_upstream_http,
+    start_redis,
     started_lazily,
 )
 
 TOKEN = "tg-e2e-hardening-grant-token-0123456789"
-SHARED_REDIS = os.environ.get("TOOLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 ALLOW_ALL = {"version": "1", "default": "allow"}
 
 
@@ -152,19 +153,25 @@ def private_postgres(procs: Procs) -> Any:
     pg.close()
 
 
-def test_postgres_stopped_and_restarted_under_load_loses_nothing(procs: Procs, tmp_path: Path,
-                                                                 private_postgres: PrivatePostgres) -> None:
+def test_postgres_and_redis_stopped_and_restarted_under_load_lose_nothing(
+        procs: Procs, tmp_path: Path, private_postgres: PrivatePostgres) -> None:
     """Six clients call `record_run` in a loop through a cluster-mode gateway (audit log in a
-    private PostgreSQL, counters in Redis) while PostgreSQL is stopped (fast shutdown) and
-    started again. Every call either ran or was refused naming the audit log; no refused call
-    reached the upstream; calls run again without a gateway restart; every call that ran has
-    its audit record with outcome `ok`; a refused call has none, or one whose outcome says it
-    was not sent; and the counter holds exactly the calls that ran."""
+    private PostgreSQL, counters in a private Redis that persists) while PostgreSQL is
+    stopped (fast shutdown) and started again, and then Redis. Every call either ran or was
+    refused: naming the audit log while PostgreSQL was down, naming the counter store while
+    Redis was; no refused call reached the upstream; calls run again without a gateway
+    restart; every call that ran has its audit record with outcome `ok`, and a refused one
+    has none or one whose outcome says it was not sent; the counter, which outlived its
+    Redis' restart, holds exactly the calls that ran."""
     pg = private_postgres
     pg.start()
-    counter = f"pg-outage-{secrets.token_hex(4)}"
+    redis_port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    redis_url, redis = start_redis(procs, port=redis_port, name="redis-outage", persist_dir=redis_dir)
+    counter = f"outage-{secrets.token_hex(4)}"
     ran_file = tmp_path / "ran.txt"
-    upstream = start_py_upstream_http(procs, name="py_upstream-pg-outage", ran_file=ran_file)[0]
+    upstream = start_py_upstream_http(procs, name="py_upstream-outage", ran_file=ran_file)[0]
     policy = {"version": "1", "default": "deny", "tools": {"record_run": {"limits": [
         {"counter": counter, "window": "hour", "max": 1_000_000, "scope": "global"}]}}}
     config = f"""
@@ -172,7 +179,7 @@ def test_postgres_stopped_and_restarted_under_load_loses_nothing(procs: Procs, t
 
 [store]
 postgres_url = "{pg.url}"
-redis_url = "{SHARED_REDIS}"
+redis_url = "{redis_url}"
 
 [servers.py]
 url = "{upstream}"
@@ -183,10 +190,10 @@ token = "{TOKEN}"
 policies = {{ py = "policy.json" }}
 """
     gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": policy},
-                              name="toolgate-hardening-pg")
+                              name="toolgate-hardening-outage")
     outcomes: dict[str, str] = {}
     phase = {"now": "before"}
-    refused_in: dict[str, int] = {"before": 0, "down": 0, "after": 0}
+    refused: Counter[tuple[str, str]] = Counter()  # (phase, by whom)
 
     async def worker(i: int, stop: anyio.Event) -> None:
         async with http_client(gw.server_url("py"), TOKEN, timeout=20) as client:
@@ -196,16 +203,44 @@ policies = {{ py = "policy.json" }}
                 n += 1
                 try:
                     result = await client.call_tool("record_run", {"tag": tag})
-                    outcomes[tag] = "ran" if not result.is_error else f"tool error: {result}"
                 except MCPError as e:
                     if "audit log unavailable, so the request was not forwarded" in str(e):
                         outcomes[tag] = "refused"
-                        refused_in[phase["now"]] += 1
+                        refused[(phase["now"], "audit")] += 1
                     else:
                         outcomes[tag] = f"unexpected error: {e}"
+                    continue
+                decision = (result.meta or {}).get("toolgate/decision")
+                if not result.is_error:
+                    outcomes[tag] = "ran"
+                elif decision and "counter store unavailable" in decision["message"]:
+                    outcomes[tag] = "refused"
+                    refused[(phase["now"], "counters")] += 1
+                else:
+                    outcomes[tag] = f"unexpected result: {result}"
 
     def ran_count() -> int:
         return sum(1 for o in outcomes.values() if o == "ran")
+
+    async def outage(name: str, stop_it: Callable[[], None], start_it: Callable[[], None]) -> None:
+        phase["now"] = f"{name} down"
+        await anyio.to_thread.run_sync(stop_it)
+        await anyio.sleep(2.5)
+        await anyio.to_thread.run_sync(start_it)
+        phase["now"] = f"after {name}"
+        ran_at_restart = ran_count()
+        deadline = time.monotonic() + 20
+        while ran_count() < ran_at_restart + 20:
+            assert time.monotonic() < deadline, f"no recovery within 20 s of {name} coming back: {refused}"
+            await anyio.sleep(0.2)
+
+    def restart_redis() -> None:
+        nonlocal redis
+        redis = start_redis(procs, port=redis_port, name="redis-outage-again", persist_dir=redis_dir)[1]
+
+    def stop_redis() -> None:
+        redis.signal_group(signal.SIGTERM)  # saves nothing more: every write is already fsynced
+        redis.proc.wait(timeout=30)
 
     async def body() -> None:
         stop = anyio.Event()
@@ -214,22 +249,15 @@ policies = {{ py = "policy.json" }}
                 tg.start_soon(worker, i, stop)
             await anyio.sleep(1.5)
             assert ran_count() > 0, outcomes
-            phase["now"] = "down"
-            await anyio.to_thread.run_sync(pg.stop)
-            await anyio.sleep(2.5)
-            await anyio.to_thread.run_sync(pg.start)
-            phase["now"] = "after"
-            ran_at_restart = ran_count()
-            deadline = time.monotonic() + 20
-            while ran_count() < ran_at_restart + 20:
-                assert time.monotonic() < deadline, f"no recovery within 20 s: {refused_in}"
-                await anyio.sleep(0.2)
+            await outage("postgres", pg.stop, pg.start)
+            await outage("redis", stop_redis, restart_redis)
             stop.set()
 
-    run(body, timeout=90)
+    run(body, timeout=120)
     unexpected = {tag: o for tag, o in outcomes.items() if o not in ("ran", "refused")}
     assert not unexpected, unexpected
-    assert refused_in["down"] > 0, f"the outage was never felt: {refused_in}"
+    assert refused[("postgres down", "audit")] > 0, f"the PostgreSQL outage was never felt: {refused}"
+    assert refused[("redis down", "counters")] > 0, f"the Redis outage was never felt: {refused}"
     ran = ran_file.read_text().split()
     assert len(ran) == len(set(ran)), "a call ran twice"
     assert set(ran) == {tag for tag, o in outcomes.items() if o == "ran"}, "a refused call reached the upstream"
@@ -257,11 +285,11 @@ policies = {{ py = "policy.json" }}
     assert len(records) == len(status), "a call was recorded twice"
     for tag, outcome in status.items():
         if outcomes[tag] == "refused":
-            # Its record may have been committed just as PostgreSQL went away (the COMMIT's
-            # answer lost): then its outcome says it was never sent.
-            assert outcome == "not_sent", (tag, outcome)
+            # Refused by the counter store: recorded as a denial, never forwarded. Refused for
+            # the audit log: its record may have been committed just as PostgreSQL went away
+            # (the COMMIT's answer lost); then its outcome says it was never sent.
+            assert outcome in (None, "not_sent"), (tag, outcome)
     key = f"toolgate:counter:{{global\x1f{counter}}}:sum"
-    total = float(redis_command(SHARED_REDIS, "HGET", key, "s") or 0)
+    total = float(redis_command(redis_url, "HGET", key, "s") or 0)
     assert total == len(ran), f"counter {total}, calls that ran {len(ran)}"
-    print(f"ran {len(ran)}, refused {refused_in}, records {len(records)}, "
-          f"not_sent {sum(1 for o in status.values() if o == 'not_sent')}")
+    print(f"ran {len(ran)}, refused {dict(refused)}, records {len(records)}")
