@@ -170,6 +170,13 @@ impl Auditor {
         );
     }
 
+    /// Queues admin events (a reload's): they go with the next commit, like outcomes.
+    pub(crate) fn record_admin(&self, events: Vec<AuditEntry>) {
+        if !events.is_empty() {
+            self.log.append_later(events);
+        }
+    }
+
     /// Writes queued entries; a failure is logged (nobody is waiting for them) once, and
     /// so is the recovery. Queued entries are kept for the next flush meanwhile.
     pub(crate) async fn flush(&self) {

@@ -89,6 +89,12 @@ impl Catalogue {
         listing.fetched = None;
     }
 
+    /// The names of every tool seen in the last listing (none before the first), fresh or
+    /// not: what a client may have been shown.
+    pub fn known_tools(&self) -> Vec<String> {
+        self.listing().tools.keys().cloned().collect()
+    }
+
     /// What the listing says of `tool`, if it can be trusted without fetching.
     fn cached(&self, tool: &str) -> Option<Lookup> {
         let listing = self.listing();

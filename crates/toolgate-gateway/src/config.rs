@@ -356,6 +356,9 @@ pub struct Settings {
     pub withhold_flagged: bool,
     /// Warnings to log at start-up (e.g. clear-text tokens).
     pub warnings: Vec<String>,
+    /// The file these settings were read from (none in quick mode): a live reload reads it
+    /// again.
+    pub config_path: Option<PathBuf>,
 }
 
 impl Settings {
@@ -383,6 +386,7 @@ impl Settings {
             withhold_new_tools: false,
             approvals_webhook: None,
             warnings: Vec::new(),
+            config_path: None,
         }
     }
 }
@@ -786,7 +790,9 @@ pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors(vec![format!("{file}: cannot read: {e}")]))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    from_toml(&file, &text, &base, &env_lookup)
+    let mut settings = from_toml(&file, &text, &base, &env_lookup)?;
+    settings.config_path = Some(path.to_path_buf());
+    Ok(settings)
 }
 
 /// Validates configuration text; `base` resolves relative paths.

@@ -77,13 +77,16 @@ impl GrantSpec {
 /// mode, PostgreSQL — read again as soon as they change.
 #[derive(Debug)]
 pub struct Grants {
-    /// The configuration's grants by token hash; they never change while the gateway runs.
-    configured: HashMap<[u8; 32], Arc<GrantSpec>>,
+    /// The configuration's grants by token hash (swapped whole by a live reload).
+    configured: RwLock<Arc<Configured>>,
     /// Where minted grants are read from, if anywhere.
     minted: Option<Minted>,
     /// Configured and minted grants (swapped whole on a reload).
     index: RwLock<Arc<Index>>,
 }
+
+/// The configuration's grants by SHA-256 of their token.
+type Configured = HashMap<[u8; 32], Arc<GrantSpec>>;
 
 /// The source of minted grants.
 #[derive(Debug)]
@@ -144,19 +147,47 @@ const RELOAD_EVERY: Duration = Duration::from_secs(5);
 impl Grants {
     /// The configuration's `grants` only.
     pub fn new(grants: Vec<GrantSpec>) -> Self {
-        let configured: HashMap<[u8; 32], Arc<GrantSpec>> = grants
-            .into_iter()
-            .map(|g| (g.token_sha256, Arc::new(g)))
-            .collect();
+        let configured = by_token(grants);
         let index = Index {
             by_token: configured.clone(),
             minted_unreadable: None,
         };
         Grants {
-            configured,
+            configured: RwLock::new(Arc::new(configured)),
             minted: None,
             index: RwLock::new(Arc::new(index)),
         }
+    }
+
+    /// The configuration's grants now.
+    pub fn configured(&self) -> Vec<Arc<GrantSpec>> {
+        let mut all: Vec<Arc<GrantSpec>> = self.configured_ref().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Puts `grants` in place of the configuration's grants (a live reload): the next
+    /// request authenticates against them. Minted grants are read again too, since which of
+    /// them a configured name shadows may have changed.
+    pub async fn replace_configured(&self, grants: Vec<GrantSpec>) {
+        *self.configured.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(by_token(grants));
+        let index = match &self.minted {
+            Some(minted) => {
+                // Held so that no request rebuilds the index from the old grants meanwhile.
+                let mut loaded_at = minted.loaded_at.lock().await;
+                *loaded_at = (minted.changes.look(), Instant::now());
+                self.build_index().await
+            }
+            None => Index {
+                by_token: (*self.configured_ref()).clone(),
+                minted_unreadable: None,
+            },
+        };
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+    }
+
+    fn configured_ref(&self) -> Arc<Configured> {
+        Arc::clone(&self.configured.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The configuration's `grants` and those minted into the embedded `store`, which
@@ -215,7 +246,7 @@ impl Grants {
             GatewayError::unauthorized("Authorization header must be \"Bearer <token>\"")
         })?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let grant = match self.configured.get(&digest) {
+        let grant = match self.configured_ref().get(&digest) {
             Some(grant) => Arc::clone(grant),
             None => {
                 let index = self.current().await;
@@ -276,7 +307,8 @@ impl Grants {
     /// The configured grants plus the minted ones that are active; a minted grant named
     /// like a configured one is skipped (the configuration wins), with a warning.
     async fn build_index(&self) -> Index {
-        let mut by_token = self.configured.clone();
+        let configured = self.configured_ref();
+        let mut by_token = (*configured).clone();
         let Some(minted) = &self.minted else {
             return Index {
                 by_token,
@@ -295,7 +327,7 @@ impl Grants {
         };
         let mut compiled = minted.compiled.lock().unwrap_or_else(|e| e.into_inner());
         for grant in stored.iter().filter(|g| g.revoked_ts.is_none()) {
-            if self.configured.values().any(|c| c.name == grant.name) {
+            if configured.values().any(|c| c.name == grant.name) {
                 tracing::warn!(grant = %grant.name, "a minted grant has the name of a configured one; the configured one applies");
                 continue;
             }
@@ -311,6 +343,13 @@ impl Grants {
             minted_unreadable: None,
         }
     }
+}
+
+fn by_token(grants: Vec<GrantSpec>) -> Configured {
+    grants
+        .into_iter()
+        .map(|g| (g.token_sha256, Arc::new(g)))
+        .collect()
 }
 
 /// The token of an `Authorization: Bearer <token>` header value (the scheme in either

@@ -25,6 +25,7 @@ pub mod oauth;
 pub mod pins;
 mod proxy;
 pub mod quota;
+mod reload;
 pub mod scan;
 pub mod session;
 pub mod stdio_upstream;
@@ -159,9 +160,17 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// Flushed last.
     auditor: Arc<audit::Auditor>,
+    /// Wakes the reloader (SIGHUP).
+    reload_now: Arc<tokio::sync::Notify>,
 }
 
 impl Running {
+    /// Reads the configuration and policy files again now (SIGHUP), as the reloader does by
+    /// itself when one of them changes; see [`reload`](crate::reload).
+    pub fn reload(&self) {
+        self.reload_now.notify_one();
+    }
+
     /// Stops accepting, drains in-flight requests, stops stdio children, and returns.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
@@ -461,6 +470,11 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         Arc::clone(&gateway),
         shutdown_rx.clone(),
     )));
+    let reload_now = Arc::new(tokio::sync::Notify::new());
+    tasks.push(tokio::spawn(
+        reload::Reloader::new(Arc::clone(&gateway))
+            .run(Arc::clone(&reload_now), shutdown_rx.clone()),
+    ));
     let auditor = Arc::clone(&gateway.auditor);
     tasks.push(tokio::spawn(front::serve(gateway, listener, shutdown_rx)));
     Ok(Running {
@@ -468,5 +482,6 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         shutdown,
         tasks,
         auditor,
+        reload_now,
     })
 }

@@ -1129,7 +1129,7 @@ impl Gateway {
                     )
                     .await;
                 Ok(match upstream {
-                    Ok(r) => relay_raw(r, Some(&session.id)),
+                    Ok(r) => relay_get(r, &session, server.spec.max_message_bytes),
                     Err(e) => bad_gateway(e),
                 })
             }
@@ -1293,6 +1293,83 @@ fn copy_relayed(from: &HeaderMap, to: &mut HeaderMap) {
 /// Passes an upstream response through untouched (status, body streamed as it arrives).
 fn relay_raw(upstream: Response<Incoming>, session: Option<&str>) -> Response<Body> {
     relay(upstream, session, None)
+}
+
+/// An HTTP upstream's GET stream for `session`, relayed byte for byte, with the gateway's
+/// own notifications to the session ([`Session::notify`]) slipped in between its events.
+fn relay_get(
+    upstream: Response<Incoming>,
+    session: &Session,
+    max_event_bytes: usize,
+) -> Response<Body> {
+    if !upstream.status().is_success() || !http_upstream::is_sse(upstream.headers()) {
+        return relay_raw(upstream, Some(&session.id));
+    }
+    let (parts, incoming) = upstream.into_parts();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(merge_notices(
+        incoming,
+        session.relayed_notices(),
+        tx,
+        max_event_bytes,
+    ));
+    let mut response = Response::new(body::channel(rx));
+    *response.status_mut() = parts.status;
+    copy_relayed(&parts.headers, response.headers_mut());
+    set_session_header(&mut response, &session.id);
+    response
+}
+
+/// Feeds `tx` with the upstream's stream as it comes and, where it is between events, with
+/// the notices (as events without an id, which leave the client's `Last-Event-ID` — the
+/// upstream's — alone). An upstream event past `max_event_bytes` ends the tracking of
+/// boundaries: the stream is still relayed, notices are dropped.
+async fn merge_notices(
+    mut incoming: Incoming,
+    mut notices: mpsc::UnboundedReceiver<Value>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    max_event_bytes: usize,
+) {
+    let mut decoder = Some(SseDecoder::new(max_event_bytes));
+    let mut waiting: Vec<Value> = Vec::new();
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            frame = incoming.frame() => {
+                let Some(Ok(frame)) = frame else { return };
+                let Ok(data) = frame.into_data() else { continue };
+                if let Some(d) = &mut decoder {
+                    if d.push(&data).is_err() {
+                        decoder = None;
+                        waiting.clear();
+                    }
+                }
+                if tx.send(data).is_err() {
+                    return;
+                }
+                if decoder.as_ref().is_some_and(SseDecoder::at_boundary) {
+                    for notice in waiting.drain(..) {
+                        let _ = tx.send(sse::encode_message(None, &notice.to_string()));
+                    }
+                }
+            }
+            // The client left: dropping the upstream stream ends it.
+            _ = tx.closed() => return,
+            notice = notices.recv(), if listening => match notice {
+                Some(notice) => match decoder.as_ref().map(SseDecoder::at_boundary) {
+                    Some(true) => {
+                        let event = sse::encode_message(None, &notice.to_string());
+                        if tx.send(event).is_err() {
+                            return;
+                        }
+                    }
+                    Some(false) => waiting.push(notice),
+                    None => {}
+                },
+                None => listening = false,
+            },
+        }
+    }
 }
 
 /// Changes the gateway must make to an upstream answer.

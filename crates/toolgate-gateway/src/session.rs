@@ -37,6 +37,9 @@ pub struct Session {
     /// Requests the gateway itself sent the client (an approval question), by JSON-RPC id,
     /// waiting for the client's answer.
     asked: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    /// GET streams relayed from an HTTP upstream, waiting for notifications of the
+    /// gateway's own to slip in (see [`Session::notify`]).
+    relayed: Mutex<Vec<mpsc::UnboundedSender<Value>>>,
 }
 
 /// The SSE streams of a session.
@@ -95,7 +98,29 @@ impl Session {
             events: Mutex::new(log),
             last_active: Mutex::new(Instant::now()),
             asked: Mutex::default(),
+            relayed: Mutex::default(),
         }
+    }
+
+    /// Sends a notification of the gateway's own (a policy reload's
+    /// `notifications/tools/list_changed`) to the client: on the GET stream the gateway
+    /// serves, or, for an HTTP upstream, into the GET streams relayed from it.
+    pub fn notify(&self, message: &Value) {
+        self.push(None, message);
+        self.relayed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|tx| tx.send(message.clone()).is_ok());
+    }
+
+    /// What [`Session::notify`] sends, for a GET stream relayed from an HTTP upstream.
+    pub fn relayed_notices(&self) -> mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.relayed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
     }
 
     /// What the store keeps of this session.

@@ -94,6 +94,12 @@ impl SseDecoder {
         Ok(out)
     }
 
+    /// Whether the bytes pushed so far end between events (no line or event begun): where
+    /// a relay may slip in an event of its own without splitting one of the stream's.
+    pub fn at_boundary(&self) -> bool {
+        self.line.is_empty() && !self.has_field
+    }
+
     /// Ends the stream: an unterminated final event is discarded, as the SSE rules say.
     pub fn finish(&mut self) {
         self.line.clear();
@@ -202,6 +208,27 @@ mod tests {
             out.extend(d.push(c).unwrap());
         }
         out
+    }
+
+    #[test]
+    fn knows_when_it_is_between_events() {
+        let mut d = SseDecoder::new(1 << 20);
+        assert!(d.at_boundary());
+        for (chunk, between) in [
+            (&b"id: 1\nda"[..], false),
+            (b"ta: x\n", false),
+            (b"\n", true),
+            (b": comment\n", true),
+            (b"data: y\r\n\r\n", true),
+        ] {
+            d.push(chunk).unwrap();
+            assert_eq!(
+                d.at_boundary(),
+                between,
+                "after {:?}",
+                String::from_utf8_lossy(chunk)
+            );
+        }
     }
 
     #[test]

@@ -275,14 +275,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
         let _ = out.flush();
         drop(out);
-        wait_for_signal().await;
+        wait_for_signal(&running).await;
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP meanwhile reloads the configuration and policies.
+async fn wait_for_signal(running: &toolgate_gateway::Running) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -290,13 +291,26 @@ async fn wait_for_signal() {
             Ok(s) => s,
             Err(_) => return std::future::pending().await,
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                Some(()) = async {
+                    match &mut hangup {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::info!("SIGHUP: reloading the configuration and policies");
+                    running.reload();
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = running;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

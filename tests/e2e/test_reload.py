@@ -1,0 +1,244 @@
+"""Live reload (issue 10; SPEC §3.6, §4): editing a policy file or the configuration takes
+effect on the next request, without a restart and without dropping sessions.
+
+- a policy file edited on disk is noticed (polled every second): the same open session — an
+  official Python SDK client — sees the new decisions and tool list at its next request;
+- counters survive: a limit's budget spent before the reload stays spent;
+- GET streams receive `notifications/tools/list_changed` when their session's visible
+  tools changed: one the gateway serves (stdio), one relayed from an HTTP upstream (the
+  notice slipped in between the upstream's events);
+- a broken policy file is rejected with its errors in the log (file and JSON Pointer) and in
+  the admin stream (`config_rejected`); the old version stays in force;
+- SIGHUP reloads at once, even an edit the poll cannot see (same size, old mtime);
+- a configuration edit adds and removes grants; a broken configuration keeps the old grants;
+- every change is in the admin stream as `policy_reloaded` with old and new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from mcp import MCPError
+
+from e2e_helpers import (
+    PY_UPSTREAM,
+    PYTHON,
+    Procs,
+    RawSession,
+    assert_allowed,
+    assert_denied,
+    assert_rate_limited,
+    assert_unknown_tool,
+    gateway_binary,
+    http_client,
+    iter_sse,
+    run,
+    start_gateway_config,
+    start_py_upstream_http,
+)
+
+ALICE = "tg-e2e-reload-alice-0123456789"
+BOB = "tg-e2e-reload-bob-0123456789"
+CAROL = "tg-e2e-reload-carol-0123456789"
+DAY_MS = 86_400_000
+
+
+def policy(*, hide: list[str], charge_max: int, adds: int = 3) -> dict[str, Any]:
+    return {"version": "1", "default": "deny", "hide": hide, "tools": {
+        "echo": {}, "filler_00": {},
+        "add": {"limits": [{"counter": "adds", "window": "day", "max": adds}]},
+        "charge": {"deny_if": [{"path": "args.amount", "op": "gt", "value": charge_max,
+                                "on_deny": f"over {charge_max}"}]},
+    }}
+
+
+def config_text(upstream: str, grants: dict[str, str]) -> str:
+    blocks = "".join(f"""
+[[grants]]
+name = "{name}"
+token = "{token}"
+policies = {{ http = "policy.json", stdio = "policy.json" }}
+""" for name, token in grants.items())
+    return f"""
+[gateway]
+
+[servers.http]
+url = "{upstream}"
+
+[servers.stdio]
+command = "{PYTHON}"
+args = ["{PY_UPSTREAM}", "--transport", "stdio"]
+{blocks}"""
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.1)
+
+
+def admin_events(data_dir: Path) -> list[dict[str, Any]]:
+    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--admin", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def listen(url: str) -> tuple[RawSession, list[dict[str, Any]]]:
+    """A new session of alice's whose GET stream's messages are collected as they come."""
+    session = RawSession(url, ALICE)
+    session.initialize()
+    notices: list[dict[str, Any]] = []
+    opened = threading.Event()
+
+    def read() -> None:
+        try:
+            with session.stream(timeout=60) as get:
+                opened.set()
+                for event in iter_sse(get):
+                    if event.data:
+                        notices.append(json.loads(event.data))
+        except httpx.HTTPError:
+            pass  # closed at the end of the test
+        finally:
+            opened.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert opened.wait(10), f"no GET stream from {url}"
+    return session, notices
+
+
+def test_policy_and_config_edits_apply_live_and_bad_ones_are_refused(procs: Procs, tmp_path: Path) -> None:
+    upstream = start_py_upstream_http(procs, name="py_upstream-reload")[0]
+    config = tmp_path / "toolgate.toml"
+    gw = start_gateway_config(procs, tmp_path, config_text(upstream, {"alice": ALICE, "bob": BOB}),
+                              policies={"policy.json": policy(hide=[], charge_max=100)}, name="toolgate-reload")
+    data = tmp_path / "toolgate-reload-data"
+    policy_file = tmp_path / "policy.json"
+    http_url, stdio_url = gw.server_url("http"), gw.server_url("stdio")
+
+    # Sessions listening on their GET streams, for the gateway's own notification: one the
+    # gateway serves itself (stdio), one relayed from the HTTP upstream.
+    listeners = {"stdio": listen(stdio_url), "http": listen(http_url)}
+
+    async def body() -> None:
+        # One SDK session throughout: it must outlive every reload.
+        async with http_client(http_url, ALICE) as client:
+            assert_allowed(await client.call_tool("echo", {"text": "before"}))
+            assert_allowed(await client.call_tool("charge", {"amount": 50, "reason": "r"}))
+            for _ in range(2):
+                assert_allowed(await client.call_tool("add", {"a": 1, "b": 2}))
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert "echo" in names, names
+
+            # 1. An edit on disk: echo hidden, charges capped at 10.
+            policy_file.write_text(json.dumps(policy(hide=["echo"], charge_max=10)))
+
+            async def reloaded() -> bool:
+                try:
+                    await client.call_tool("echo", {"text": "probe"})
+                    return False
+                except MCPError as e:
+                    assert_unknown_tool(e, "echo")
+                    return True
+
+            deadline = time.monotonic() + 10
+            while not await reloaded():
+                assert time.monotonic() < deadline, "the edited policy did not apply within 10 s"
+                await anyio.sleep(0.2)
+            assert_denied(await client.call_tool("charge", {"amount": 50, "reason": "r"}),
+                          "/tools/charge/deny_if/args.amount-gt", "over 10")
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert "echo" not in names and "charge" in names, names
+            # Counters survive: 2 of 3 were spent before the reload.
+            assert_allowed(await client.call_tool("add", {"a": 1, "b": 2}))
+            assert_rate_limited(await client.call_tool("add", {"a": 1, "b": 2}), "/tools/add/limits/adds",
+                                "3", "day", "adds", DAY_MS)
+
+            # 2. A broken edit is refused; the version in force stays.
+            policy_file.write_text('{"version": "1", "default": "maybe", "tools": {}}')
+            wait_for("the rejection in the log", lambda: "default" in gw.proc.stderr()
+                     and "reload rejected" in gw.proc.stderr())
+            try:
+                await client.call_tool("echo", {"text": "still hidden"})
+                raise AssertionError("echo came back with a broken policy")
+            except MCPError as e:
+                assert_unknown_tool(e, "echo")
+            assert_denied(await client.call_tool("charge", {"amount": 50, "reason": "r"}),
+                          "/tools/charge/deny_if/args.amount-gt", "over 10")
+
+            # 3. SIGHUP reloads at once, even an edit the poll cannot see: same size, old mtime.
+            good = json.dumps(policy(hide=["echo"], charge_max=20))
+            policy_file.write_text(good)
+            await anyio.sleep(2.5)  # the poll takes this version
+            assert_denied(await client.call_tool("charge", {"amount": 50, "reason": "r"}),
+                          "/tools/charge/deny_if/args.amount-gt", "over 20")
+            stat = policy_file.stat()
+            policy_file.write_text(good.replace('"value": 20', '"value": 90').replace("over 20", "over 90"))
+            os.utime(policy_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            await anyio.sleep(2.5)
+            assert_denied(await client.call_tool("charge", {"amount": 95, "reason": "r"}),
+                          "/tools/charge/deny_if/args.amount-gt", "over 20")  # unseen by the poll
+            gw.proc.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while True:
+                result = await client.call_tool("charge", {"amount": 95, "reason": "r"})
+                if (result.meta or {}).get("toolgate/decision", {}).get("message") == "over 90":
+                    break
+                assert time.monotonic() < deadline, f"SIGHUP did not reload within 5 s: {result}"
+                await anyio.sleep(0.1)
+            assert_allowed(await client.call_tool("charge", {"amount": 80, "reason": "r"}))
+
+    run(body, timeout=90)
+
+    # Both GET streams were told their tool list changed (echo became hidden).
+    for server, (_, notices) in listeners.items():
+        wait_for(f"notifications/tools/list_changed on the {server} GET stream",
+                 lambda: {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"} in notices)
+
+    # 4. The configuration: carol added, bob removed.
+    def can_call(token: str) -> bool:
+        session = RawSession(http_url, token)
+        try:
+            r = session.client.post(http_url, headers=session.headers(), content=json.dumps(
+                {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "probe", "version": "0"}}}))
+            return r.status_code == 200
+        finally:
+            session.client.close()
+
+    assert can_call(BOB) and not can_call(CAROL)
+    config.write_text(config_text(upstream, {"alice": ALICE, "carol": CAROL}))
+    wait_for("carol admitted and bob refused", lambda: can_call(CAROL) and not can_call(BOB))
+    # A broken configuration keeps the grants in force.
+    config.write_text(config.read_text() + "\n[[grants]]\nname = 5\n")
+    wait_for("the broken configuration rejected", lambda: gw.proc.stderr().count("reload rejected") >= 2)
+    assert can_call(CAROL) and can_call(ALICE) and not can_call(BOB)
+    for session, _ in listeners.values():
+        session.close()
+
+    # 5. The admin stream: each policy change with its versions, each rejection with its errors.
+    events = admin_events(data)
+    reloaded = [e for e in events if e["action"] == "policy_reloaded"]
+    alice_http = [e["detail"] for e in reloaded if e["detail"]["grant"] == "alice" and e["detail"]["server"] == "http"]
+    assert len(alice_http) == 3, alice_http  # hide echo, max 20, max 90 (the broken one is not among them)
+    assert all(d["version"] and d["previous_version"] and d["version"] != d["previous_version"] for d in alice_http)
+    assert [alice_http[i]["version"] == alice_http[i + 1]["previous_version"] for i in range(2)] == [True, True]
+    added = [e["detail"] for e in reloaded if e["detail"]["grant"] == "carol"]
+    removed = [e["detail"] for e in reloaded if e["detail"]["grant"] == "bob" and e["detail"]["version"] is None]
+    assert len(added) == 2 and len(removed) == 2, reloaded
+    rejected = [e for e in events if e["action"] == "config_rejected"]
+    assert [Path(e["subject"]).name for e in rejected] == ["policy.json", "toolgate.toml"], rejected
+    assert any("/default" in error for error in rejected[0]["detail"]["errors"]), rejected[0]
