@@ -32,6 +32,7 @@
 
 mod approval;
 mod call;
+pub mod cases;
 mod compare;
 mod decision;
 mod document;

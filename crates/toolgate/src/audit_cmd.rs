@@ -342,7 +342,7 @@ pub(crate) fn shared_store(
 }
 
 /// The audit log being read.
-enum Reader {
+pub(crate) enum Reader {
     /// The embedded store.
     Embedded(Box<EmbeddedStore>),
     /// PostgreSQL, with the runtime its client needs.
@@ -351,7 +351,7 @@ enum Reader {
 
 impl Reader {
     /// Call records with their outcomes.
-    fn query(&self, filter: &AuditFilter) -> Result<Vec<MergedRecord>, StoreError> {
+    pub(crate) fn query(&self, filter: &AuditFilter) -> Result<Vec<MergedRecord>, StoreError> {
         match self {
             Reader::Embedded(store) => store.audit_query(filter),
             Reader::Postgres(log, runtime) => runtime.block_on(log.audit_query(filter)),
@@ -386,7 +386,7 @@ impl Reader {
 }
 
 /// Opens the existing audit log the command reads, refusing to create an embedded store.
-fn open_store(args: &StoreArgs) -> Result<Reader, Failure> {
+pub(crate) fn open_store(args: &StoreArgs) -> Result<Reader, Failure> {
     let dir = match location(args)? {
         Location::Embedded(dir) => dir,
         Location::Postgres(url) => {

@@ -5,6 +5,7 @@
 mod approvals_cmd;
 mod audit_cmd;
 mod grant_cmd;
+mod policy_cmd;
 mod scan_cmd;
 mod tools_cmd;
 
@@ -35,7 +36,7 @@ enum Command {
     Policy {
         /// What to do with policies.
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: policy_cmd::PolicyCommand,
     },
     /// Read the audit log: query, verify its hash chains, export, follow.
     Audit {
@@ -91,49 +92,16 @@ struct ServeArgs {
     command: Vec<String>,
 }
 
-/// `toolgate policy …`.
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Validate policy files, reporting every error with its JSON Pointer.
-    Check {
-        /// Policy files.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Policy {
-            command: PolicyCommand::Check { files },
-        } => policy_check(&files),
+        Command::Policy { command } => policy_cmd::run(command),
         Command::Serve(args) => serve(args),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Grant { command } => grant_cmd::run(command),
         Command::Scan(args) => scan_cmd::run(args),
         Command::Tools { command } => tools_cmd::run(command),
         Command::Approvals { command } => approvals_cmd::run(command),
-    }
-}
-
-fn policy_check(files: &[PathBuf]) -> ExitCode {
-    let mut ok = true;
-    for file in files {
-        match config::load_policy(file) {
-            Ok(p) => println!("{}: ok (version {})", file.display(), p.version),
-            Err(errors) => {
-                ok = false;
-                for e in errors {
-                    println!("{e}");
-                }
-            }
-        }
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 
