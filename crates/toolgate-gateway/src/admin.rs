@@ -168,7 +168,7 @@ impl Gateway {
 
     /// The holder of the admin token in `authorization`, compared in constant time against
     /// every holder (so the time taken does not tell how many there are before a match).
-    fn admin_of(&self, authorization: Option<&HeaderValue>) -> Option<&AdminSpec> {
+    pub(crate) fn admin_of(&self, authorization: Option<&HeaderValue>) -> Option<&AdminSpec> {
         let token = crate::grants::bearer_token(authorization?.to_str().ok()?)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
@@ -194,9 +194,10 @@ impl Gateway {
     }
 
     async fn list_grants(&self) -> Answer {
+        // The grants in force: a live reload may have changed the configuration's.
         let mut grants: Vec<Value> = self
-            .settings
             .grants
+            .configured()
             .iter()
             .map(|g| {
                 let policies: BTreeMap<&String, Value> = g

@@ -38,6 +38,8 @@ pub(crate) struct Auditor {
     /// blocking thread, not on a worker of the runtime (where, every 20 ms, it would hold
     /// up the requests queued behind it for as long as the commit takes).
     embedded: Option<Arc<toolgate_store::EmbeddedStore>>,
+    /// Where write failures are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A forwarded request whose outcome is still to be written.
@@ -49,6 +51,8 @@ pub(crate) struct Awaiting {
     pub(crate) request_id: String,
     /// When it was decided (latency is measured from here).
     pub(crate) started: Instant,
+    /// Its server's metrics, where its outcome and duration are counted.
+    pub(crate) server: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl Auditor {
@@ -58,7 +62,13 @@ impl Auditor {
             settings,
             flush_failing: AtomicBool::new(false),
             embedded: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The same auditor, counting write failures in `metrics`.
+    pub(crate) fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Auditor { metrics, ..self }
     }
 
     /// An auditor writing to the embedded store `store` (flushed on a blocking thread).
@@ -141,7 +151,9 @@ impl Auditor {
     /// Writes `entries`, returning once they are durable; a failure is the gateway's, and
     /// says that the audit log could not be written.
     pub(crate) async fn write(&self, entries: &[AuditEntry]) -> Result<(), GatewayError> {
-        self.log.append(entries).await.map_err(|e| {
+        let written = self.log.append(entries).await;
+        self.metrics.audit_written(written.is_ok());
+        written.map_err(|e| {
             tracing::error!(target: "toolgate::audit", "audit log unavailable: {e}");
             GatewayError::internal(format!(
                 "audit log unavailable, so the request was not forwarded: {e}"
@@ -161,6 +173,9 @@ impl Auditor {
     pub(crate) fn finish_all(&self, awaiting: &[Awaiting], upstream_status: &str) {
         if awaiting.is_empty() {
             return;
+        }
+        for one in awaiting {
+            one.server.finished(upstream_status, one.started.elapsed());
         }
         self.log.append_later(
             awaiting

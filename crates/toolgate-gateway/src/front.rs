@@ -189,6 +189,7 @@ impl Gateway {
         let path = request.uri().path().to_owned();
         match path.as_str() {
             "/healthz" => body::text(StatusCode::OK, "ok\n"),
+            "/metrics" => self.metrics_page(request.headers(), peer).await,
             "/readyz" => {
                 if self.ready() {
                     body::text(StatusCode::OK, "ready\n")
@@ -224,6 +225,45 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// `/metrics` (Prometheus text format). With admin tokens configured it takes one, of
+    /// any role (it shows server names and rule ids, no grants or arguments); without, it is
+    /// open like `/healthz`: the gateway listens on loopback unless told otherwise.
+    async fn metrics_page(&self, headers: &http::HeaderMap, peer: IpAddr) -> Response<Body> {
+        if !self.settings.admins.is_empty()
+            && self.admin_of(headers.get(header::AUTHORIZATION)).is_none()
+        {
+            // A wrong token here counts like one at the admin API.
+            self.auth_throttle.failed_now(peer).await;
+            return GatewayError::client(
+                StatusCode::UNAUTHORIZED,
+                codes::INVALID_REQUEST,
+                "/metrics needs an admin token (any role): Authorization: Bearer <token>",
+            )
+            .into_response(serde_json::Value::Null);
+        }
+        let servers = self
+            .servers
+            .values()
+            .map(|s| {
+                let up = match &s.upstream {
+                    crate::Upstream::Stdio(up) => up.is_ready(),
+                    crate::Upstream::Http(_) => true,
+                };
+                (&*s.metrics, up)
+            })
+            .collect();
+        let text = self.metrics.render(&crate::metrics::Gauges {
+            sessions: self.sessions.len(),
+            servers,
+        });
+        let mut response = body::text(StatusCode::OK, &text);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
     /// Protected Resource Metadata (RFC 9728) in OAuth mode: for the gateway, and per
     /// server at `/.well-known/oauth-protected-resource/mcp/<server>`.
     fn protected_resource_metadata(&self, path: &str) -> Response<Body> {

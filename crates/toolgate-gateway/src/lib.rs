@@ -21,6 +21,7 @@ pub mod grant_admin;
 pub mod grants;
 pub mod http_upstream;
 mod inband;
+mod metrics;
 pub mod oauth;
 pub mod pins;
 mod proxy;
@@ -98,6 +99,8 @@ pub struct Server {
     pub upstream: Upstream,
     /// Its tools, reviewed against their pins.
     pub catalogue: Catalogue,
+    /// What `/metrics` says of it.
+    pub(crate) metrics: Arc<metrics::ServerMetrics>,
 }
 
 /// The gateway's shared state.
@@ -129,6 +132,8 @@ pub struct Gateway {
     approvals: approvals::Approvals,
     /// Each caller's running calls (`[gateway] max_concurrent_calls`).
     running: concurrency::Concurrency,
+    /// Gateway-wide metrics (`/metrics`); per-server ones are in each [`Server`].
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -345,12 +350,16 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             store.own_counters().map_err(|e| e.to_string())?;
         }
     }
-    let auditor = Arc::new(match &log_store {
-        Some(AuditStore::Embedded(store)) => {
-            audit::Auditor::embedded(Arc::clone(store), settings.audit.clone())
+    let metrics = Arc::new(metrics::Metrics::default());
+    let auditor = Arc::new(
+        match &log_store {
+            Some(AuditStore::Embedded(store)) => {
+                audit::Auditor::embedded(Arc::clone(store), settings.audit.clone())
+            }
+            _ => audit::Auditor::new(audit_log, settings.audit.clone()),
         }
-        _ => audit::Auditor::new(audit_log, settings.audit.clone()),
-    });
+        .with_metrics(Arc::clone(&metrics)),
+    );
     // A gateway that cannot audit does not start.
     auditor
         .write(&audit::policies_loaded(&settings.grants))
@@ -411,6 +420,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             spec: spec.clone(),
             upstream,
             catalogue: Catalogue::new(&spec.name, Arc::clone(&pins)),
+            metrics: Arc::new(metrics::ServerMetrics::new(&spec.name)),
         });
         if let Upstream::Stdio(up) = &server.upstream {
             tasks.push(tokio::spawn(Arc::clone(up).supervise(shutdown_rx.clone())));
@@ -465,6 +475,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         ledger,
         approvals,
         running,
+        metrics,
     });
     tasks.push(tokio::spawn(expire_sessions(
         Arc::clone(&gateway),

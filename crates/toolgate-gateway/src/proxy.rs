@@ -459,6 +459,7 @@ impl Gateway {
                 decision = refused.outcome.as_str(), rule = %refused.rule,
                 "{}", refused.message
             );
+            server.metrics.decided(&refused);
             if let Some(record) = record {
                 audit::decided(record, &refused, false);
             }
@@ -587,6 +588,10 @@ impl Gateway {
                 }
                 _ => quota::reserve(&*self.counters, &decision.limits, &scope).await,
             };
+            if !matches!(quota, Quota::Unlimited) {
+                self.metrics
+                    .counters_answered(!matches!(quota, Quota::Unavailable(..)));
+            }
             match quota {
                 Quota::Unlimited => decision,
                 Quota::Reserved(r) => {
@@ -636,6 +641,7 @@ impl Gateway {
         } else {
             decision_line!(tracing::Level::INFO);
         }
+        server.metrics.decided(&decision);
         if let Some(record) = record {
             audit::decided(record, &decision, shadow);
             if let Some(note) = &store_note {
@@ -735,6 +741,7 @@ impl Gateway {
                     id: id.clone(),
                     request_id: record.request_id.clone(),
                     started: std::time::Instant::now(),
+                    server: Arc::clone(&server.metrics),
                 };
                 self.auditor
                     .write(&[AuditEntry::Call(record)])
@@ -838,6 +845,7 @@ impl Gateway {
                         id: message.id().cloned().unwrap_or(Value::Null),
                         request_id: record.request_id.clone(),
                         started: std::time::Instant::now(),
+                        server: Arc::clone(&server.metrics),
                     });
                 }
                 if !recorded {
@@ -1000,6 +1008,7 @@ impl Gateway {
                         id: message.id().cloned().unwrap_or(Value::Null),
                         request_id: r.request_id.clone(),
                         started: std::time::Instant::now(),
+                        server: Arc::clone(&server.metrics),
                     });
                     records.extend(record.filter(|_| !recorded).map(AuditEntry::Call));
                     match verdict {

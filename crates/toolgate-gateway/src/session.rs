@@ -402,6 +402,16 @@ impl Sessions {
         removed
     }
 
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every session on `server` (for broadcasting upstream notifications).
     pub fn on_server(&self, server: &str) -> Vec<Arc<Session>> {
         self.by_id

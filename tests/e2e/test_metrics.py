@@ -1,0 +1,137 @@
+"""Prometheus metrics at `/metrics` (issue 10): calls by decision, refusals by rule, how
+upstreams answered, request durations, store and upstream health — counted exactly for
+the calls an official Python SDK client made; and the page's access rule (open without
+admin tokens, any admin token once they are configured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import httpx
+from mcp import MCPError
+
+from e2e_helpers import (
+    Procs,
+    http_client,
+    run,
+    start_gateway_config,
+    start_py_upstream_http,
+)
+
+TOKEN = "tg-e2e-metrics-token-0123456789"
+VIEWER = "tg-e2e-metrics-viewer-0123456789"
+POLICY = {"version": "1", "default": "deny", "hide": ["secret_admin"], "tools": {
+    "echo": {}, "jsonrpc_error": {},
+    "delete_everything": {"action": "deny", "on_deny": "No."},
+    "add": {"limits": [{"counter": "adds", "window": "day", "max": 1}]},
+}}
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def samples(text: str) -> dict[str, float]:
+    """Sample lines by their name and labels as written."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_count_decisions_rules_outcomes_and_health(procs: Procs, tmp_path: Path) -> None:
+    upstream = start_py_upstream_http(procs, name="py_upstream-metrics")[0]
+    config = f"""
+[gateway]
+
+[servers.py]
+url = "{upstream}"
+
+[[grants]]
+name = "metrics"
+token = "{TOKEN}"
+policies = {{ py = "policy.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-metrics")
+
+    async def body() -> None:
+        async with http_client(gw.server_url("py"), TOKEN) as client:
+            for text in ("a", "b", "c"):
+                await client.call_tool("echo", {"text": text})
+            await client.call_tool("delete_everything", {})
+            await client.call_tool("charge", {"amount": 1, "reason": "r"})  # default deny
+            await client.call_tool("add", {"a": 1, "b": 2})
+            await client.call_tool("add", {"a": 1, "b": 2})  # rate limited
+            for tool in ("jsonrpc_error", "secret_admin"):
+                try:
+                    await client.call_tool(tool, {"message": "boom"} if tool == "jsonrpc_error" else {})
+                except MCPError:
+                    pass
+
+    run(body)
+    response = httpx.get(f"{gw.base}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4"), response.headers
+    got = samples(response.text)
+    expected = {
+        'toolgate_calls_total{server="py",decision="allow"}': 5,  # 3 echo, 1 add, jsonrpc_error
+        'toolgate_calls_total{server="py",decision="deny"}': 2,
+        'toolgate_calls_total{server="py",decision="rate_limited"}': 1,
+        'toolgate_calls_total{server="py",decision="hide"}': 1,
+        'toolgate_decisions_by_rule_total{server="py",decision="deny",rule="/tools/delete_everything/action"}': 1,
+        'toolgate_decisions_by_rule_total{server="py",decision="deny",rule="(default deny)"}': 1,
+        'toolgate_decisions_by_rule_total{server="py",decision="rate_limited",rule="/tools/add/limits/adds"}': 1,
+        'toolgate_decisions_by_rule_total{server="py",decision="hide",rule="(hidden)"}': 1,
+        'toolgate_upstream_outcomes_total{server="py",outcome="error",code="-32603"}': 1,
+        "toolgate_audit_store_up": 1,
+        "toolgate_audit_write_failures_total": 0,
+        "toolgate_counter_store_up": 1,
+        "toolgate_sessions": 0,  # the SDK client closed its session
+        'toolgate_upstream_up{server="py"}': 1,
+    }
+    for key, value in expected.items():
+        assert got.get(key) == value, f"{key}: {got.get(key)} (expected {value})\n{response.text}"
+    # Every forwarded request (initialize, the list the SDK asks for, the calls …) has its
+    # duration; the four forwarded calls are among them.
+    count = got['toolgate_request_duration_seconds_count{server="py"}']
+    assert count >= 4 and got['toolgate_request_duration_seconds_bucket{server="py",le="+Inf"}'] == count
+    assert got['toolgate_upstream_outcomes_total{server="py",outcome="ok",code=""}'] >= 4
+    buckets = [v for k, v in got.items() if k.startswith("toolgate_request_duration_seconds_bucket")]
+    assert buckets == sorted(buckets), "buckets are cumulative"
+    assert re.search(r'^toolgate_build_info\{version="[^"]+"\} 1$', response.text, re.M), response.text
+
+
+def test_metrics_need_an_admin_token_once_admins_are_configured(procs: Procs, tmp_path: Path) -> None:
+    upstream = start_py_upstream_http(procs, name="py_upstream-metrics-admin")[0]
+    config = f"""
+[gateway]
+
+[servers.py]
+url = "{upstream}"
+
+[admin]
+token_sha256 = "{sha("tg-e2e-metrics-admin-0123456789")}"
+
+[[admin.members]]
+name = "vic"
+role = "viewer"
+token_sha256 = "{sha(VIEWER)}"
+
+[[grants]]
+name = "metrics"
+token = "{TOKEN}"
+policies = {{ py = "policy.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY},
+                              name="toolgate-metrics-admin")
+    refused = httpx.get(f"{gw.base}/metrics", timeout=10)
+    assert refused.status_code == 401 and "admin token" in refused.text, refused.text
+    wrong = httpx.get(f"{gw.base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert wrong.status_code == 401, "a grant token is not an admin token"
+    viewer = httpx.get(f"{gw.base}/metrics", headers={"Authorization": f"Bearer {VIEWER}"}, timeout=10)
+    assert viewer.status_code == 200 and "toolgate_calls_total" in viewer.text, viewer.text
