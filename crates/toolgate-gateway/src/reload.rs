@@ -287,22 +287,8 @@ impl Reloader {
 
 /// Every (grant, server) whose policy differs between `before` and `after`.
 fn changes(before: &[Arc<GrantSpec>], after: &[GrantSpec]) -> Vec<Change> {
-    let old: BTreeMap<(&str, &str), &PolicyRef> = before
-        .iter()
-        .flat_map(|g| {
-            g.policies
-                .iter()
-                .map(|(s, p)| ((g.name.as_str(), s.as_str()), p))
-        })
-        .collect();
-    let new: BTreeMap<(&str, &str), &PolicyRef> = after
-        .iter()
-        .flat_map(|g| {
-            g.policies
-                .iter()
-                .map(|(s, p)| ((g.name.as_str(), s.as_str()), p))
-        })
-        .collect();
+    let old = by_grant_and_server(before.iter().map(|g| &**g));
+    let new = by_grant_and_server(after.iter());
     old.keys()
         .chain(new.keys())
         .collect::<BTreeSet<_>>()
@@ -319,6 +305,19 @@ fn changes(before: &[Arc<GrantSpec>], after: &[GrantSpec]) -> Vec<Change> {
                 before: was.map(|p| (*p).clone()),
                 after: now.map(|p| (*p).clone()),
             })
+        })
+        .collect()
+}
+
+/// Every policy of `grants` by (grant, server).
+fn by_grant_and_server<'a>(
+    grants: impl Iterator<Item = &'a GrantSpec>,
+) -> BTreeMap<(&'a str, &'a str), &'a PolicyRef> {
+    grants
+        .flat_map(|g| {
+            g.policies
+                .iter()
+                .map(|(s, p)| ((g.name.as_str(), s.as_str()), p))
         })
         .collect()
 }

@@ -124,7 +124,8 @@ pub(crate) fn existing_store(dir: &Path, what: &str) -> Result<(), Failure> {
     )))
 }
 
-/// Which records: shared by `query` and `export`. Every filter given must match.
+/// Which records: shared by `audit query`, `audit export` and `policy replay`. Every filter
+/// given must match.
 #[derive(Args)]
 pub struct FilterArgs {
     /// Only records of this grant (its label).
@@ -156,7 +157,7 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     /// The store's filter for these flags (the times are already normalized by [`parse_time`]).
-    fn filter(&self) -> AuditFilter {
+    pub(crate) fn filter(&self) -> AuditFilter {
         AuditFilter {
             grant: self.grant.clone(),
             server: self.server.clone(),

@@ -1,7 +1,7 @@
 //! `toolgate policy check|test|replay`: a policy is checked like code, tested against
 //! example calls, and replayed against recorded history before it goes live (SPEC §2).
 
-use crate::audit_cmd::{exit_code, open_store, Failure, StoreArgs};
+use crate::audit_cmd::{exit_code, open_store, Failure, FilterArgs, StoreArgs};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 use std::io::{self, Write};
@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use toolgate_gateway::config;
-use toolgate_gateway::time::parse_time_bound as parse_time;
 use toolgate_policy::{cases, Identity, Outcome, Policy, ToolCall};
-use toolgate_store::audit::{AuditFilter, MergedRecord};
+use toolgate_store::audit::MergedRecord;
 
 /// `toolgate policy …`.
 #[derive(Subcommand)]
@@ -33,7 +32,7 @@ pub enum PolicyCommand {
     },
     /// Re-decide recorded calls under a proposed policy and print each whose decision would
     /// change (or that depends on argument values the audit log does not hold).
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
 }
 
 /// `toolgate policy replay`.
@@ -41,21 +40,9 @@ pub enum PolicyCommand {
 pub struct ReplayArgs {
     /// The proposed policy.
     policy: PathBuf,
-    /// Only calls at or after TIME: RFC 3339 or a duration meaning that long ago (7d, 30m).
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    since: Option<String>,
-    /// Only calls before TIME (same forms as --since).
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    until: Option<String>,
-    /// Only calls of this grant.
-    #[arg(long, value_name = "G")]
-    grant: Option<String>,
-    /// Only calls to this server.
-    #[arg(long, value_name = "S")]
-    server: Option<String>,
-    /// Only calls of this tool.
-    #[arg(long, value_name = "T")]
-    tool: Option<String>,
+    /// Which recorded calls (the filters of `audit query`).
+    #[command(flatten)]
+    filter: FilterArgs,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -199,14 +186,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, Failure> {
     let policy = load(&args.policy)?;
     let store = open_store(&args.store)?;
     let records = store
-        .query(&AuditFilter {
-            grant: args.grant.clone(),
-            server: args.server.clone(),
-            tool: args.tool.clone(),
-            since: args.since.clone(),
-            until: args.until.clone(),
-            ..AuditFilter::default()
-        })
+        .query(&args.filter.filter())
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut out = io::stdout().lock();
     let (mut replayed, mut changed, mut unknown) = (0, 0, 0);
