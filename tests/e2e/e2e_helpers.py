@@ -298,7 +298,8 @@ def start_gateway_quick(procs: Procs, workdir: Path, policy: dict[str, Any], *, 
 def start_gateway_config(procs: Procs, workdir: Path, config_text: str, *,
                          policies: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None,
                          name: str = "toolgate", config_name: str = "toolgate.toml",
-                         config_path: Path | None = None, ready: bool = True) -> Gateway:
+                         config_path: Path | None = None, ready: bool = True,
+                         extra_args: list[str] | None = None) -> Gateway:
     """`toolgate serve --config FILE --listen 127.0.0.1:PORT --data-dir …`.
 
     `policies` maps file names (relative to the config file) to policy documents, written
@@ -313,7 +314,7 @@ def start_gateway_config(procs: Procs, workdir: Path, config_text: str, *,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     argv = [str(binary), "serve", "--config", str(config_path), "--listen", f"127.0.0.1:{port}",
-            "--data-dir", str(workdir / f"{name}-data")]
+            "--data-dir", str(workdir / f"{name}-data"), *(extra_args or [])]
     proc = procs.start(name, argv, cwd=workdir, env=env)
     if ready:
         wait_ready(proc, base)

@@ -8,7 +8,7 @@
   log holds the call with its outcome.
 - PostgreSQL (cluster audit log), then Redis (counters), stopped and started again under a
   steady load: calls are refused with a message naming what is down and never reach the
-  upstream; the gateway recovers by itself; every call that ran is in the audit log with its
+  upstream; `/readyz` says 503 naming the store meanwhile; the gateway recovers by itself; every call that ran is in the audit log with its
   outcome, and the counter holds exactly the calls that ran.
 """
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from mcp import MCPError
 
@@ -222,11 +223,23 @@ policies = {{ py = "policy.json" }}
     def ran_count() -> int:
         return sum(1 for o in outcomes.values() if o == "ran")
 
+    def readyz() -> tuple[int, str]:
+        r = httpx.get(f"{gw.base}/readyz", timeout=10)
+        return r.status_code, r.text
+
     async def outage(name: str, stop_it: Callable[[], None], start_it: Callable[[], None]) -> None:
         phase["now"] = f"{name} down"
         await anyio.to_thread.run_sync(stop_it)
+        # /readyz asks the store itself: not ready, naming it, while it is down.
+        status, text = await anyio.to_thread.run_sync(readyz)
+        store_line = "audit log" if name == "postgres" else "counter store"
+        assert status == 503 and f"{store_line}: " in text and f"{store_line}: ok" not in text, text
         await anyio.sleep(2.5)
         await anyio.to_thread.run_sync(start_it)
+        deadline = time.monotonic() + 20
+        while (await anyio.to_thread.run_sync(readyz))[0] != 200:
+            assert time.monotonic() < deadline, f"not ready within 20 s of {name} coming back"
+            await anyio.sleep(0.2)
         phase["now"] = f"after {name}"
         ran_at_restart = ran_count()
         deadline = time.monotonic() + 20

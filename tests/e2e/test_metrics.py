@@ -1,12 +1,14 @@
-"""Prometheus metrics at `/metrics` (issue 10): calls by decision, refusals by rule, how
-upstreams answered, request durations, store and upstream health — counted exactly for
-the calls an official Python SDK client made; and the page's access rule (open without
-admin tokens, any admin token once they are configured).
+"""Observability (issue 10): Prometheus metrics at `/metrics` — calls by decision,
+refusals by rule, how upstreams answered, request durations, store and upstream health —
+counted exactly for the calls an official Python SDK client made; the page's access rule
+(open without admin tokens, any admin token once they are configured); and structured logs
+(`--log-format json`: every line one JSON object, decisions with their fields).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -57,7 +59,8 @@ name = "metrics"
 token = "{TOKEN}"
 policies = {{ py = "policy.json" }}
 """
-    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-metrics")
+    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-metrics",
+                              extra_args=["--log-format", "json"])
 
     async def body() -> None:
         async with http_client(gw.server_url("py"), TOKEN) as client:
@@ -104,6 +107,13 @@ policies = {{ py = "policy.json" }}
     buckets = [v for k, v in got.items() if k.startswith("toolgate_request_duration_seconds_bucket")]
     assert buckets == sorted(buckets), "buckets are cumulative"
     assert re.search(r'^toolgate_build_info\{version="[^"]+"\} 1$', response.text, re.M), response.text
+
+    # The log: one JSON object per line; the refusal with its decision fields.
+    lines = [json.loads(line) for line in gw.proc.stderr().splitlines() if line.strip()]
+    assert all({"timestamp", "level", "target", "message"} <= line.keys() for line in lines), lines[:3]
+    refusal = [line for line in lines if line.get("rule") == "/tools/delete_everything/action"]
+    assert len(refusal) == 1, lines
+    assert refusal[0]["decision"] == "deny" and refusal[0]["message"] == "No." and refusal[0]["tool"] == "delete_everything"
 
 
 def test_metrics_need_an_admin_token_once_admins_are_configured(procs: Procs, tmp_path: Path) -> None:

@@ -191,12 +191,13 @@ impl Gateway {
             "/healthz" => body::text(StatusCode::OK, "ok\n"),
             "/metrics" => self.metrics_page(request.headers(), peer).await,
             "/readyz" => {
-                if self.ready() {
-                    body::text(StatusCode::OK, "ready\n")
+                let (ready, report) = self.readiness().await;
+                if ready {
+                    body::text(StatusCode::OK, &format!("ready\n{report}"))
                 } else {
                     body::text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "an upstream is not ready\n",
+                        &format!("not ready\n{report}"),
                     )
                 }
             }

@@ -134,6 +134,8 @@ pub struct Gateway {
     running: concurrency::Concurrency,
     /// Gateway-wide metrics (`/metrics`); per-server ones are in each [`Server`].
     metrics: Arc<metrics::Metrics>,
+    /// Cluster mode's counter store, asked by `/readyz`.
+    redis: Option<Arc<toolgate_store::RedisCounterStore>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -146,12 +148,71 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Whether every stdio upstream is up.
-    pub fn ready(&self) -> bool {
-        self.servers.values().all(|s| match &s.upstream {
-            Upstream::Stdio(up) => up.is_ready(),
-            Upstream::Http(_) => true,
-        })
+    /// What `/readyz` says: whether the gateway can serve calls now — every stdio upstream
+    /// running, the audit log writable, the counter store answering — with one line per
+    /// check. The cluster stores are asked (a PING, a `SELECT 1`), so readiness comes back
+    /// by itself when they do, with or without traffic; the embedded store's state is its
+    /// last write's.
+    pub(crate) async fn readiness(&self) -> (bool, String) {
+        const ASK_WITHIN: Duration = Duration::from_secs(2);
+        let mut ready = true;
+        let mut report = String::new();
+        let mut line = |ok: bool, what: String| {
+            ready &= ok;
+            report.push_str(&what);
+            report.push('\n');
+        };
+        let mut names: Vec<&String> = self.servers.keys().collect();
+        names.sort();
+        for name in names {
+            if let Upstream::Stdio(up) = &self.servers[name].upstream {
+                let ok = up.is_ready();
+                line(
+                    ok,
+                    format!(
+                        "upstream {name}: {}",
+                        if ok {
+                            "running"
+                        } else {
+                            "not running (starting or restarting)"
+                        }
+                    ),
+                );
+            }
+        }
+        let audit = match &self.audit_reader {
+            Some(AuditStore::Postgres(log)) => ask(ASK_WITHIN, log.ping()).await,
+            _ if self.metrics.audit_failing() => Err("the last write failed".to_owned()),
+            _ => Ok(()),
+        };
+        line(
+            audit.is_ok(),
+            format!("audit log: {}", audit.err().unwrap_or_else(|| "ok".into())),
+        );
+        let counters = match &self.redis {
+            Some(redis) => ask(ASK_WITHIN, redis.ping()).await,
+            None => Ok(()),
+        };
+        line(
+            counters.is_ok(),
+            format!(
+                "counter store: {}",
+                counters.err().unwrap_or_else(|| "ok".into())
+            ),
+        );
+        (ready, report)
+    }
+}
+
+/// `check`'s answer within `limit`, its error as text.
+async fn ask(
+    limit: Duration,
+    check: impl std::future::Future<Output = Result<(), toolgate_store::StoreError>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
     }
 }
 
@@ -376,13 +437,17 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     // Cluster mode keeps counters in Redis so that every replica enforces one budget;
     // otherwise they live beside the sessions in the embedded store.
     let ledger = (embedded_audit && settings.redis_url.is_none()).then(|| Arc::clone(&store));
-    let counters: Arc<dyn toolgate_store::CounterStore> = match &settings.redis_url {
+    let redis = match &settings.redis_url {
         Some(url) => {
             let redis =
                 toolgate_store::RedisCounterStore::connect(url).map_err(|e| e.to_string())?;
             tracing::info!(store = ?redis, "counters in Redis (cluster mode)");
-            Arc::new(redis)
+            Some(Arc::new(redis))
         }
+        None => None,
+    };
+    let counters: Arc<dyn toolgate_store::CounterStore> = match &redis {
+        Some(redis) => Arc::clone(redis) as Arc<dyn toolgate_store::CounterStore>,
         None => store.clone(),
     };
     let configured: std::collections::HashSet<String> =
@@ -476,6 +541,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         approvals,
         running,
         metrics,
+        redis,
     });
     tasks.push(tokio::spawn(expire_sessions(
         Arc::clone(&gateway),

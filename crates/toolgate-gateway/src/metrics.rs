@@ -126,6 +126,11 @@ impl Metrics {
         }
     }
 
+    /// Whether the last audit write failed.
+    pub(crate) fn audit_failing(&self) -> bool {
+        self.audit_failing.load(Ordering::Relaxed)
+    }
+
     /// The counter store answered (`true`) or failed a call that needed it.
     pub(crate) fn counters_answered(&self, ok: bool) {
         self.counters_failing.store(!ok, Ordering::Relaxed);

@@ -87,6 +87,9 @@ struct ServeArgs {
     /// Quick mode: per-request upstream timeout.
     #[arg(long, default_value = "60s")]
     timeout: String,
+    /// Log lines as text, or as one JSON object per line for log pipelines.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Quick mode: the stdio upstream command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -105,13 +108,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, message).
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Builds the settings of quick mode: one server `default`, one freshly minted grant.
@@ -163,7 +178,7 @@ fn quick_settings(
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logging();
+    init_logging(args.log_format);
     let quick = args.policy.clone();
     let prepared = match &quick {
         Some(policy) => quick_settings(&args, policy).map(|(s, t)| (s, Some(t))),
