@@ -2,7 +2,9 @@
 refusals by rule, how upstreams answered, request durations, store and upstream health —
 counted exactly for the calls an official Python SDK client made; the page's access rule
 (open without admin tokens, any admin token once they are configured); and structured logs
-(`--log-format json`: every line one JSON object, decisions with their fields).
+(`--log-format json`: every line one JSON object, decisions with their fields); and
+OpenTelemetry traces (`[telemetry] otlp_endpoint`): one span per `tools/call`, exported over
+OTLP/HTTP JSON to a collector, with the audit record's attributes.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
 from mcp import MCPError
 
 from e2e_helpers import (
+    FIXTURES,
+    PYTHON,
     Procs,
     http_client,
     run,
     start_gateway_config,
+    ready_url,
     start_py_upstream_http,
 )
 
@@ -145,3 +151,64 @@ policies = {{ py = "policy.json" }}
     assert wrong.status_code == 401, "a grant token is not an admin token"
     viewer = httpx.get(f"{gw.base}/metrics", headers={"Authorization": f"Bearer {VIEWER}"}, timeout=10)
     assert viewer.status_code == 200 and "toolgate_calls_total" in viewer.text, viewer.text
+
+
+def test_one_span_per_tool_call_reaches_an_otlp_collector(procs: Procs, tmp_path: Path) -> None:
+    received = tmp_path / "spans.jsonl"
+    collector = procs.start("otlp_receiver", [PYTHON, str(FIXTURES / "otlp_receiver.py"), "--record", str(received)])
+    collector_url = collector.wait_for(ready_url)
+    upstream = start_py_upstream_http(procs, name="py_upstream-traces")[0]
+    config = f"""
+[gateway]
+
+[servers.py]
+url = "{upstream}"
+
+[telemetry]
+otlp_endpoint = "{collector_url}"
+service_name = "toolgate-e2e"
+
+[[grants]]
+name = "traced"
+token = "{TOKEN}"
+policies = {{ py = "policy.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-traces")
+
+    async def body() -> None:
+        async with http_client(gw.server_url("py"), TOKEN) as client:
+            await client.call_tool("echo", {"text": "a"})
+            await client.call_tool("delete_everything", {})
+            try:
+                await client.call_tool("jsonrpc_error", {"message": "boom"})
+            except MCPError:
+                pass
+
+    run(body)
+    deadline = time.monotonic() + 10
+    while True:
+        exports = [json.loads(line) for line in received.read_text().splitlines() if line.strip()]
+        spans = [(resource, span) for export in exports for resource in export["resourceSpans"]
+                 for scope in resource["scopeSpans"] for span in scope["spans"]]
+        if len(spans) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(spans) == 3, spans  # the tools/call requests only
+    by_name = {span["name"]: span for _, span in spans}
+    assert set(by_name) == {"tools/call echo", "tools/call delete_everything", "tools/call jsonrpc_error"}, by_name
+    for resource, span in spans:
+        assert {"key": "service.name", "value": {"stringValue": "toolgate-e2e"}} in resource["resource"]["attributes"]
+        assert len(span["traceId"]) == 32 and len(span["spanId"]) == 16
+        assert int(span["startTimeUnixNano"]) <= int(span["endTimeUnixNano"])
+
+    def attributes(span: dict) -> dict[str, str]:
+        return {a["key"]: a["value"]["stringValue"] for a in span["attributes"]}
+
+    echo = attributes(by_name["tools/call echo"])
+    assert echo["mcp.server"] == "py" and echo["toolgate.decision"] == "allow" and echo["toolgate.grant"] == "traced"
+    assert echo["toolgate.upstream_status"] == "ok" and by_name["tools/call echo"]["status"] == {"code": 0}
+    denied = attributes(by_name["tools/call delete_everything"])
+    assert denied["toolgate.decision"] == "deny" and denied["toolgate.rule"] == "/tools/delete_everything/action"
+    assert "toolgate.upstream_status" not in denied
+    failed = by_name["tools/call jsonrpc_error"]
+    assert failed["status"] == {"code": 2, "message": "error -32603"}, failed

@@ -40,6 +40,8 @@ pub(crate) struct Auditor {
     embedded: Option<Arc<toolgate_store::EmbeddedStore>>,
     /// Where write failures are counted.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Where the span of each `tools/call` goes (`[telemetry]`).
+    tracer: Option<Arc<crate::telemetry::Tracer>>,
 }
 
 /// A forwarded request whose outcome is still to be written.
@@ -53,6 +55,8 @@ pub(crate) struct Awaiting {
     pub(crate) started: Instant,
     /// Its server's metrics, where its outcome and duration are counted.
     pub(crate) server: Arc<crate::metrics::ServerMetrics>,
+    /// Its span, when traces are exported and it is a `tools/call`.
+    pub(crate) span: Option<Box<crate::telemetry::Started>>,
 }
 
 impl Auditor {
@@ -63,7 +67,20 @@ impl Auditor {
             flush_failing: AtomicBool::new(false),
             embedded: None,
             metrics: Arc::default(),
+            tracer: None,
         }
+    }
+
+    /// The same auditor, sending a span per `tools/call` to `tracer`.
+    pub(crate) fn with_tracer(self, tracer: Option<Arc<crate::telemetry::Tracer>>) -> Self {
+        Auditor { tracer, ..self }
+    }
+
+    /// The span of the call `record` describes, begun now: when traces are exported and it
+    /// is a `tools/call`.
+    pub(crate) fn span_start(&self, record: &CallRecord) -> Option<Box<crate::telemetry::Started>> {
+        (self.tracer.is_some() && record.method == "tools/call")
+            .then(|| Box::new(crate::telemetry::Started::of(record)))
     }
 
     /// The same auditor, counting write failures in `metrics`.
@@ -151,6 +168,16 @@ impl Auditor {
     /// Writes `entries`, returning once they are durable; a failure is the gateway's, and
     /// says that the audit log could not be written.
     pub(crate) async fn write(&self, entries: &[AuditEntry]) -> Result<(), GatewayError> {
+        if let Some(tracer) = &self.tracer {
+            // The calls the gateway answered itself end here; forwarded ones at `finish`.
+            for entry in entries {
+                if let AuditEntry::Call(record) = entry {
+                    if record.method == "tools/call" && !record.forwarded {
+                        tracer.record(crate::telemetry::Started::of(record).end(None));
+                    }
+                }
+            }
+        }
         let written = self.log.append(entries).await;
         self.metrics.audit_written(written.is_ok());
         written.map_err(|e| {
@@ -176,6 +203,9 @@ impl Auditor {
         }
         for one in awaiting {
             one.server.finished(upstream_status, one.started.elapsed());
+            if let (Some(tracer), Some(span)) = (&self.tracer, &one.span) {
+                tracer.record(span.as_ref().clone().end(Some(upstream_status)));
+            }
         }
         self.log.append_later(
             awaiting

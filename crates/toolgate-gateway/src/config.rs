@@ -228,6 +228,27 @@ pub struct ConfigFile {
     pub catalogue: Option<CatalogueSection>,
     /// `[approvals]`.
     pub approvals: Option<ApprovalsSection>,
+    /// `[telemetry]`.
+    pub telemetry: Option<TelemetrySection>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// OTLP/HTTP collector base URL (`http://127.0.0.1:4318`): spans go to `<it>/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute (default `toolgate`).
+    pub service_name: Option<String>,
+}
+
+/// Where traces go (`[telemetry]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    /// The full URL spans are POSTed to (`…/v1/traces`).
+    pub traces_url: String,
+    /// `service.name`.
+    pub service_name: String,
 }
 
 /// How to reach one upstream.
@@ -359,6 +380,8 @@ pub struct Settings {
     /// The file these settings were read from (none in quick mode): a live reload reads it
     /// again.
     pub config_path: Option<PathBuf>,
+    /// OpenTelemetry traces, one span per `tools/call` (`[telemetry]`).
+    pub telemetry: Option<TelemetrySettings>,
 }
 
 impl Settings {
@@ -387,6 +410,7 @@ impl Settings {
             approvals_webhook: None,
             warnings: Vec::new(),
             config_path: None,
+            telemetry: None,
         }
     }
 }
@@ -955,6 +979,28 @@ fn resolve(
                 "{file}: approvals.webhook_secret: there is no approvals.webhook_url to sign for"
             )),
             (None, None) => {}
+        }
+    }
+    if let Some(telemetry) = &raw.telemetry {
+        match &telemetry.otlp_endpoint {
+            Some(url)
+                if (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.parse::<http::Uri>().is_ok() =>
+            {
+                settings.telemetry = Some(TelemetrySettings {
+                    traces_url: format!("{}/v1/traces", url.trim_end_matches('/')),
+                    service_name: telemetry
+                        .service_name
+                        .clone()
+                        .unwrap_or_else(|| "toolgate".to_owned()),
+                });
+            }
+            Some(url) => errors.push(format!(
+                "{file}: telemetry.otlp_endpoint: {url:?} is not an http:// or https:// URL (an OTLP/HTTP collector, e.g. http://127.0.0.1:4318)"
+            )),
+            None => errors.push(format!(
+                "{file}: telemetry.otlp_endpoint: required in [telemetry] (an OTLP/HTTP collector, e.g. http://127.0.0.1:4318)"
+            )),
         }
     }
     if let Some(audit) = &raw.audit {

@@ -30,6 +30,7 @@ mod reload;
 pub mod scan;
 pub mod session;
 pub mod stdio_upstream;
+mod telemetry;
 mod throttle;
 pub mod time;
 pub mod webhook;
@@ -411,7 +412,16 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             store.own_counters().map_err(|e| e.to_string())?;
         }
     }
+    let mut tasks = Vec::new();
     let metrics = Arc::new(metrics::Metrics::default());
+    let tracer = match &settings.telemetry {
+        Some(telemetry) => {
+            let (tracer, exporting) = telemetry::Tracer::start(telemetry, shutdown_rx.clone())?;
+            tasks.push(exporting);
+            Some(Arc::new(tracer))
+        }
+        None => None,
+    };
     let auditor = Arc::new(
         match &log_store {
             Some(AuditStore::Embedded(store)) => {
@@ -419,14 +429,14 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             }
             _ => audit::Auditor::new(audit_log, settings.audit.clone()),
         }
-        .with_metrics(Arc::clone(&metrics)),
+        .with_metrics(Arc::clone(&metrics))
+        .with_tracer(tracer),
     );
     // A gateway that cannot audit does not start.
     auditor
         .write(&audit::policies_loaded(&settings.grants))
         .await
         .map_err(|e| e.message)?;
-    let mut tasks = Vec::new();
     tasks.push(tokio::spawn(flush_audit(
         Arc::clone(&auditor),
         shutdown_rx.clone(),

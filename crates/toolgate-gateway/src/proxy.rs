@@ -742,6 +742,7 @@ impl Gateway {
                     request_id: record.request_id.clone(),
                     started: std::time::Instant::now(),
                     server: Arc::clone(&server.metrics),
+                    span: self.auditor.span_start(&record),
                 };
                 self.auditor
                     .write(&[AuditEntry::Call(record)])
@@ -846,6 +847,7 @@ impl Gateway {
                         request_id: record.request_id.clone(),
                         started: std::time::Instant::now(),
                         server: Arc::clone(&server.metrics),
+                        span: self.auditor.span_start(&record),
                     });
                 }
                 if !recorded {
@@ -1009,6 +1011,7 @@ impl Gateway {
                         request_id: r.request_id.clone(),
                         started: std::time::Instant::now(),
                         server: Arc::clone(&server.metrics),
+                        span: self.auditor.span_start(r),
                     });
                     records.extend(record.filter(|_| !recorded).map(AuditEntry::Call));
                     match verdict {

@@ -1,0 +1,283 @@
+//! OpenTelemetry traces: one span per `tools/call`, exported over OTLP/HTTP with the JSON
+//! encoding (`POST <otlp_endpoint>/v1/traces`, `[telemetry]`).
+//!
+//! Written by hand rather than with the opentelemetry crates: a span here is a name, two
+//! times and a handful of attributes, and the OTLP JSON encoding is a documented shape; the
+//! SDK and its exporter would bring a large dependency tree (and gRPC) for that.
+//!
+//! A span starts when the call is decided and ends when its answer is in (at once for a call
+//! the gateway answers itself). Its attributes are those of the audit record: server, tool,
+//! grant, decision, rule, outcome. Spans are sent in batches (every second, or 512 at a
+//! time) by a task of their own; the queue is bounded, and when the collector cannot keep
+//! up spans are dropped and counted (never a call delayed).
+
+use crate::config::TelemetrySettings;
+use crate::http_upstream::{build_client, HttpClient};
+use bytes::Bytes;
+use http::{header, Method, Request};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use toolgate_store::audit::{hex, CallRecord};
+
+/// Spans waiting to be sent, at most.
+const QUEUE: usize = 8192;
+/// Spans per request to the collector, at most.
+const BATCH: usize = 512;
+/// How long a span waits for its batch, at most.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// One export request's deadline.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A finished span.
+#[derive(Debug, Clone)]
+pub(crate) struct Span {
+    name: String,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    start_unix_nano: u128,
+    end_unix_nano: u128,
+    attributes: Vec<(&'static str, String)>,
+    /// The upstream failed the call (a JSON-RPC error, a timeout, no answer).
+    error: Option<String>,
+}
+
+/// A span begun at a decision, to be ended when the call's answer is in.
+#[derive(Debug, Clone)]
+pub(crate) struct Started {
+    span: Span,
+}
+
+impl Started {
+    /// The span of the call `record` describes, begun now.
+    pub(crate) fn of(record: &CallRecord) -> Started {
+        use rand::RngCore;
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        rand::rng().fill_bytes(&mut trace_id);
+        rand::rng().fill_bytes(&mut span_id);
+        let tool = record.tool.clone().unwrap_or_default();
+        let mut attributes = vec![
+            ("mcp.method.name", record.method.clone()),
+            ("mcp.server", record.server.clone()),
+            ("gen_ai.tool.name", tool.clone()),
+            ("toolgate.grant", record.grant.clone()),
+            ("toolgate.identity", record.identity.clone()),
+            ("toolgate.decision", record.decision.clone()),
+            ("toolgate.request_id", record.request_id.clone()),
+        ];
+        if let Some(rule) = record.rule.as_ref().filter(|r| !r.is_empty()) {
+            attributes.push(("toolgate.rule", rule.clone()));
+        }
+        let now = unix_nanos();
+        Started {
+            span: Span {
+                name: format!("{} {tool}", record.method),
+                trace_id,
+                span_id,
+                start_unix_nano: now,
+                end_unix_nano: now,
+                attributes,
+                error: None,
+            },
+        }
+    }
+
+    /// The span, ended now with the upstream's outcome (as the audit log words it); `None`
+    /// for a call the gateway answered itself.
+    pub(crate) fn end(self, upstream_status: Option<&str>) -> Span {
+        let mut span = self.span;
+        span.end_unix_nano = unix_nanos();
+        if let Some(status) = upstream_status {
+            span.attributes
+                .push(("toolgate.upstream_status", status.to_owned()));
+            if !matches!(status, "ok" | "tool_error" | "cancelled") {
+                span.error = Some(status.to_owned());
+            }
+        }
+        span
+    }
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Sends spans to the collector.
+#[derive(Debug)]
+pub(crate) struct Tracer {
+    queue: mpsc::Sender<Span>,
+    /// Spans dropped because the queue was full.
+    dropped: AtomicU64,
+}
+
+impl Tracer {
+    /// Starts the export task; it sends what is queued and stops when `shutdown` turns.
+    pub(crate) fn start(
+        settings: &TelemetrySettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(Tracer, tokio::task::JoinHandle<()>), String> {
+        let client = build_client(None, EXPORT_TIMEOUT)?;
+        let (queue, spans) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(export(client, settings.clone(), spans, shutdown));
+        tracing::info!(url = %settings.traces_url, "traces exported over OTLP/HTTP");
+        Ok((
+            Tracer {
+                queue,
+                dropped: AtomicU64::new(0),
+            },
+            task,
+        ))
+    }
+
+    /// Queues `span`; a full queue drops it (counted, logged now and then).
+    pub(crate) fn record(&self, span: Span) {
+        if self.queue.try_send(span).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    "{dropped} spans dropped so far: the OTLP collector does not keep up"
+                );
+            }
+        }
+    }
+}
+
+/// Sends batches until `shutdown`, then what is left.
+async fn export(
+    client: HttpClient,
+    settings: TelemetrySettings,
+    mut spans: mpsc::Receiver<Span>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let room = BATCH - batch.len();
+        let stopping = tokio::select! {
+            n = spans.recv_many(&mut batch, room) => n == 0,
+            _ = tokio::time::sleep(FLUSH_EVERY) => false,
+            _ = crate::stopped(&mut shutdown) => true,
+        };
+        if stopping {
+            while let Ok(span) = spans.try_recv() {
+                batch.push(span);
+            }
+        }
+        if !batch.is_empty() && (stopping || batch.len() >= BATCH || spans.is_empty()) {
+            let body = Bytes::from(encode(&settings.service_name, &batch).to_string());
+            if let Err(e) = post(&client, &settings.traces_url, body).await {
+                tracing::warn!("{} spans not exported: {e}", batch.len());
+            }
+            batch.clear();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+async fn post(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::USER_AGENT,
+            concat!("toolgate/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(EXPORT_TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| format!("no answer from {url} within {} s", EXPORT_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url} answered HTTP {}", response.status()))
+    }
+}
+
+/// An `ExportTraceServiceRequest` in OTLP's JSON encoding: ids in hex, times as decimal
+/// strings, one resource and one scope.
+fn encode(service_name: &str, spans: &[Span]) -> Value {
+    let string = |key: &str, value: &str| json!({"key": key, "value": {"stringValue": value}});
+    let spans: Vec<Value> = spans
+        .iter()
+        .map(|span| {
+            let status = match &span.error {
+                Some(message) => json!({"code": 2, "message": message}),
+                None => json!({"code": 0}),
+            };
+            json!({
+                "traceId": hex(&span.trace_id),
+                "spanId": hex(&span.span_id),
+                "name": span.name,
+                "kind": 2,
+                "startTimeUnixNano": span.start_unix_nano.to_string(),
+                "endTimeUnixNano": span.end_unix_nano.to_string(),
+                "attributes": span.attributes.iter().map(|(k, v)| string(k, v)).collect::<Vec<_>>(),
+                "status": status,
+            })
+        })
+        .collect();
+    json!({"resourceSpans": [{
+        "resource": {"attributes": [string("service.name", service_name)]},
+        "scopeSpans": [{
+            "scope": {"name": "toolgate", "version": env!("CARGO_PKG_VERSION")},
+            "spans": spans,
+        }],
+    }]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_encode_as_otlp_json() {
+        let record = CallRecord {
+            method: "tools/call".into(),
+            server: "files".into(),
+            tool: Some("read".into()),
+            grant: "ci".into(),
+            identity: "ci".into(),
+            decision: "allow".into(),
+            request_id: "tgr-1".into(),
+            ..CallRecord::default()
+        };
+        let span = Started::of(&record).end(Some("error -32603"));
+        let body = encode("toolgate", &[span]);
+        let encoded = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(encoded["name"], "tools/call read");
+        assert_eq!(encoded["traceId"].as_str().unwrap().len(), 32);
+        assert_eq!(encoded["spanId"].as_str().unwrap().len(), 16);
+        assert_eq!(
+            encoded["status"],
+            json!({"code": 2, "message": "error -32603"})
+        );
+        let start: u128 = encoded["startTimeUnixNano"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let end: u128 = encoded["endTimeUnixNano"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(start <= end && start > 1_600_000_000_000_000_000);
+        assert!(encoded["attributes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"key": "mcp.server", "value": {"stringValue": "files"}})));
+        assert_eq!(
+            body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "toolgate"
+        );
+    }
+}
