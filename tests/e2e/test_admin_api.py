@@ -205,3 +205,51 @@ def test_admins_mint_rotate_and_revoke_and_policy_managers_attach_policies(setup
     listed = next(g for g in s.ok("GET", "/admin/api/grants", VIEWER)["grants"] if g["name"] == "api-bot")
     assert listed["status"] == "revoked" and listed["origin"] == "minted", listed
     assert token not in json.dumps(events) and rotated["token"] not in json.dumps(listed)
+
+
+def test_viewers_evaluate_calls_see_classified_tools_and_policy_file_status(setup: Callable[[], Setup]) -> None:
+    """What the dashboard's pages read: a call decided without running it (under a grant's
+    policy, or a pasted document), a server's tools with their risk, and whether each policy
+    file on disk still loads to the version in force."""
+    s = setup()
+    evaluate = "/admin/api/policies/evaluate"
+    allowed = s.ok("POST", evaluate, VIEWER, {"grant": "ops", "server": "py", "tool": "echo", "arguments": {"text": "x"}})
+    assert (allowed["decision"], allowed["rule"]) == ("allow", ""), allowed
+    assert allowed["policy"]["source"].endswith("policy.json") and allowed["policy"]["version"], allowed
+    denied = s.ok("POST", evaluate, VIEWER, {"grant": "ops", "server": "py", "tool": "delete_everything"})
+    assert (denied["decision"], denied["rule"]) == ("deny", "(default deny)"), denied
+    pasted = {"version": "1", "default": "allow", "tools": {
+        "charge": {"deny_if": [{"path": "args.amount", "op": "gt", "value": 10, "on_deny": "too much"}]}}}
+    fired = s.ok("POST", evaluate, VIEWER, {"policy": pasted, "tool": "charge", "arguments": {"amount": 50}})
+    assert fired == {"decision": "deny", "rule": "/tools/charge/deny_if/args.amount-gt", "message": "too much",
+                     "limits": [], "policy": {"source": "the request"}}, fired
+    broken = s.api("POST", evaluate, VIEWER, {"policy": {"version": "1", "default": "sometimes"}, "tool": "x"})
+    assert broken.status_code == 422 and "/default" in broken.json()["error"], broken.text
+    for body, status in (({"grant": "ops", "server": "py"}, 400), ({"grant": "nobody", "server": "py", "tool": "x"}, 404),
+                         ({"grant": "ops", "server": "elsewhere", "tool": "x"}, 404), ({"tool": "x"}, 400)):
+        r = s.api("POST", evaluate, VIEWER, body)
+        assert r.status_code == status and r.json()["error"], (body, r.status_code, r.text)
+
+    tools = {t["name"]: t for t in s.ok("GET", "/admin/api/servers/py/tools", VIEWER)["tools"]}
+    assert tools["delete_everything"]["category"] == "Destructive", tools["delete_everything"]
+    assert tools["echo"]["risk"] in ("low", "medium") and tools["delete_everything"]["risk"] in ("high", "critical")
+    assert all(t["evidence"] for t in tools.values())
+    assert s.api("GET", "/admin/api/servers/nowhere/tools", VIEWER).status_code == 404
+
+    def status_of_ops() -> dict[str, Any]:
+        policies = s.ok("GET", "/admin/api/policies", VIEWER)["policies"]
+        return next(p for p in policies if p["grant"] == "ops" and p["server"] == "py")["file"]
+
+    assert status_of_ops() == {"status": "ok"}
+    policy_file = s.gateway.workdir / "policy.json" if s.gateway.workdir else None
+    assert policy_file is not None
+    original = policy_file.read_text()
+    try:
+        policy_file.write_text('{"version": "1", "default": "sometimes"}')
+        invalid = status_of_ops()
+        assert invalid["status"] == "invalid" and any("/default" in e for e in invalid["errors"]), invalid
+        # The version in force is still the good one: echo is still allowed.
+        again = s.ok("POST", evaluate, VIEWER, {"grant": "ops", "server": "py", "tool": "echo"})
+        assert again["decision"] == "allow" and again["policy"]["version"] == allowed["policy"]["version"], again
+    finally:
+        policy_file.write_text(original)

@@ -32,8 +32,10 @@ const ENDPOINTS: &[(&str, &str, AdminRole, &str)] = &[
     ("POST", "/admin/api/grants/{name}/rotate", AdminRole::Admin, "a new token for a grant (answered once); the old one stops working"),
     ("POST", "/admin/api/grants/{name}/revoke", AdminRole::Admin, "revoke a grant"),
     ("PUT", "/admin/api/grants/{name}/policies/{server}", AdminRole::PolicyManager, "attach or replace a minted grant's policy on a server (body: the policy document)"),
-    ("GET", "/admin/api/policies", AdminRole::Viewer, "every grant's policy per server, with its version"),
+    ("GET", "/admin/api/policies", AdminRole::Viewer, "every grant's policy per server, with its version and whether the file on disk still loads to it"),
+    ("POST", "/admin/api/policies/evaluate", AdminRole::Viewer, "decide a call without running it: {grant, server, tool, arguments?, sub?} under that grant's policy, or {policy: document, tool, arguments?, grant?, sub?}; answers the decision, rule and message"),
     ("GET", "/admin/api/servers", AdminRole::Viewer, "the upstream servers (never their credentials)"),
+    ("GET", "/admin/api/servers/{name}/tools", AdminRole::Viewer, "a server's tools, each classified (category, risk, evidence)"),
     ("GET", "/admin/api/approvals", AdminRole::Viewer, "approval requests, newest first, with the held call's arguments; query: status (pending, approved, denied, expired, consumed)"),
     ("POST", "/admin/api/approvals/{id}/approve", AdminRole::PolicyManager, "approve a pending request (body, optional: {reason}); the agent's retry of that exact call runs"),
     ("POST", "/admin/api/approvals/{id}/deny", AdminRole::PolicyManager, "deny a pending request (body, optional: {reason}); the agent's retry is refused"),
@@ -150,7 +152,9 @@ impl Gateway {
                 self.set_policy(name, server, body, &actor).await
             }
             ("GET", ["policies"]) => Ok(self.list_policies().await),
+            ("POST", ["policies", "evaluate"]) => self.evaluate(&body).await,
             ("GET", ["servers"]) => Ok(self.list_servers()),
+            ("GET", ["servers", name, "tools"]) => self.server_tools(name).await,
             ("GET", ["approvals"]) => self.list_approvals(&query).await,
             ("POST", ["approvals", id, verdict @ ("approve" | "deny")]) => {
                 self.decide_approval(id, *verdict == "approve", &body, &actor)
@@ -434,15 +438,134 @@ impl Gateway {
     async fn list_policies(&self) -> Response<Body> {
         let policies: Vec<Value> = self
             .grants
-            .all().await
+            .all()
+            .await
             .iter()
             .flat_map(|grant| {
                 grant.policies.iter().map(move |(server, policy)| {
-                    json!({"grant": grant.name, "server": server, "source": policy.id, "version": policy.version})
+                    json!({
+                        "grant": grant.name,
+                        "server": server,
+                        "source": policy.id,
+                        "version": policy.version,
+                        "file": file_status(policy),
+                    })
                 })
             })
             .collect();
         body::json(StatusCode::OK, &json!({ "policies": policies }))
+    }
+
+    /// `POST policies/evaluate`: what a policy decides for a call, without running it.
+    async fn evaluate(&self, body: &[u8]) -> Answer {
+        let invalid = |why: String| Refusal::new(StatusCode::BAD_REQUEST, why);
+        let request: Value = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+        let text = |key: &str| request.get(key).and_then(Value::as_str);
+        let tool = text("tool").ok_or_else(|| invalid("\"tool\" (a string) is required".into()))?;
+        let arguments = request
+            .get("arguments")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        if !arguments.is_object() {
+            return Err(invalid("\"arguments\" must be an object".into()));
+        }
+        let (policy, source) = match request.get("policy") {
+            Some(document) => {
+                let policy = toolgate_policy::Policy::from_value(document).map_err(|errors| {
+                    Refusal::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "the policy does not load: {}",
+                            errors
+                                .0
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    )
+                })?;
+                (
+                    std::sync::Arc::new(policy),
+                    json!({"source": "the request"}),
+                )
+            }
+            None => {
+                let (Some(grant), Some(server)) = (text("grant"), text("server")) else {
+                    return Err(invalid("give {grant, server} to use a grant's policy, or {policy} to try a document".into()));
+                };
+                let found = self
+                    .grants
+                    .all()
+                    .await
+                    .into_iter()
+                    .find(|g| g.name == grant);
+                let grant = found.ok_or_else(|| {
+                    Refusal::new(StatusCode::NOT_FOUND, format!("no grant named {grant:?}"))
+                })?;
+                let policy = grant.policies.get(server).ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        format!("grant {:?} has no policy on server {server:?}", grant.name),
+                    )
+                })?;
+                (
+                    std::sync::Arc::clone(&policy.policy),
+                    json!({"source": policy.id, "version": policy.version}),
+                )
+            }
+        };
+        let identity = toolgate_policy::Identity {
+            grant: text("grant").unwrap_or("dashboard").to_owned(),
+            sub: text("sub").map(str::to_owned),
+            ..toolgate_policy::Identity::default()
+        };
+        let decision = policy.evaluate(&toolgate_policy::ToolCall {
+            tool,
+            arguments: &arguments,
+            identity: &identity,
+        });
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({
+                "decision": decision.outcome.as_str(),
+                "rule": decision.rule,
+                "message": decision.message,
+                "limits": decision.limits.iter().map(|l| l.counter.clone()).collect::<Vec<_>>(),
+                "policy": source,
+            }),
+        ))
+    }
+
+    /// `GET servers/{name}/tools`: the server's tools as it lists them now, classified.
+    async fn server_tools(&self, name: &str) -> Answer {
+        let server = self.servers.get(name).ok_or_else(|| {
+            Refusal::new(StatusCode::NOT_FOUND, format!("no server named {name:?}"))
+        })?;
+        let tools = server.upstream.fetch_tools().await.map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot list the tools of {name:?}: {}", e.message),
+            )
+        })?;
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|tool| {
+                let verdict = toolgate_risk::classify(tool);
+                json!({
+                    "name": tool.get("name"),
+                    "description": tool.get("description"),
+                    "category": verdict.category.as_str(),
+                    "risk": verdict.risk.as_str(),
+                    "evidence": verdict.evidence,
+                })
+            })
+            .collect();
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({"server": name, "tools": tools}),
+        ))
     }
 
     fn list_servers(&self) -> Response<Body> {
@@ -646,6 +769,22 @@ async fn blocking<T: Send + 'static>(
             )
         })?
         .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+/// Whether the policy file `policy` came from still loads to the version in force: `ok`,
+/// `changed` (a newer version waits for the next reload), `invalid` with the errors (a
+/// reload refused it: the version in force stays), `unreadable`, or `not a file` for a
+/// policy minted into the store.
+fn file_status(policy: &crate::grants::PolicyRef) -> Value {
+    let path = std::path::Path::new(&policy.id);
+    if !path.is_file() {
+        return json!({"status": "not a file"});
+    }
+    match crate::config::load_policy(path) {
+        Ok(on_disk) if on_disk.version == policy.version => json!({"status": "ok"}),
+        Ok(on_disk) => json!({"status": "changed", "version": on_disk.version}),
+        Err(errors) => json!({"status": "invalid", "errors": errors}),
+    }
 }
 
 #[cfg(test)]
