@@ -209,6 +209,16 @@ impl Gateway {
             p if p == "/admin/api" || p.starts_with("/admin/api/") => {
                 self.handle_admin(request, peer).await
             }
+            p if p == "/admin" || p.starts_with("/admin/") => {
+                match crate::dashboard::asset(p).filter(|_| !self.settings.admins.is_empty()) {
+                    Some(page) => page,
+                    None if self.settings.admins.is_empty() => body::text(
+                        StatusCode::NOT_FOUND,
+                        "the dashboard is off: set [admin] token_sha256 in the configuration\n",
+                    ),
+                    None => body::text(StatusCode::NOT_FOUND, "not found\n"),
+                }
+            }
             _ => match path
                 .strip_prefix("/mcp/")
                 .map(|s| s.strip_suffix('/').unwrap_or(s))

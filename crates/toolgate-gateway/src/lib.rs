@@ -15,6 +15,7 @@ pub mod body;
 pub mod catalogue;
 mod concurrency;
 pub mod config;
+mod dashboard;
 pub mod error;
 pub mod front;
 pub mod grant_admin;
