@@ -8,12 +8,17 @@
   gateway: it prints each call the proposed policy would decide otherwise (old and new
   decision, rule), says "cannot tell" where the new decision reads argument values the log
   does not hold, and re-decides those too once the gateway captured arguments
-  (`audit.capture = "full"`); `--since`/`--until`/`--grant` narrow what is replayed.
+  (`audit.capture = "full"`); `--since`/`--until`/`--grant` narrow what is replayed;
+- progress: on a terminal `policy replay` draws a progress bar on stderr (and clears it);
+  in a pipe it draws nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -158,3 +163,51 @@ policies = {{ py = "recorded.json" }}
         ("delete_everything", "allow", "deny", "/tools/delete_everything/action", False),
     ], found["full"]
     assert all(line["grant"] == "replayer" and line["server"] == "py" and line["request_id"] for line in found["full"])
+
+
+def test_replay_shows_progress_on_a_terminal_only(procs: Procs, tmp_path: Path) -> None:
+    upstream = start_py_upstream_http(procs, name="py_upstream-progress")[0]
+    config = f"""
+[gateway]
+
+[servers.py]
+url = "{upstream}"
+
+[[grants]]
+name = "replayer"
+token = "{TOKEN}"
+policies = {{ py = "recorded.json" }}
+"""
+    gw = start_gateway_config(procs, tmp_path, config, policies={"recorded.json": RECORDED},
+                              name="toolgate-progress")
+    make_calls(gw.server_url("py"))
+    gw.proc.stop()
+    proposed = tmp_path / "proposed.json"
+    proposed.write_text(json.dumps(PROPOSED))
+    argv = [str(gateway_binary()), "policy", "replay", str(proposed), "--data-dir",
+            str(tmp_path / "toolgate-progress-data")]
+
+    # stderr on a terminal: the bar is drawn, then cleared before the summary.
+    main, child = pty.openpty()
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=child, timeout=60)
+    os.close(child)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(main)
+    assert done.returncode == 0, terminal
+    shown = terminal.decode(errors="replace")
+    bar = re.search(r"replaying \[[#-]{30}\] \d+/(\d+)", shown)
+    assert bar and int(bar.group(1)) >= 7, shown  # out of every record read (7 calls and more)
+    assert "\r\x1b[2Ktoolgate: 7 recorded calls replayed" in shown[bar.end():], "cleared before the summary"
+
+    # stderr in a pipe: only the summary.
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "replaying" not in piped.stderr, piped.stderr
+    assert piped.stderr.startswith("toolgate: 7 recorded calls replayed"), piped.stderr

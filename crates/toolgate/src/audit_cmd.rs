@@ -503,7 +503,9 @@ fn export(args: &ExportArgs) -> Result<ExitCode, Failure> {
         text.push_str(&CSV_COLUMNS.join(","));
         text.push_str("\r\n");
     }
+    let mut progress = crate::progress::Progress::new("exporting", Some(records.len()));
     for record in &records {
+        progress.advance(1);
         match args.format {
             ExportFormat::Jsonl => {
                 text.push_str(&json_line(record));
@@ -515,6 +517,7 @@ fn export(args: &ExportArgs) -> Result<ExitCode, Failure> {
             }
         }
     }
+    drop(progress);
     match &args.output {
         Some(path) => {
             let what = path.display().to_string();

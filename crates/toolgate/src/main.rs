@@ -6,6 +6,7 @@ mod approvals_cmd;
 mod audit_cmd;
 mod grant_cmd;
 mod policy_cmd;
+mod progress;
 mod scan_cmd;
 mod tools_cmd;
 

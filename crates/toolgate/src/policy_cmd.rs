@@ -8,6 +8,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+
+use crate::progress::Progress;
 use toolgate_gateway::config;
 use toolgate_policy::{cases, Identity, Outcome, Policy, ToolCall};
 use toolgate_store::audit::MergedRecord;
@@ -190,7 +192,9 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     let mut out = io::stdout().lock();
     let (mut replayed, mut changed, mut unknown) = (0, 0, 0);
+    let mut progress = Progress::new("replaying", Some(records.len()));
     for record in &records {
+        progress.advance(1);
         let Some(found) = replay_one(&policy, record) else {
             continue;
         };
@@ -232,6 +236,7 @@ fn replay(args: &ReplayArgs) -> Result<ExitCode, Failure> {
         writeln!(out, "{line}").map_err(|e| Failure::write("stdout", e))?;
     }
     out.flush().map_err(|e| Failure::write("stdout", e))?;
+    drop(progress);
     eprintln!(
         "toolgate: {replayed} recorded calls replayed: {changed} would be decided otherwise, \
          {unknown} cannot tell, {} unchanged",

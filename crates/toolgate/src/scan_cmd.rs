@@ -71,9 +71,12 @@ fn scan(args: &ScanArgs) -> Result<ExitCode, (u8, String)> {
         .enable_all()
         .build()
         .map_err(|e| (1, format!("cannot start a runtime: {e}")))?;
+    let listing =
+        crate::progress::Progress::new(format!("listing the tools of {}…", spec.name), None);
     let list = runtime
         .block_on(toolgate_gateway::scan::fetch_tools(&spec))
         .map_err(|e| (1, format!("cannot list the tools of {}: {e}", spec.name)))?;
+    drop(listing);
     runtime.shutdown_timeout(Duration::from_secs(2));
 
     // What could not be read is reported; everything else is still classified.
@@ -95,7 +98,9 @@ fn scan(args: &ScanArgs) -> Result<ExitCode, (u8, String)> {
     let mut rows: Vec<Row> = Vec::new();
     let mut classified = Vec::new();
     let mut seen = HashSet::new();
+    let mut progress = crate::progress::Progress::new("classifying", Some(list.tools.len()));
     for (index, tool) in list.tools.iter().enumerate() {
+        progress.advance(1);
         let number = index + 1;
         let Some(object) = tool.as_object() else {
             problems.push(format!("tool #{number} is not an object"));
@@ -126,6 +131,7 @@ fn scan(args: &ScanArgs) -> Result<ExitCode, (u8, String)> {
         });
         classified.push(tool.clone());
     }
+    drop(progress);
     print_rows(args, &spec.name, &rows)
         .map_err(|e| (1u8, format!("cannot write the output: {e}")))?;
     for problem in &problems {
