@@ -475,15 +475,7 @@ impl Gateway {
                 let policy = toolgate_policy::Policy::from_value(document).map_err(|errors| {
                     Refusal::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        format!(
-                            "the policy does not load: {}",
-                            errors
-                                .0
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        ),
+                        format!("the policy does not load: {}", errors.one_line()),
                     )
                 })?;
                 (

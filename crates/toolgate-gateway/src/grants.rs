@@ -381,12 +381,7 @@ fn spec_of(
                         format!(
                             "its policy for {server} ({}) is invalid: {}",
                             stored.source,
-                            errors
-                                .0
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join("; ")
+                            errors.one_line()
                         )
                     })?;
                 compiled.insert(version.clone(), Arc::clone(&policy));

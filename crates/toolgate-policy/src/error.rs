@@ -54,6 +54,15 @@ impl PolicyErrors {
         self.0.len()
     }
 
+    /// Every error on one line, separated by `; ` (for messages that must stay one line).
+    pub fn one_line(&self) -> String {
+        self.0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// True when no error is recorded (never the case for a value returned by this crate).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
