@@ -10,12 +10,14 @@ effect on the next request, without a restart and without dropping sessions.
 - a broken policy file is rejected with its errors in the log (file and JSON Pointer) and in
   the admin stream (`config_rejected`); the old version stays in force;
 - SIGHUP reloads at once, even an edit the poll cannot see (same size, old mtime);
-- a configuration edit adds and removes grants; a broken configuration keeps the old grants;
+- a configuration edit adds and removes grants, and replaces admin tokens; a broken
+  configuration keeps the old grants;
 - every change is in the admin stream as `policy_reloaded` with old and new version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -242,3 +244,32 @@ def test_policy_and_config_edits_apply_live_and_bad_ones_are_refused(procs: Proc
     rejected = [e for e in events if e["action"] == "config_rejected"]
     assert [Path(e["subject"]).name for e in rejected] == ["policy.json", "toolgate.toml"], rejected
     assert any("/default" in error for error in rejected[0]["detail"]["errors"]), rejected[0]
+
+
+def test_admin_tokens_reload_with_the_configuration(procs: Procs, tmp_path: Path) -> None:
+    """An admin token replaced in the configuration: the new one works and the old one is
+    refused from the next request, without a restart; the admin stream records who holds
+    a token now (names and roles, never tokens)."""
+
+    def admin_section(name: str, token: str) -> str:
+        return (f'\n[admin]\ntoken_sha256 = "{hashlib.sha256(b"tg-e2e-reload-root-0123456789").hexdigest()}"\n'
+                f'\n[[admin.members]]\nname = "{name}"\nrole = "viewer"\n'
+                f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n')
+
+    upstream = start_py_upstream_http(procs, name="py_upstream-reload-admins")[0]
+    config = tmp_path / "toolgate.toml"
+    old, new = "tg-e2e-reload-old-viewer-0123456789", "tg-e2e-reload-new-viewer-0123456789"
+    gw = start_gateway_config(procs, tmp_path, config_text(upstream, {"alice": ALICE}) + admin_section("olga", old),
+                              policies={"policy.json": policy(hide=[], charge_max=100)},
+                              name="toolgate-reload-admins")
+
+    def status(token: str) -> int:
+        return httpx.get(f"{gw.base}/admin/api", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+
+    assert (status(old), status(new)) == (200, 401)
+    config.write_text(config_text(upstream, {"alice": ALICE}) + admin_section("nina", new))
+    wait_for("the new admin token accepted and the old one refused", lambda: (status(old), status(new)) == (401, 200))
+    events = [e for e in admin_events(tmp_path / "toolgate-reload-admins-data") if e["action"] == "admin_tokens_reloaded"]
+    assert [e["detail"]["holders"] for e in events] == [[{"name": "admin", "role": "admin"},
+                                                        {"name": "nina", "role": "viewer"}]], events
+    assert new not in json.dumps(events) and hashlib.sha256(new.encode()).hexdigest() not in json.dumps(events)

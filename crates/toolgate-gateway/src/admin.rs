@@ -73,7 +73,7 @@ impl Gateway {
         request: Request<Incoming>,
         peer: IpAddr,
     ) -> Response<Body> {
-        if self.settings.admins.is_empty() {
+        if self.admins().is_empty() {
             return Refusal::new(
                 StatusCode::NOT_FOUND,
                 "the admin API is off: set [admin] token_sha256 (and [[admin.members]]) in the configuration",
@@ -81,7 +81,7 @@ impl Gateway {
             .into_response();
         }
         let who = match self.admin_of(request.headers().get(header::AUTHORIZATION)) {
-            Some(who) => who.clone(),
+            Some(who) => who,
             None => {
                 self.auth_throttle.failed_now(peer).await;
                 return Refusal::new(
@@ -172,13 +172,13 @@ impl Gateway {
 
     /// The holder of the admin token in `authorization`, compared in constant time against
     /// every holder (so the time taken does not tell how many there are before a match).
-    pub(crate) fn admin_of(&self, authorization: Option<&HeaderValue>) -> Option<&AdminSpec> {
+    pub(crate) fn admin_of(&self, authorization: Option<&HeaderValue>) -> Option<AdminSpec> {
         let token = crate::grants::bearer_token(authorization?.to_str().ok()?)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
-        for admin in &self.settings.admins {
+        for admin in self.admins().iter() {
             if bool::from(admin.token_sha256.ct_eq(&digest)) {
-                found = Some(admin);
+                found = Some(admin.clone());
             }
         }
         found

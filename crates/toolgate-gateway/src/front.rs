@@ -210,9 +210,10 @@ impl Gateway {
                 self.handle_admin(request, peer).await
             }
             p if p == "/admin" || p.starts_with("/admin/") => {
-                match crate::dashboard::asset(p).filter(|_| !self.settings.admins.is_empty()) {
+                let no_admins = self.admins().is_empty();
+                match crate::dashboard::asset(p).filter(|_| !no_admins) {
                     Some(page) => page,
-                    None if self.settings.admins.is_empty() => body::text(
+                    None if no_admins => body::text(
                         StatusCode::NOT_FOUND,
                         "the dashboard is off: set [admin] token_sha256 in the configuration\n",
                     ),
@@ -240,8 +241,7 @@ impl Gateway {
     /// any role (it shows server names and rule ids, no grants or arguments); without, it is
     /// open like `/healthz`: the gateway listens on loopback unless told otherwise.
     async fn metrics_page(&self, headers: &http::HeaderMap, peer: IpAddr) -> Response<Body> {
-        if !self.settings.admins.is_empty()
-            && self.admin_of(headers.get(header::AUTHORIZATION)).is_none()
+        if !self.admins().is_empty() && self.admin_of(headers.get(header::AUTHORIZATION)).is_none()
         {
             // A wrong token here counts like one at the admin API.
             self.auth_throttle.failed_now(peer).await;

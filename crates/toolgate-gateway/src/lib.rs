@@ -138,6 +138,8 @@ pub struct Gateway {
     metrics: Arc<metrics::Metrics>,
     /// Cluster mode's counter store, asked by `/readyz`.
     redis: Option<Arc<toolgate_store::RedisCounterStore>>,
+    /// The admin tokens in force (`[admin]`; swapped whole by a live reload).
+    admins: std::sync::RwLock<Arc<Vec<config::AdminSpec>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -150,6 +152,21 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
+    /// The admin tokens in force.
+    pub(crate) fn admins(&self) -> Arc<Vec<config::AdminSpec>> {
+        Arc::clone(&self.admins.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts `admins` in force (a live reload); whether they differ from those before.
+    pub(crate) fn replace_admins(&self, admins: Vec<config::AdminSpec>) -> bool {
+        let mut current = self.admins.write().unwrap_or_else(|e| e.into_inner());
+        if **current == admins {
+            return false;
+        }
+        *current = Arc::new(admins);
+        true
+    }
+
     /// What `/readyz` says: whether the gateway can serve calls now — every stdio upstream
     /// running, the audit log writable, the counter store answering — with one line per
     /// check. The cluster stores are asked (a PING, a `SELECT 1`), so readiness comes back
@@ -537,6 +554,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             approvals.announced(webhook::Webhook::start(hook)?, settings.public_url.clone());
     }
     let running = concurrency::Concurrency::new(settings.max_concurrent_calls);
+    let admins = settings.admins.clone();
     let gateway = Arc::new(Gateway {
         oauth,
         settings: Arc::new(settings),
@@ -553,6 +571,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         running,
         metrics,
         redis,
+        admins: std::sync::RwLock::new(Arc::new(admins)),
     });
     tasks.push(tokio::spawn(expire_sessions(
         Arc::clone(&gateway),

@@ -11,9 +11,9 @@
 //! recorded there as `policy_reloaded`, with the old and new version, and every session
 //! whose visible tool set it changed is sent `notifications/tools/list_changed`.
 //!
-//! Only grants and policies reload. The listener, servers, stores and admin tokens are
-//! bound when the gateway starts; a change to them in the configuration is reported in the
-//! log as waiting for a restart.
+//! Grants, policies and admin tokens reload. The listener, servers and stores are bound when
+//! the gateway starts; a change to them in the configuration is reported in the log as
+//! waiting for a restart.
 //!
 //! Files are watched by polling their size and modification time once a second: one
 //! `stat` per file, no platform notification API, and it sees edits made by editors that
@@ -132,7 +132,10 @@ impl Reloader {
         let current = self.gateway.grants.configured();
         let grants = match &self.config {
             Some(config) if changed.contains(config) => match self.read_config(config) {
-                Some(settings) => settings.grants,
+                Some(settings) => {
+                    self.apply_admins(settings.admins);
+                    settings.grants
+                }
                 None => return,
             },
             _ => self.read_policies(&current, &changed),
@@ -262,6 +265,32 @@ impl Reloader {
         }
     }
 
+    /// Puts the configuration's admin tokens in force, if they changed: recorded in the
+    /// admin stream by holder and role (never a token or its hash).
+    fn apply_admins(&self, admins: Vec<crate::config::AdminSpec>) {
+        let holders: Vec<serde_json::Value> = admins
+            .iter()
+            .map(|a| serde_json::json!({"name": a.name, "role": a.role.as_str()}))
+            .collect();
+        if !self.gateway.replace_admins(admins) {
+            return;
+        }
+        tracing::info!(holders = holders.len(), "admin tokens reloaded");
+        self.gateway
+            .auditor
+            .record_admin(vec![AuditEntry::Admin(AdminEvent {
+                ts: crate::time::format_rfc3339_ms(crate::time::now_unix_ms()),
+                action: "admin_tokens_reloaded".to_owned(),
+                actor: "gateway".to_owned(),
+                subject: self
+                    .config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                detail: serde_json::json!({ "holders": holders }),
+            })]);
+    }
+
     /// Settings a reload does not apply: said once per reload that meets them.
     fn warn_about_restart_only_changes(&self, path: &Path, fresh: &Settings) {
         let running = &self.gateway.settings;
@@ -269,16 +298,13 @@ impl Reloader {
         if format!("{:?}", running.servers) != format!("{:?}", fresh.servers) {
             waiting.push("[servers]");
         }
-        if format!("{:?}", running.admins) != format!("{:?}", fresh.admins) {
-            waiting.push("[admin]");
-        }
         if (&running.redis_url, &running.postgres_url) != (&fresh.redis_url, &fresh.postgres_url) {
             waiting.push("[store]");
         }
         if !waiting.is_empty() {
             tracing::warn!(
                 file = %path.display(),
-                "{} changed: applied at the next start (a reload applies grants and policies)",
+                "{} changed: applied at the next start (a reload applies grants, policies and admin tokens)",
                 waiting.join(", ")
             );
         }
