@@ -42,6 +42,21 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def config_for(upstream: str, sections: str = "", grant: str = "metrics") -> str:
+    """One server `py` at `upstream`, one grant with POLICY on it, and `sections` between."""
+    return f"""
+[gateway]
+
+[servers.py]
+url = "{upstream}"
+{sections}
+[[grants]]
+name = "{grant}"
+token = "{TOKEN}"
+policies = {{ py = "policy.json" }}
+"""
+
+
 def samples(text: str) -> dict[str, float]:
     """Sample lines by their name and labels as written."""
     out: dict[str, float] = {}
@@ -54,18 +69,8 @@ def samples(text: str) -> dict[str, float]:
 
 def test_metrics_count_decisions_rules_outcomes_and_health(procs: Procs, tmp_path: Path) -> None:
     upstream = start_py_upstream_http(procs, name="py_upstream-metrics")[0]
-    config = f"""
-[gateway]
-
-[servers.py]
-url = "{upstream}"
-
-[[grants]]
-name = "metrics"
-token = "{TOKEN}"
-policies = {{ py = "policy.json" }}
-"""
-    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-metrics",
+    gw = start_gateway_config(procs, tmp_path, config_for(upstream), policies={"policy.json": POLICY},
+                              name="toolgate-metrics",
                               extra_args=["--log-format", "json"])
 
     async def body() -> None:
@@ -124,12 +129,7 @@ policies = {{ py = "policy.json" }}
 
 def test_metrics_need_an_admin_token_once_admins_are_configured(procs: Procs, tmp_path: Path) -> None:
     upstream = start_py_upstream_http(procs, name="py_upstream-metrics-admin")[0]
-    config = f"""
-[gateway]
-
-[servers.py]
-url = "{upstream}"
-
+    admins = f"""
 [admin]
 token_sha256 = "{sha("tg-e2e-metrics-admin-0123456789")}"
 
@@ -137,13 +137,8 @@ token_sha256 = "{sha("tg-e2e-metrics-admin-0123456789")}"
 name = "vic"
 role = "viewer"
 token_sha256 = "{sha(VIEWER)}"
-
-[[grants]]
-name = "metrics"
-token = "{TOKEN}"
-policies = {{ py = "policy.json" }}
 """
-    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY},
+    gw = start_gateway_config(procs, tmp_path, config_for(upstream, admins), policies={"policy.json": POLICY},
                               name="toolgate-metrics-admin")
     refused = httpx.get(f"{gw.base}/metrics", timeout=10)
     assert refused.status_code == 401 and "admin token" in refused.text, refused.text
@@ -158,22 +153,13 @@ def test_one_span_per_tool_call_reaches_an_otlp_collector(procs: Procs, tmp_path
     collector = procs.start("otlp_receiver", [PYTHON, str(FIXTURES / "otlp_receiver.py"), "--record", str(received)])
     collector_url = collector.wait_for(ready_url)
     upstream = start_py_upstream_http(procs, name="py_upstream-traces")[0]
-    config = f"""
-[gateway]
-
-[servers.py]
-url = "{upstream}"
-
+    telemetry = f"""
 [telemetry]
 otlp_endpoint = "{collector_url}"
 service_name = "toolgate-e2e"
-
-[[grants]]
-name = "traced"
-token = "{TOKEN}"
-policies = {{ py = "policy.json" }}
 """
-    gw = start_gateway_config(procs, tmp_path, config, policies={"policy.json": POLICY}, name="toolgate-traces")
+    gw = start_gateway_config(procs, tmp_path, config_for(upstream, telemetry, grant="traced"),
+                              policies={"policy.json": POLICY}, name="toolgate-traces")
 
     async def body() -> None:
         async with http_client(gw.server_url("py"), TOKEN) as client:

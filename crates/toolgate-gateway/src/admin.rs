@@ -569,10 +569,7 @@ impl Gateway {
                 let ready = self
                     .servers
                     .get(&spec.name)
-                    .is_none_or(|s| match &s.upstream {
-                        crate::Upstream::Stdio(up) => up.is_ready(),
-                        crate::Upstream::Http(_) => true,
-                    });
+                    .is_none_or(|s| s.upstream.is_ready());
                 let upstream = match &spec.upstream {
                     // Header names only: their values are the upstream's credentials.
                     UpstreamSpec::Http { url, headers, .. } => json!({
@@ -764,9 +761,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Whether the policy file `policy` came from still loads to the version in force: `ok`,
-/// `changed` (a newer version waits for the next reload), `invalid` with the errors (a
-/// reload refused it: the version in force stays), `unreadable`, or `not a file` for a
-/// policy minted into the store.
+/// `changed` (a newer version waits for the next reload), `invalid` with the errors (it
+/// cannot be read or does not load; a reload refused it and the version in force stays), or
+/// `not a file` for a policy minted into the store.
 fn file_status(policy: &crate::grants::PolicyRef) -> Value {
     let path = std::path::Path::new(&policy.id);
     if !path.is_file() {

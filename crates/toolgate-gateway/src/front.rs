@@ -255,13 +255,7 @@ impl Gateway {
         let servers = self
             .servers
             .values()
-            .map(|s| {
-                let up = match &s.upstream {
-                    crate::Upstream::Stdio(up) => up.is_ready(),
-                    crate::Upstream::Http(_) => true,
-                };
-                (&*s.metrics, up)
-            })
+            .map(|s| (&*s.metrics, s.upstream.is_ready()))
             .collect();
         let text = self.metrics.render(&crate::metrics::Gauges {
             sessions: self.sessions.len(),

@@ -171,18 +171,16 @@ impl Grants {
     /// them a configured name shadows may have changed.
     pub async fn replace_configured(&self, grants: Vec<GrantSpec>) {
         *self.configured.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(by_token(grants));
-        let index = match &self.minted {
+        // Held so that no request rebuilds the index from the old grants meanwhile.
+        let _loading = match &self.minted {
             Some(minted) => {
-                // Held so that no request rebuilds the index from the old grants meanwhile.
                 let mut loaded_at = minted.loaded_at.lock().await;
                 *loaded_at = (minted.changes.look(), Instant::now());
-                self.build_index().await
+                Some(loaded_at)
             }
-            None => Index {
-                by_token: (*self.configured_ref()).clone(),
-                minted_unreadable: None,
-            },
+            None => None,
         };
+        let index = self.build_index().await;
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
     }
 

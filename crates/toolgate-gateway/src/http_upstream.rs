@@ -52,6 +52,39 @@ pub struct HttpUpstream {
     client: HttpClient,
 }
 
+/// POSTs a JSON `body` to `url` on the gateway's own behalf (the approvals webhook, the
+/// trace exporter), with `headers` besides the content type and user agent; `Ok` only for a
+/// 2xx answer within `timeout`.
+pub(crate) async fn post_json(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&'static str, HeaderValue)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::USER_AGENT,
+            concat!("toolgate/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in headers {
+        request = request.header(*name, value.clone());
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| format!("no answer from {url} within {} s", timeout.as_secs()))?
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url} answered HTTP {}", response.status()))
+    }
+}
+
 pub(crate) fn build_client(
     ca_file: Option<&std::path::Path>,
     connect_timeout: Duration,

@@ -83,6 +83,15 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// Whether it can take calls now: a stdio child is running (an HTTP upstream is reached
+    /// per call, so it always can, as far as the gateway knows beforehand).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Upstream::Stdio(up) => up.is_ready(),
+            Upstream::Http(_) => true,
+        }
+    }
+
     /// The upstream's complete tool list (every page), asked on the gateway's own behalf.
     pub async fn fetch_tools(&self) -> Result<Vec<serde_json::Value>, error::GatewayError> {
         match self {

@@ -75,11 +75,19 @@ impl Reloader {
             config,
             seen: HashMap::new(),
         };
-        for path in reloader.watched() {
-            let now = stamp(&path);
-            reloader.seen.insert(path, now);
-        }
+        reloader.seen = reloader.look();
         reloader
+    }
+
+    /// Every watched file as it is now.
+    fn look(&self) -> HashMap<PathBuf, Option<Stamp>> {
+        self.watched()
+            .into_iter()
+            .map(|path| {
+                let now = stamp(&path);
+                (path, now)
+            })
+            .collect()
     }
 
     /// Runs until `shutdown`: a look at the files every second, a reload whenever `now` is
@@ -116,19 +124,17 @@ impl Reloader {
 
     /// Reloads if a watched file changed since it was last read, or if `forced`.
     async fn check(&mut self, forced: bool) {
-        let watched = self.watched();
-        let changed: BTreeSet<PathBuf> = watched
+        let now = self.look();
+        let changed: BTreeSet<PathBuf> = now
             .iter()
-            .filter(|path| forced || self.seen.get(*path) != Some(&stamp(path)))
-            .cloned()
+            .filter(|(path, stamp)| forced || self.seen.get(*path) != Some(stamp))
+            .map(|(path, _)| path.clone())
             .collect();
         if changed.is_empty() {
             return;
         }
         // Noted before reading: an edit landing while we read is seen at the next look.
-        for path in &watched {
-            self.seen.insert(path.clone(), stamp(path));
-        }
+        self.seen.extend(now);
         let current = self.gateway.grants.configured();
         let grants = match &self.config {
             Some(config) if changed.contains(config) => match self.read_config(config) {

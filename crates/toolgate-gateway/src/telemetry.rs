@@ -12,10 +12,8 @@
 //! up spans are dropped and counted (never a call delayed).
 
 use crate::config::TelemetrySettings;
-use crate::http_upstream::{build_client, HttpClient};
+use crate::http_upstream::{build_client, post_json, HttpClient};
 use bytes::Bytes;
-use http::{header, Method, Request};
-use http_body_util::Full;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -169,7 +167,8 @@ async fn export(
         }
         if !batch.is_empty() && (stopping || batch.len() >= BATCH || spans.is_empty()) {
             let body = Bytes::from(encode(&settings.service_name, &batch).to_string());
-            if let Err(e) = post(&client, &settings.traces_url, body).await {
+            let sent = post_json(&client, &settings.traces_url, &[], body, EXPORT_TIMEOUT).await;
+            if let Err(e) = sent {
                 tracing::warn!("{} spans not exported: {e}", batch.len());
             }
             batch.clear();
@@ -177,28 +176,6 @@ async fn export(
         if stopping {
             return;
         }
-    }
-}
-
-async fn post(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::USER_AGENT,
-            concat!("toolgate/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(EXPORT_TIMEOUT, client.request(request))
-        .await
-        .map_err(|_| format!("no answer from {url} within {} s", EXPORT_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("{url} answered HTTP {}", response.status()))
     }
 }
 

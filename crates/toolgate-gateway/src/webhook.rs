@@ -8,10 +8,9 @@
 //! API — and each failure is logged.
 
 use crate::config::WebhookSettings;
-use crate::http_upstream::{build_client, HttpClient};
+use crate::http_upstream::{build_client, post_json, HttpClient};
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request};
-use http_body_util::Full;
+use http::HeaderValue;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -91,31 +90,14 @@ async fn deliver(client: HttpClient, settings: WebhookSettings, mut queue: mpsc:
 async fn post(client: &HttpClient, settings: &WebhookSettings, body: Bytes) -> Result<(), String> {
     let signed =
         HeaderValue::from_str(&signature(&settings.secret, &body)).map_err(|e| e.to_string())?;
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(&settings.url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::USER_AGENT,
-            concat!("toolgate/", env!("CARGO_PKG_VERSION")),
-        )
-        .header(SIGNATURE_HEADER, signed)
-        .header("x-toolgate-event", "approval_requested")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(request))
-        .await
-        .map_err(|_| format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("cannot reach {}: {e}", settings.url))?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} answered HTTP {}",
-            settings.url,
-            response.status()
-        ))
-    }
+    let headers = [
+        (SIGNATURE_HEADER, signed),
+        (
+            "x-toolgate-event",
+            HeaderValue::from_static("approval_requested"),
+        ),
+    ];
+    post_json(client, &settings.url, &headers, body, ATTEMPT_TIMEOUT).await
 }
 
 #[cfg(test)]
