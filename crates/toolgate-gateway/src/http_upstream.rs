@@ -120,8 +120,17 @@ pub(crate) fn build_client(
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     let https = builder.https_or_http().enable_http1().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(https))
 }
+
+/// How long an idle upstream connection is kept for reuse. Below the shortest keep-alive
+/// common servers use (5 s: uvicorn, Node's http): a connection the server is about to close
+/// is not picked for a call, where the race would reset it under the call and lose its
+/// answer (the soak test met this: "Connection reset by peer" on a reused connection). A
+/// `tools/call` is not idempotent, so such a call cannot simply be sent again.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The error for a request to `server` not answered within `timeout`.
 pub fn timed_out(server: &str, timeout: Duration) -> GatewayError {
