@@ -4,7 +4,8 @@ counted exactly for the calls an official Python SDK client made; the page's acc
 (open without admin tokens, any admin token once they are configured); and structured logs
 (`--log-format json`: every line one JSON object, decisions with their fields); and
 OpenTelemetry traces (`[telemetry] otlp_endpoint`): one span per `tools/call`, exported over
-OTLP/HTTP JSON to a collector, with the audit record's attributes.
+OTLP/HTTP JSON to a collector, with the audit record's attributes; a caller's W3C
+`traceparent` is continued, and the upstream is told the gateway's span as its parent.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from e2e_helpers import (
     FIXTURES,
     PYTHON,
     Procs,
+    RawSession,
     http_client,
     run,
     start_gateway_config,
@@ -32,7 +34,7 @@ from e2e_helpers import (
 TOKEN = "tg-e2e-metrics-token-0123456789"
 VIEWER = "tg-e2e-metrics-viewer-0123456789"
 POLICY = {"version": "1", "default": "deny", "hide": ["secret_admin"], "tools": {
-    "echo": {}, "jsonrpc_error": {},
+    "echo": {}, "jsonrpc_error": {}, "echo_headers": {},
     "delete_everything": {"action": "deny", "on_deny": "No."},
     "add": {"limits": [{"counter": "adds", "window": "day", "max": 1}]},
 }}
@@ -171,18 +173,36 @@ service_name = "toolgate-e2e"
                 pass
 
     run(body)
+    # A caller in a trace of its own: the span joins it, and the upstream hears of the span.
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    traced = RawSession(gw.server_url("py"), TOKEN,
+                        extra_headers={"traceparent": f"00-{caller_trace}-{caller_span}-01", "tracestate": "k=v"})
+    traced.initialize()
+    r, answer = traced.request("tools/call", {"name": "echo_headers", "arguments": {}})
+    seen_upstream = answer["result"]["structuredContent"]
+    traced.close()
+    assert seen_upstream["tracestate"] == "k=v", seen_upstream
+    next_hop = seen_upstream["traceparent"].split("-")
+    assert next_hop[0] == "00" and next_hop[1] == caller_trace and next_hop[3] == "01", next_hop
+    assert next_hop[2] != caller_span, next_hop
     deadline = time.monotonic() + 10
     while True:
         exports = [json.loads(line) for line in received.read_text().splitlines() if line.strip()]
         spans = [(resource, span) for export in exports for resource in export["resourceSpans"]
                  for scope in resource["scopeSpans"] for span in scope["spans"]]
-        if len(spans) >= 3 or time.monotonic() > deadline:
+        if len(spans) >= 4 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert len(spans) == 3, spans  # the tools/call requests only
+    assert len(spans) == 4, spans  # the tools/call requests only
     by_name = {span["name"]: span for _, span in spans}
-    assert set(by_name) == {"tools/call echo", "tools/call delete_everything", "tools/call jsonrpc_error"}, by_name
-    for resource, span in spans:
+    assert set(by_name) == {"tools/call echo", "tools/call delete_everything", "tools/call jsonrpc_error",
+                            "tools/call echo_headers"}, by_name
+    continued = by_name.pop("tools/call echo_headers")
+    assert (continued["traceId"], continued["parentSpanId"], continued["spanId"]) == (
+        caller_trace, caller_span, next_hop[2]), continued
+    assert all("parentSpanId" not in span for span in by_name.values()), by_name
+    assert len({span["traceId"] for span in by_name.values()} | {caller_trace}) == 4, by_name
+    for resource, span in spans:  # including the continued one
         assert {"key": "service.name", "value": {"stringValue": "toolgate-e2e"}} in resource["resource"]["attributes"]
         assert len(span["traceId"]) == 32 and len(span["spanId"]) == 16
         assert int(span["startTimeUnixNano"]) <= int(span["endTimeUnixNano"])

@@ -12,7 +12,12 @@ effect on the next request, without a restart and without dropping sessions.
 - SIGHUP reloads at once, even an edit the poll cannot see (same size, old mtime);
 - a configuration edit adds and removes grants, and replaces admin tokens; a broken
   configuration keeps the old grants;
-- every change is in the admin stream as `policy_reloaded` with old and new version.
+- every change is in the admin stream as `policy_reloaded` with old and new version;
+- servers reload too: added, adjusted (same child, same sessions), reconnected (a new child;
+  the old one finishes its calls in flight; sessions stay and are told their tools may have
+  changed), moved (a new URL: its sessions end with 404) and removed; a server that cannot
+  be built keeps every server as it was; settings bound at start are named as waiting for
+  a restart (`restart_required`).
 """
 
 from __future__ import annotations
@@ -273,3 +278,113 @@ def test_admin_tokens_reload_with_the_configuration(procs: Procs, tmp_path: Path
     assert [e["detail"]["holders"] for e in events] == [[{"name": "admin", "role": "admin"},
                                                         {"name": "nina", "role": "viewer"}]], events
     assert new not in json.dumps(events) and hashlib.sha256(new.encode()).hexdigest() not in json.dumps(events)
+
+
+def test_servers_reload_with_the_configuration(procs: Procs, tmp_path: Path) -> None:
+    """`[servers]` edits apply live, each with the least disturbance that serves it (see
+    crates/toolgate-gateway/src/servers.rs)."""
+    ran = {name: tmp_path / f"ran-{name}" for name in ("a", "b", "child1", "child2")}
+    url_a = start_py_upstream_http(procs, name="py_upstream-servers-a", ran_file=ran["a"])[0]
+    url_b = start_py_upstream_http(procs, name="py_upstream-servers-b", ran_file=ran["b"])[0]
+    allow = {"version": "1", "default": "deny", "tools": {
+        "echo": {}, "record_run": {}, "sleep": {},
+        "charge": {"deny_if": [{"path": "args.amount", "op": "gt", "value": 100}]}}}
+
+    def config(http_url: str, child: str, *, shadow: bool = False, extra: str | None = None,
+               more: str = "", gateway: str = "") -> str:
+        servers = {"http": f'url = "{http_url}"',
+                   "stdio": f'command = "{PYTHON}"\nargs = ["{PY_UPSTREAM}", "--transport", "stdio"]\n'
+                            f'env = {{ PY_UPSTREAM_RAN_FILE = "{ran[child]}" }}\nshadow = {str(shadow).lower()}'}
+        if extra:
+            servers["extra"] = f'url = "{extra}"'
+        blocks = "".join(f"\n[servers.{name}]\n{body}\n" for name, body in servers.items())
+        policies = ", ".join(f'{name} = "allow.json"' for name in servers)
+        return (f"[gateway]\n{gateway}\n{blocks}{more}\n[[grants]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n"
+                f"policies = {{ {policies} }}\n")
+
+    cfg = tmp_path / "toolgate.toml"
+    gw = start_gateway_config(procs, tmp_path, config(url_a, "child1"), policies={"allow.json": allow},
+                              name="toolgate-servers")
+
+    def children_started() -> int:
+        return gw.proc.stderr().count("stdio upstream started")
+
+    def edit(text: str, what: str, check: Callable[[], bool]) -> None:
+        cfg.write_text(text)
+        wait_for(what, check, timeout=15)
+
+    def call(session: RawSession, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        r, msg = session.request("tools/call", {"name": tool, "arguments": args})
+        assert r.status_code == 200, f"{tool}: HTTP {r.status_code} {r.text}"
+        return msg
+
+    def ran_tags(name: str) -> list[str]:
+        return ran[name].read_text().split() if ran[name].exists() else []
+
+    stdio_session, notices = listen(gw.server_url("stdio"))
+    http_session = RawSession(gw.server_url("http"), ALICE)
+    http_session.initialize()
+    assert "result" in call(http_session, "record_run", {"tag": "h1"}) and ran_tags("a") == ["h1"]
+    assert call(stdio_session, "charge", {"amount": 500, "reason": "r"})["result"]["isError"] is True
+    wait_for("the stdio child up", lambda: children_started() == 1)
+
+    # 1. A server added; the stdio server put in shadow mode: its child keeps running.
+    edit(config(url_a, "child1", shadow=True, extra=url_b), "server extra added",
+         lambda: RawSession(gw.server_url("extra"), ALICE).post({"jsonrpc": "2.0", "id": 0, "method": "ping"})
+         .status_code != 404)
+    extra_session = RawSession(gw.server_url("extra"), ALICE)
+    extra_session.initialize()
+    assert "result" in call(extra_session, "record_run", {"tag": "x1"}) and ran_tags("b") == ["x1"]
+    shadowed = call(stdio_session, "charge", {"amount": 500, "reason": "r"})["result"]
+    assert shadowed.get("isError") is not True, shadowed  # decided deny, not enforced
+    assert children_started() == 1, "a shadow-only change restarted the child"
+
+    # 2. The stdio child's environment changed: a new child; a call in flight on the old
+    # one finishes there; the session stays and is told its tools may have changed.
+    assert "result" in call(stdio_session, "record_run", {"tag": "c1"}) and ran_tags("child1") == ["c1"]
+    slow: dict[str, Any] = {}
+    slow_session = RawSession(gw.server_url("stdio"), ALICE)
+    slow_session.initialize()
+    in_flight = threading.Thread(target=lambda: slow.update(call(slow_session, "sleep", {"seconds": 2})))
+    in_flight.start()
+    time.sleep(0.5)
+    before = len(notices)
+    edit(config(url_a, "child2", shadow=True, extra=url_b), "a second child",
+         lambda: children_started() == 2 and "result" in call(stdio_session, "record_run", {"tag": "c2"}))
+    in_flight.join(15)
+    assert "result" in slow and slow["result"].get("isError") is not True, slow
+    assert "c2" in ran_tags("child2") and ran_tags("child1") == ["c1"]
+    wait_for("list_changed after the new child",
+             lambda: {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"} in notices[before:])
+    wait_for("the old child stopped", lambda: "stopping the child a reload replaced" in gw.proc.stderr())
+
+    # 3. A server that cannot be built (its CA file is missing) changes nothing at all.
+    broken = config(url_b, "child2", extra=url_b) + ""
+    broken = broken.replace(f'url = "{url_b}"\n', f'url = "{url_b}"\nca_file = "missing-ca.pem"\n', 1)
+    edit(broken, "the unusable server refused", lambda: "missing-ca.pem" in gw.proc.stderr())
+    assert "result" in call(http_session, "record_run", {"tag": "h2"}) and ran_tags("a") == ["h1", "h2"]
+
+    # 4. http moved to B: its sessions end (404), a new one reaches B. extra removed; stdio
+    # out of shadow mode. A gateway limit changed too: named as waiting for a restart.
+    edit(config(url_b, "child2", gateway="max_connections = 999"), "http moved, extra removed",
+         lambda: http_session.post(http_session.message("tools/list")).status_code == 404)
+    assert RawSession(gw.server_url("extra"), ALICE).post(
+        {"jsonrpc": "2.0", "id": 0, "method": "ping"}).status_code == 404
+    moved = RawSession(gw.server_url("http"), ALICE)
+    moved.initialize()
+    assert "result" in call(moved, "record_run", {"tag": "h3"})
+    assert ran_tags("b") == ["x1", "h3"] and ran_tags("a") == ["h1", "h2"]
+    assert "result" in call(stdio_session, "echo", {"text": "still here"})  # the same session
+    assert call(stdio_session, "charge", {"amount": 500, "reason": "r"})["result"]["isError"] is True
+    for session in (stdio_session, moved, slow_session):
+        session.close()
+
+    events = admin_events(tmp_path / "toolgate-servers-data")
+    reloads = [{s["server"]: s["change"] for s in e["detail"]["servers"]}
+               for e in events if e["action"] == "servers_reloaded"]
+    assert reloads == [{"extra": "added", "stdio": "adjusted"}, {"stdio": "reconnected"},
+                       {"http": "moved", "extra": "removed", "stdio": "adjusted"}], reloads
+    rejected = [e for e in events if e["action"] == "config_rejected"]
+    assert len(rejected) == 1 and "missing-ca.pem" in json.dumps(rejected[0]["detail"]), rejected
+    waiting = [e["detail"]["settings"] for e in events if e["action"] == "restart_required"]
+    assert waiting == [["gateway limits"]], waiting

@@ -304,7 +304,7 @@ impl Gateway {
             note,
         };
         let (grant, token) =
-            grant_admin::mint(&self.grant_store, Some(&self.settings), grant, actor)
+            grant_admin::mint(&self.grant_store, Some(&self.in_force()), grant, actor)
                 .await
                 .map_err(refusal)?;
         Ok(body::json(
@@ -422,7 +422,7 @@ impl Gateway {
         };
         let grant = grant_admin::set_policy(
             &self.grant_store,
-            Some(&self.settings),
+            Some(&self.in_force()),
             name,
             server,
             policy,
@@ -561,15 +561,14 @@ impl Gateway {
     }
 
     fn list_servers(&self) -> Response<Body> {
+        let in_force = self.servers.all();
         let servers: Vec<Value> = self
-            .settings
             .servers
+            .names()
             .iter()
-            .map(|spec| {
-                let ready = self
-                    .servers
-                    .get(&spec.name)
-                    .is_none_or(|s| s.upstream.is_ready());
+            .filter_map(|name| in_force.get(name))
+            .map(|server| {
+                let (spec, ready) = (&server.spec, server.upstream.is_ready());
                 let upstream = match &spec.upstream {
                     // Header names only: their values are the upstream's credentials.
                     UpstreamSpec::Http { url, headers, .. } => json!({

@@ -382,9 +382,33 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// OpenTelemetry traces, one span per `tools/call` (`[telemetry]`).
     pub telemetry: Option<TelemetrySettings>,
+    /// What the command line put in place of the file's settings: a live reload puts it
+    /// there again.
+    pub overrides: Overrides,
+}
+
+/// Settings given on the command line, which win over the configuration file's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Settings {
+    /// Puts the command line's `overrides` in place of the file's settings, and keeps them
+    /// for a live reload.
+    pub fn override_with(&mut self, overrides: Overrides) {
+        if let Some(listen) = overrides.listen {
+            self.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            self.data_dir = dir.clone();
+        }
+        self.overrides = overrides;
+    }
+
     /// Defaults for everything but servers and grants (used by quick mode and tests).
     pub fn new(listen: SocketAddr) -> Self {
         Settings {
@@ -411,6 +435,7 @@ impl Settings {
             warnings: Vec::new(),
             config_path: None,
             telemetry: None,
+            overrides: Overrides::default(),
         }
     }
 }

@@ -252,8 +252,8 @@ impl Gateway {
             )
             .into_response(serde_json::Value::Null);
         }
-        let servers = self
-            .servers
+        let in_force = self.servers.all();
+        let servers = in_force
             .values()
             .map(|s| (&*s.metrics, s.upstream.is_ready()))
             .collect();
@@ -281,7 +281,7 @@ impl Gateway {
             .trim_end_matches('/');
         match rest.strip_prefix("/mcp/") {
             None if rest.is_empty() => body::json(StatusCode::OK, &validator.metadata(None)),
-            Some(server) if self.servers.contains_key(server) => {
+            Some(server) if self.servers.contains(server) => {
                 body::json(StatusCode::OK, &validator.metadata(Some(server)))
             }
             _ => not_found(),

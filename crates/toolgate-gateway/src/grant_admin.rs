@@ -88,12 +88,32 @@ pub struct NewGrant {
     pub note: Option<String>,
 }
 
-/// Mints `grant` for `actor` (who asked, for the admin stream), checked against `settings`
-/// when the caller has them. Returns it and its token — the only time the token exists
+/// The servers and configured grants a new grant is checked against: the configuration's
+/// for the CLI, those in force (after live reloads) for a running gateway.
+#[derive(Debug, Clone, Default)]
+pub struct InForce {
+    /// Server names.
+    pub servers: Vec<String>,
+    /// Names of the configuration's grants, which a minted grant may not take.
+    pub configured_grants: Vec<String>,
+}
+
+impl InForce {
+    /// What `settings` configure.
+    pub fn of(settings: &Settings) -> InForce {
+        InForce {
+            servers: settings.servers.iter().map(|s| s.name.clone()).collect(),
+            configured_grants: settings.grants.iter().map(|g| g.name.clone()).collect(),
+        }
+    }
+}
+
+/// Mints `grant` for `actor` (who asked, for the admin stream), checked against `in_force`
+/// when the caller has it. Returns it and its token — the only time the token exists
 /// outside the caller's hands.
 pub async fn mint(
     store: &SharedStore,
-    settings: Option<&Settings>,
+    in_force: Option<&InForce>,
     grant: NewGrant,
     actor: &str,
 ) -> Result<(StoredGrant, String), GrantError> {
@@ -109,11 +129,11 @@ pub async fn mint(
         .collect();
     servers.sort();
     servers.dedup();
-    if let Some(settings) = settings {
+    if let Some(in_force) = in_force {
         for server in grant.policies.keys().chain(&servers) {
-            check_server(settings, server)?;
+            check_server(in_force, server)?;
         }
-        if settings.grants.iter().any(|g| g.name == grant.name) {
+        if in_force.configured_grants.contains(&grant.name) {
             return Err(GrantError::Invalid(format!(
                 "the configuration declares a grant named {:?}; choose another name",
                 grant.name
@@ -178,15 +198,15 @@ pub async fn revoke(
 /// Attaches `policy` to grant `name` on `server` (replacing the one it had there).
 pub async fn set_policy(
     store: &SharedStore,
-    settings: Option<&Settings>,
+    in_force: Option<&InForce>,
     name: &str,
     server: &str,
     policy: StoredPolicy,
     actor: &str,
 ) -> Result<StoredGrant, GrantError> {
     check_policy(server, &policy)?;
-    if let Some(settings) = settings {
-        check_server(settings, server)?;
+    if let Some(in_force) = in_force {
+        check_server(in_force, server)?;
     }
     let detail = json!({
         "server": server,
@@ -319,14 +339,13 @@ fn check_policy(server: &str, policy: &StoredPolicy) -> Result<(), GrantError> {
         })
 }
 
-fn check_server(settings: &Settings, server: &str) -> Result<(), GrantError> {
-    if settings.servers.iter().any(|s| s.name == server) {
+fn check_server(in_force: &InForce, server: &str) -> Result<(), GrantError> {
+    if in_force.servers.iter().any(|s| s == server) {
         return Ok(());
     }
-    let known: Vec<&str> = settings.servers.iter().map(|s| s.name.as_str()).collect();
     Err(GrantError::Invalid(format!(
         "no server named {server:?} is configured (servers: {})",
-        known.join(", ")
+        in_force.servers.join(", ")
     )))
 }
 

@@ -33,6 +33,10 @@ const FORWARDED: &[&str] = &[
     mcp_headers::MCP_METHOD,
     mcp_headers::MCP_NAME,
     "user-agent",
+    // W3C trace context: passed on, so an upstream's spans can join the caller's trace
+    // (replaced by the gateway's own span when it exports traces: see telemetry.rs).
+    "traceparent",
+    "tracestate",
 ];
 
 /// One HTTP upstream.

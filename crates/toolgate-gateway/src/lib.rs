@@ -29,6 +29,7 @@ mod proxy;
 pub mod quota;
 mod reload;
 pub mod scan;
+mod servers;
 pub mod session;
 pub mod stdio_upstream;
 mod telemetry;
@@ -37,12 +38,11 @@ pub mod time;
 pub mod webhook;
 
 use crate::catalogue::Catalogue;
-use crate::config::{ServerSpec, Settings, UpstreamSpec};
+use crate::config::{ServerSpec, Settings};
 use crate::grants::Grants;
 use crate::http_upstream::HttpUpstream;
 use crate::session::Sessions;
 use crate::stdio_upstream::StdioUpstream;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,15 +108,19 @@ pub struct Server {
     pub spec: ServerSpec,
     /// Its connection.
     pub upstream: Upstream,
-    /// Its tools, reviewed against their pins.
-    pub catalogue: Catalogue,
-    /// What `/metrics` says of it.
+    /// Its tools, reviewed against their pins (kept by a reload that keeps the upstream).
+    pub catalogue: Arc<Catalogue>,
+    /// What `/metrics` says of it (kept by every reload that keeps the server).
     pub(crate) metrics: Arc<metrics::ServerMetrics>,
+    /// Stops its stdio child (none for HTTP): shared by the servers a reload builds around
+    /// the same running child.
+    stop: Option<Arc<watch::Sender<bool>>>,
 }
 
 /// The gateway's shared state.
 pub struct Gateway {
-    /// Validated settings.
+    /// The settings the gateway started with. What a live reload changes — servers, grants,
+    /// admin tokens — is in force in `servers`, `grants` and `admins`, not here.
     pub settings: Arc<Settings>,
     /// Where minted grants live (the embedded store, or PostgreSQL in cluster mode).
     grant_store: SharedStore,
@@ -128,8 +132,8 @@ pub struct Gateway {
     auth_throttle: throttle::AuthThrottle,
     /// OAuth resource-server mode, when configured.
     oauth: Option<oauth::Validator>,
-    /// Servers by name.
-    servers: HashMap<String, Arc<Server>>,
+    /// The servers in force.
+    servers: Arc<servers::ServerTable>,
     /// Client sessions.
     sessions: Arc<Sessions>,
     /// Where limits are counted.
@@ -155,12 +159,26 @@ impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
             .field("listen", &self.settings.listen)
-            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .field("servers", &self.servers.names())
             .finish_non_exhaustive()
     }
 }
 
 impl Gateway {
+    /// The servers and configured grants in force, which a grant minted or changed through
+    /// the admin API is checked against.
+    pub(crate) fn in_force(&self) -> grant_admin::InForce {
+        grant_admin::InForce {
+            servers: self.servers.names(),
+            configured_grants: self
+                .grants
+                .configured()
+                .iter()
+                .map(|g| g.name.clone())
+                .collect(),
+        }
+    }
+
     /// The admin tokens in force.
     pub(crate) fn admins(&self) -> Arc<Vec<config::AdminSpec>> {
         Arc::clone(&self.admins.read().unwrap_or_else(|e| e.into_inner()))
@@ -190,10 +208,9 @@ impl Gateway {
             report.push_str(&what);
             report.push('\n');
         };
-        let mut names: Vec<&String> = self.servers.keys().collect();
-        names.sort();
-        for name in names {
-            if let Upstream::Stdio(up) = &self.servers[name].upstream {
+        let servers = self.servers.all();
+        for name in self.servers.names() {
+            if let Some(Upstream::Stdio(up)) = servers.get(&name).map(|s| &s.upstream) {
                 let ok = up.is_ready();
                 line(
                     ok,
@@ -256,6 +273,8 @@ pub struct Running {
     auditor: Arc<audit::Auditor>,
     /// Wakes the reloader (SIGHUP).
     reload_now: Arc<tokio::sync::Notify>,
+    /// Whose stdio children are awaited at shutdown.
+    servers: Arc<servers::ServerTable>,
 }
 
 impl Running {
@@ -271,6 +290,7 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.servers.stopped().await;
         self.auditor.flush().await;
     }
 }
@@ -510,32 +530,12 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         )
         .await?,
     );
-    let mut servers = HashMap::new();
-    for spec in &settings.servers {
-        let upstream = match &spec.upstream {
-            UpstreamSpec::Http { .. } => Upstream::Http(Arc::new(HttpUpstream::new(spec)?)),
-            UpstreamSpec::Stdio { .. } => {
-                Upstream::Stdio(StdioUpstream::new(spec, Arc::clone(&sessions))?)
-            }
-        };
-        let server = Arc::new(Server {
-            spec: spec.clone(),
-            upstream,
-            catalogue: Catalogue::new(&spec.name, Arc::clone(&pins)),
-            metrics: Arc::new(metrics::ServerMetrics::new(&spec.name)),
-        });
-        if let Upstream::Stdio(up) = &server.upstream {
-            tasks.push(tokio::spawn(Arc::clone(up).supervise(shutdown_rx.clone())));
-            let mut changed = up.tools_changed.subscribe();
-            let watched = Arc::clone(&server);
-            tokio::spawn(async move {
-                while changed.changed().await.is_ok() {
-                    watched.catalogue.invalidate();
-                }
-            });
-        }
-        servers.insert(spec.name.clone(), server);
-    }
+    let servers = Arc::new(servers::ServerTable::start(
+        &settings.servers,
+        pins,
+        Arc::clone(&sessions),
+        shutdown_rx.clone(),
+    )?);
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -592,6 +592,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
             .run(Arc::clone(&reload_now), shutdown_rx.clone()),
     ));
     let auditor = Arc::clone(&gateway.auditor);
+    let servers = Arc::clone(&gateway.servers);
     tasks.push(tokio::spawn(front::serve(gateway, listener, shutdown_rx)));
     Ok(Running {
         local_addr,
@@ -599,5 +600,6 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         tasks,
         auditor,
         reload_now,
+        servers,
     })
 }

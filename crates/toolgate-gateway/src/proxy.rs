@@ -88,7 +88,7 @@ impl Gateway {
                 return response;
             }
         };
-        let Some(server) = self.servers.get(server_name).cloned() else {
+        let Some(server) = self.servers.get(server_name) else {
             return client_error(
                 StatusCode::NOT_FOUND,
                 codes::INVALID_REQUEST,
@@ -113,7 +113,11 @@ impl Gateway {
             }
         }
         let result = match *request.method() {
-            Method::POST => self.post(&server, &grant, request).await,
+            Method::POST => {
+                let context = header_str(request.headers(), "traceparent")
+                    .and_then(crate::telemetry::TraceContext::parse);
+                crate::telemetry::continuing(context, self.post(&server, &grant, request)).await
+            }
             Method::GET => self.get(&server, &grant, request).await,
             Method::DELETE => self.delete(&server, &grant, request).await,
             _ => {
@@ -906,10 +910,11 @@ impl Gateway {
         };
         // The timeout covers the whole answer, also a stream that starts at once and ends late.
         let deadline = tokio::time::Instant::now() + up.timeout();
+        let headers = next_hop_trace(headers, &awaiting);
         let upstream = match up
             .send(
                 Method::POST,
-                headers,
+                &headers,
                 session.upstream_session.as_deref(),
                 outgoing,
             )
@@ -1189,6 +1194,26 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The client's headers as an HTTP upstream gets them: when the gateway exports one span
+/// for the request, its `traceparent` names that span, so the upstream's spans are its
+/// children (a batch with several calls passes the client's own on).
+fn next_hop_trace<'a>(
+    headers: &'a HeaderMap,
+    awaiting: &[Awaiting],
+) -> std::borrow::Cow<'a, HeaderMap> {
+    let [Awaiting {
+        span: Some(span), ..
+    }] = awaiting
+    else {
+        return std::borrow::Cow::Borrowed(headers);
+    };
+    let mut headers = headers.clone();
+    if let Ok(value) = HeaderValue::from_str(&span.traceparent()) {
+        headers.insert("traceparent", value);
+    }
+    std::borrow::Cow::Owned(headers)
 }
 
 /// Gives back what a stdio call held when it never ran: the child could not be reached,

@@ -11,9 +11,12 @@
 //! recorded there as `policy_reloaded`, with the old and new version, and every session
 //! whose visible tool set it changed is sent `notifications/tools/list_changed`.
 //!
-//! Grants, policies and admin tokens reload. The listener, servers and stores are bound when
-//! the gateway starts; a change to them in the configuration is reported in the log as
-//! waiting for a restart.
+//! Servers ([`crate::servers`] says how each kind of change is carried out), grants,
+//! policies and admin tokens reload, in that order, so that a grant can name a server the
+//! same edit adds. What is bound when the gateway starts — the listener and its limits, the
+//! stores, the audit, OAuth, catalogue, approvals and telemetry settings — is not: a change
+//! to it is reported in the log and, as `restart_required`, in the admin stream, naming
+//! each setting that waits for a restart.
 //!
 //! Files are watched by polling their size and modification time once a second: one
 //! `stat` per file, no platform notification API, and it sees edits made by editors that
@@ -139,6 +142,10 @@ impl Reloader {
         let grants = match &self.config {
             Some(config) if changed.contains(config) => match self.read_config(config) {
                 Some(settings) => {
+                    if let Err(errors) = self.apply_servers(&settings) {
+                        self.reject(config, &errors);
+                        return;
+                    }
                     self.apply_admins(settings.admins);
                     settings.grants
                 }
@@ -158,7 +165,8 @@ impl Reloader {
     /// The configuration read again, or `None` (logged and audited) if it does not load.
     fn read_config(&self, path: &Path) -> Option<Settings> {
         match config::load(path) {
-            Ok(settings) => {
+            Ok(mut settings) => {
+                settings.override_with(self.gateway.settings.overrides.clone());
                 self.warn_about_restart_only_changes(path, &settings);
                 Some(settings)
             }
@@ -288,33 +296,132 @@ impl Reloader {
                 ts: crate::time::format_rfc3339_ms(crate::time::now_unix_ms()),
                 action: "admin_tokens_reloaded".to_owned(),
                 actor: "gateway".to_owned(),
-                subject: self
-                    .config
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
+                subject: self.config_name(),
                 detail: serde_json::json!({ "holders": holders }),
             })]);
     }
 
-    /// Settings a reload does not apply: said once per reload that meets them.
-    fn warn_about_restart_only_changes(&self, path: &Path, fresh: &Settings) {
-        let running = &self.gateway.settings;
-        let mut waiting = Vec::new();
-        if format!("{:?}", running.servers) != format!("{:?}", fresh.servers) {
-            waiting.push("[servers]");
+    /// Puts the configuration's servers in force: what changed is logged and recorded as
+    /// `servers_reloaded`. Every reason a new server cannot be used, if any (then nothing
+    /// changed).
+    fn apply_servers(&self, fresh: &Settings) -> Result<(), Vec<String>> {
+        let changes = self.gateway.servers.replace(&fresh.servers)?;
+        if changes.is_empty() {
+            return Ok(());
         }
-        if (&running.redis_url, &running.postgres_url) != (&fresh.redis_url, &fresh.postgres_url) {
-            waiting.push("[store]");
+        for change in &changes {
+            tracing::info!(server = %change.name(), change = change.what(), "server reloaded");
         }
-        if !waiting.is_empty() {
-            tracing::warn!(
-                file = %path.display(),
-                "{} changed: applied at the next start (a reload applies grants, policies and admin tokens)",
-                waiting.join(", ")
-            );
-        }
+        let detail: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|c| serde_json::json!({"server": c.name(), "change": c.what()}))
+            .collect();
+        self.gateway
+            .auditor
+            .record_admin(vec![AuditEntry::Admin(AdminEvent {
+                ts: crate::time::format_rfc3339_ms(crate::time::now_unix_ms()),
+                action: "servers_reloaded".to_owned(),
+                actor: "gateway".to_owned(),
+                subject: self.config_name(),
+                detail: serde_json::json!({ "servers": detail }),
+            })]);
+        Ok(())
     }
+
+    /// The configuration file's name, as admin events give it.
+    fn config_name(&self) -> String {
+        self.config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Settings a reload does not apply: logged and recorded as `restart_required` at each
+    /// reload that finds them changed since the start.
+    fn warn_about_restart_only_changes(&self, path: &Path, fresh: &Settings) {
+        let waiting = restart_only_changes(&self.gateway.settings, fresh);
+        if waiting.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            file = %path.display(),
+            "changed, applied at the next start: {} (a reload applies servers, grants, policies and admin tokens)",
+            waiting.join(", ")
+        );
+        self.gateway
+            .auditor
+            .record_admin(vec![AuditEntry::Admin(AdminEvent {
+                ts: crate::time::format_rfc3339_ms(crate::time::now_unix_ms()),
+                action: "restart_required".to_owned(),
+                actor: "gateway".to_owned(),
+                subject: self.config_name(),
+                detail: serde_json::json!({ "settings": waiting }),
+            })]);
+    }
+}
+
+/// The settings bound at start that differ between `running` and `fresh`, by their
+/// configuration names. Compared by their debug form: some hold types without equality,
+/// and only whether they differ matters (the values, which may be secrets, are not shown).
+fn restart_only_changes(running: &Settings, fresh: &Settings) -> Vec<&'static str> {
+    fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let (r, f) = (running, fresh);
+    [
+        ("gateway.listen", differs(&r.listen, &f.listen)),
+        ("gateway.data_dir", differs(&r.data_dir, &f.data_dir)),
+        (
+            "gateway.allowed_hosts",
+            differs(&r.allowed_hosts, &f.allowed_hosts),
+        ),
+        ("gateway.public_url", differs(&r.public_url, &f.public_url)),
+        (
+            "gateway limits",
+            differs(
+                &(
+                    r.header_read_timeout,
+                    r.max_body_bytes,
+                    r.max_header_bytes,
+                    r.session_idle_timeout,
+                    r.max_concurrent_calls,
+                    r.max_connections,
+                ),
+                &(
+                    f.header_read_timeout,
+                    f.max_body_bytes,
+                    f.max_header_bytes,
+                    f.session_idle_timeout,
+                    f.max_concurrent_calls,
+                    f.max_connections,
+                ),
+            ),
+        ),
+        (
+            "[store]",
+            differs(
+                &(&r.redis_url, &r.postgres_url),
+                &(&f.redis_url, &f.postgres_url),
+            ),
+        ),
+        ("[audit]", differs(&r.audit, &f.audit)),
+        ("[oauth]", differs(&r.oauth, &f.oauth)),
+        (
+            "[catalogue]",
+            differs(
+                &(r.withhold_flagged, r.withhold_new_tools),
+                &(f.withhold_flagged, f.withhold_new_tools),
+            ),
+        ),
+        (
+            "[approvals]",
+            differs(&r.approvals_webhook, &f.approvals_webhook),
+        ),
+        ("[telemetry]", differs(&r.telemetry, &f.telemetry)),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// Every (grant, server) whose policy differs between `before` and `after`.

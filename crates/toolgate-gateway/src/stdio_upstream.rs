@@ -236,6 +236,16 @@ impl StdioUpstream {
         self.mux.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests sent to the child and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.mux().pending.len()
+    }
+
     /// Whether the child is up and initialized.
     pub fn is_ready(&self) -> bool {
         self.ready.borrow().is_some()

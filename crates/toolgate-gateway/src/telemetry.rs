@@ -10,6 +10,14 @@
 //! grant, decision, rule, outcome. Spans are sent in batches (every second, or 512 at a
 //! time) by a task of their own; the queue is bounded, and when the collector cannot keep
 //! up spans are dropped and counted (never a call delayed).
+//!
+//! A caller's W3C trace context (`traceparent`, <https://www.w3.org/TR/trace-context/>)
+//! is continued: the call's span joins the caller's trace as a child of the caller's span,
+//! and an HTTP upstream is sent a `traceparent` naming the gateway's span, so its own spans
+//! hang below it. The context rides in a task-local for the request's duration, as tracing
+//! contexts do, rather than through every function between the front door and the span.
+//! A batch of several calls forwards the caller's context unchanged; stdio upstreams,
+//! which have no headers, start their own traces.
 
 use crate::config::TelemetrySettings;
 use crate::http_upstream::{build_client, post_json, HttpClient};
@@ -35,6 +43,10 @@ pub(crate) struct Span {
     name: String,
     trace_id: [u8; 16],
     span_id: [u8; 8],
+    /// The caller's span, when the caller sent a trace context.
+    parent_span_id: Option<[u8; 8]>,
+    /// The trace flags passed on (sampled, unless the caller said otherwise).
+    flags: u8,
     start_unix_nano: u128,
     end_unix_nano: u128,
     attributes: Vec<(&'static str, String)>,
@@ -52,10 +64,17 @@ impl Started {
     /// The span of the call `record` describes, begun now.
     pub(crate) fn of(record: &CallRecord) -> Started {
         use rand::RngCore;
-        let mut trace_id = [0u8; 16];
+        let incoming = incoming();
         let mut span_id = [0u8; 8];
-        rand::rng().fill_bytes(&mut trace_id);
         rand::rng().fill_bytes(&mut span_id);
+        let trace_id = incoming.map_or_else(
+            || {
+                let mut fresh = [0u8; 16];
+                rand::rng().fill_bytes(&mut fresh);
+                fresh
+            },
+            |c| c.trace_id,
+        );
         let tool = record.tool.clone().unwrap_or_default();
         let mut attributes = vec![
             ("mcp.method.name", record.method.clone()),
@@ -75,12 +94,24 @@ impl Started {
                 name: format!("{} {tool}", record.method),
                 trace_id,
                 span_id,
+                parent_span_id: incoming.map(|c| c.parent_span_id),
+                flags: incoming.map_or(SAMPLED, |c| c.flags),
                 start_unix_nano: now,
                 end_unix_nano: now,
                 attributes,
                 error: None,
             },
         }
+    }
+
+    /// The `traceparent` that makes the next hop's spans children of this one.
+    pub(crate) fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.span.trace_id),
+            hex(&self.span.span_id),
+            self.span.flags
+        )
     }
 
     /// The span, ended now with the upstream's outcome (as the audit log words it); `None`
@@ -97,6 +128,78 @@ impl Started {
         }
         span
     }
+}
+
+/// The `sampled` trace flag.
+const SAMPLED: u8 = 1;
+
+/// A caller's trace context: the trace its call belongs to and the caller's span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TraceContext {
+    /// The caller's trace.
+    trace_id: [u8; 16],
+    /// The caller's span, the parent of the gateway's.
+    parent_span_id: [u8; 8],
+    /// Trace flags (bit 0: sampled).
+    flags: u8,
+}
+
+impl TraceContext {
+    /// A `traceparent` header's context, or `None` if it is not a valid one (then the
+    /// span starts a trace of its own, as the W3C recommendation says). Versions after 00
+    /// are read as 00 is, ignoring what they append.
+    pub(crate) fn parse(value: &str) -> Option<TraceContext> {
+        let value = value.trim();
+        let mut parts = value.splitn(5, '-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let extra = parts.next();
+        let version = u8::from_str_radix(lower_hex(version, 2)?, 16).ok()?;
+        if version == 0xff || (version == 0 && extra.is_some()) {
+            return None;
+        }
+        let trace_id: [u8; 16] = decode_hex(lower_hex(trace, 32)?)?.try_into().ok()?;
+        let parent_span_id: [u8; 8] = decode_hex(lower_hex(parent, 16)?)?.try_into().ok()?;
+        let flags = u8::from_str_radix(lower_hex(flags, 2)?, 16).ok()?;
+        if trace_id == [0; 16] || parent_span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            parent_span_id,
+            flags,
+        })
+    }
+}
+
+/// `s` if it is `len` lowercase hex digits.
+fn lower_hex(s: &str, len: usize) -> Option<&str> {
+    (s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(s)
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+tokio::task_local! {
+    /// The trace context of the request being handled.
+    static INCOMING: Option<TraceContext>;
+}
+
+/// Runs `handling` with `context` as the caller's trace context of the spans it starts.
+pub(crate) async fn continuing<F: std::future::Future>(
+    context: Option<TraceContext>,
+    handling: F,
+) -> F::Output {
+    INCOMING.scope(context, handling).await
+}
+
+/// The trace context of the request being handled, if its caller sent one.
+fn incoming() -> Option<TraceContext> {
+    INCOMING.try_with(|c| *c).ok().flatten()
 }
 
 fn unix_nanos() -> u128 {
@@ -190,7 +293,7 @@ fn encode(service_name: &str, spans: &[Span]) -> Value {
                 Some(message) => json!({"code": 2, "message": message}),
                 None => json!({"code": 0}),
             };
-            json!({
+            let mut encoded = json!({
                 "traceId": hex(&span.trace_id),
                 "spanId": hex(&span.span_id),
                 "name": span.name,
@@ -199,7 +302,11 @@ fn encode(service_name: &str, spans: &[Span]) -> Value {
                 "endTimeUnixNano": span.end_unix_nano.to_string(),
                 "attributes": span.attributes.iter().map(|(k, v)| string(k, v)).collect::<Vec<_>>(),
                 "status": status,
-            })
+            });
+            if let Some(parent) = &span.parent_span_id {
+                encoded["parentSpanId"] = Value::String(hex(parent));
+            }
+            encoded
         })
         .collect();
     json!({"resourceSpans": [{
@@ -256,5 +363,60 @@ mod tests {
             body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
             "toolgate"
         );
+        assert!(encoded.get("parentSpanId").is_none());
+    }
+
+    #[test]
+    fn trace_contexts_follow_the_w3c_format() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = TraceContext::parse(valid).unwrap();
+        assert_eq!(hex(&context.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&context.parent_span_id), "00f067aa0ba902b7");
+        assert_eq!(context.flags, 1);
+        // A later version may append fields; 00 may not.
+        assert!(TraceContext::parse(&format!("01-{}-what-ever", &valid[3..])).is_some());
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902g7-01",
+        ] {
+            assert_eq!(TraceContext::parse(invalid), None, "{invalid:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_span_continues_the_callers_trace_and_names_itself_to_the_next_hop() {
+        let record = CallRecord {
+            method: "tools/call".into(),
+            ..CallRecord::default()
+        };
+        let context =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let started = continuing(context, async { Started::of(&record) }).await;
+        let next = started.traceparent();
+        let span = started.end(None);
+        assert_eq!(
+            next,
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-00",
+                hex(&span.span_id)
+            )
+        );
+        let encoded = &encode("t", &[span])["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(encoded["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(encoded["parentSpanId"], "00f067aa0ba902b7");
+        // Outside a request, a trace of its own, sampled.
+        let alone = Started::of(&record);
+        assert!(alone.traceparent().ends_with("-01"));
+        assert!(!alone
+            .traceparent()
+            .contains("4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 }

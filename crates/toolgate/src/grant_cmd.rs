@@ -182,7 +182,11 @@ fn create(args: &CreateArgs) -> Result<ExitCode, Failure> {
         .runtime
         .block_on(grant_admin::mint(
             &target.store,
-            target.settings.as_ref(),
+            target
+                .settings
+                .as_ref()
+                .map(grant_admin::InForce::of)
+                .as_ref(),
             grant,
             &actor(),
         ))

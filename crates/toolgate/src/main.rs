@@ -193,12 +193,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                     .unwrap_or_else(|| PathBuf::from("toolgate.toml"));
                 config::load(&path)
                     .map(|mut s| {
-                        if let Some(listen) = args.listen {
-                            s.listen = listen;
-                        }
-                        if let Some(dir) = &args.data_dir {
-                            s.data_dir = dir.clone();
-                        }
+                        s.override_with(config::Overrides {
+                            listen: args.listen,
+                            data_dir: args.data_dir.clone(),
+                        });
                         (s, None)
                     })
                     .map_err(|errors| {
