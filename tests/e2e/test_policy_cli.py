@@ -3,7 +3,7 @@
 
 - `policy test` passes the example cases of the bundled example policy, and for a case that
   does not hold prints expected against actual per field and exits 1; a cases file with a
-  mistake, and a broken policy, exit 2 naming what is wrong;
+  mistake, and a broken policy, exit 2 naming what is wrong; YAML cases read as JSON ones;
 - `policy replay` re-decides the calls an official Python SDK client made through the
   gateway: it prints each call the proposed policy would decide otherwise (old and new
   decision, rule), says "cannot tell" where the new decision reads argument values the log
@@ -76,6 +76,51 @@ def test_policy_test_runs_cases_and_shows_each_difference(tmp_path: Path) -> Non
     broken.write_text('{"version": "1", "default": "deny", "tools": {"x": {"action": "explode"}}}')
     done = toolgate("policy", "test", str(broken), str(EXAMPLES / "policies" / "sendit.cases.json"))
     assert done.returncode == 2 and "/tools/x/action" in done.stderr, done.stderr
+
+
+def test_policy_test_reads_yaml_cases_as_it_reads_json(tmp_path: Path) -> None:
+    """SPEC §2: CASES is JSON (or YAML). The same cases in YAML give the same report; what
+    YAML can say and JSON cannot (a key twice, aliases) is refused with its line."""
+    policy = EXAMPLES / "policies" / "sendit.json"
+    cases = [
+        {"name": "reads are allowed", "tool": "list_contacts", "expect": {"decision": "allow"}},
+        {"name": "a wrong expectation", "tool": "send_message",
+         "arguments": {"to": "mallory@evil.test", "body": "hi"},
+         "expect": {"decision": "allow", "message": "fine"}},
+    ]
+    as_json = tmp_path / "cases.json"
+    as_json.write_text(json.dumps({"cases": cases}))
+    as_yaml = tmp_path / "cases.yaml"
+    as_yaml.write_text("""# the same two cases
+cases:
+  - name: reads are allowed
+    tool: list_contacts
+    expect: {decision: allow}
+  - name: a wrong expectation
+    tool: send_message
+    arguments:
+      to: mallory@evil.test
+      body: hi
+    expect:
+      decision: allow
+      message: fine
+""")
+    from_json, from_yaml = toolgate("policy", "test", str(policy), str(as_json)), \
+        toolgate("policy", "test", str(policy), str(as_yaml))
+    assert (from_yaml.returncode, from_yaml.stdout) == (from_json.returncode, from_json.stdout), \
+        (from_json.stdout, from_yaml.stdout + from_yaml.stderr)
+    assert from_yaml.returncode == 1 and from_yaml.stdout.splitlines()[-1] == "2 cases: 1 passed, 1 failed"
+
+    for text, says in [
+        ("cases:\n  - name: a\n    tool: t\n    tool: u\n    expect: {decision: allow}\n",
+         'line 4: the key "tool" is given twice'),
+        ("base: &b {decision: allow}\ncases:\n  - {name: a, tool: t, expect: *b}\n", "line 3: aliases"),
+        ("cases:\n  - {name: a, tool: t, expect: {decison: allow}}\n", "decison"),
+    ]:
+        bad = tmp_path / "bad.yml"
+        bad.write_text(text)
+        done = toolgate("policy", "test", str(policy), str(bad))
+        assert done.returncode == 2 and says in done.stderr and str(bad) in done.stderr, (says, done.stderr)
 
 
 RECORDED = {"version": "1", "default": "deny", "tools": {

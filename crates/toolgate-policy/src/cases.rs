@@ -81,14 +81,19 @@ fn default_grant() -> String {
 /// The decisions a case may expect.
 const DECISIONS: &[&str] = &["allow", "deny", "hide", "approval_required"];
 
-/// Reads a cases file; the error says where it is wrong.
+/// Reads a JSON cases file; the error says where it is wrong.
 pub fn parse_cases(bytes: &[u8]) -> Result<Vec<Case>, String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    cases_from_value(value)
+}
+
+/// The cases a cases file's value holds (read from JSON, or from YAML by the caller).
+pub fn cases_from_value(value: Value) -> Result<Vec<Case>, String> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct File {
         cases: Vec<Case>,
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let cases = match value {
         Value::Array(_) => Vec::<Case>::deserialize(value),
         _ => File::deserialize(value).map(|f| f.cases),

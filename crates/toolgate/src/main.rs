@@ -9,6 +9,7 @@ mod policy_cmd;
 mod progress;
 mod scan_cmd;
 mod tools_cmd;
+mod yaml;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;

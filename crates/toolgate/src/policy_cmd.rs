@@ -29,7 +29,8 @@ pub enum PolicyCommand {
         /// The policy.
         policy: PathBuf,
         /// The cases: `{"cases": [{"name", "tool", "arguments", "identity", "expect":
-        /// {"decision", "rule", "message"}}]}` or a bare array of cases.
+        /// {"decision", "rule", "message"}}]}` or a bare array of cases; JSON, or YAML when
+        /// the file is named `.yaml` or `.yml`.
         cases: PathBuf,
     },
     /// Re-decide recorded calls under a proposed policy and print each whose decision would
@@ -98,8 +99,18 @@ fn test(policy_path: &Path, cases_path: &Path) -> Result<ExitCode, Failure> {
             cases_path.display()
         ))
     })?;
-    let cases = cases::parse_cases(&bytes)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", cases_path.display())))?;
+    let yaml = cases_path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    let cases = if yaml {
+        std::str::from_utf8(&bytes)
+            .map_err(|_| "not UTF-8".to_owned())
+            .and_then(crate::yaml::to_json)
+            .and_then(cases::cases_from_value)
+    } else {
+        cases::parse_cases(&bytes)
+    }
+    .map_err(|e| Failure::Usage(format!("{}: {e}", cases_path.display())))?;
     let mut out = io::stdout().lock();
     let mut failed = 0;
     for case in &cases {
