@@ -50,6 +50,8 @@ struct Counts {
     decisions: BTreeMap<&'static str, u64>,
     /// Tool calls not simply allowed, by (decision, rule).
     rules: BTreeMap<(&'static str, String), u64>,
+    /// Shadow-mode tool calls (forwarded whatever was decided) by what was decided.
+    shadow: BTreeMap<&'static str, u64>,
     /// Forwarded requests by (outcome, JSON-RPC error code or "").
     outcomes: BTreeMap<(String, String), u64>,
     /// Forwarded requests' durations.
@@ -87,9 +89,16 @@ impl ServerMetrics {
     }
 
     /// A tool call was decided.
-    pub(crate) fn decided(&self, decision: &Decision) {
-        let outcome = decision.outcome.as_str();
+    /// In shadow mode it went through, whatever was decided: counted as allowed, and the
+    /// decision apart.
+    pub(crate) fn decided(&self, decision: &Decision, shadow: bool) {
         let mut counts = self.counts();
+        if shadow {
+            *counts.decisions.entry("allow").or_default() += 1;
+            *counts.shadow.entry(decision.outcome.as_str()).or_default() += 1;
+            return;
+        }
+        let outcome = decision.outcome.as_str();
         *counts.decisions.entry(outcome).or_default() += 1;
         if !decision.rule.is_empty() {
             *counts
@@ -171,6 +180,18 @@ impl Metrics {
         );
         for (server, counts, _) in &servers {
             for (decision, n) in &counts.decisions {
+                sample(o, name, &[("server", server), ("decision", decision)], *n);
+            }
+        }
+        let name = "toolgate_shadow_decisions_total";
+        family(
+            o,
+            name,
+            "counter",
+            "Tool calls under a policy or server in shadow mode (all forwarded), by what was decided.",
+        );
+        for (server, counts, _) in &servers {
+            for (decision, n) in &counts.shadow {
                 sample(o, name, &[("server", server), ("decision", decision)], *n);
             }
         }
@@ -334,13 +355,17 @@ mod tests {
         let metrics = Metrics::default();
         let s1 = ServerMetrics::new("s1");
         let deny = Decision::deny("/tools/a\"b/action".into(), "no".into());
-        s1.decided(&deny);
-        s1.decided(&deny);
-        s1.decided(&Decision {
-            outcome: Outcome::Allow,
-            rule: String::new(),
-            ..deny.clone()
-        });
+        s1.decided(&deny, false);
+        s1.decided(&deny, false);
+        s1.decided(
+            &Decision {
+                outcome: Outcome::Allow,
+                rule: String::new(),
+                ..deny.clone()
+            },
+            false,
+        );
+        s1.decided(&deny, true);
         s1.finished("ok", Duration::from_millis(3));
         s1.finished("error -32603", Duration::from_millis(30));
         metrics.counters_answered(false);
@@ -350,7 +375,8 @@ mod tests {
         });
         for line in [
             "# TYPE toolgate_calls_total counter",
-            r#"toolgate_calls_total{server="s1",decision="allow"} 1"#,
+            r#"toolgate_calls_total{server="s1",decision="allow"} 2"#,
+            r#"toolgate_shadow_decisions_total{server="s1",decision="deny"} 1"#,
             r#"toolgate_calls_total{server="s1",decision="deny"} 2"#,
             r#"toolgate_decisions_by_rule_total{server="s1",decision="deny",rule="/tools/a\"b/action"} 2"#,
             r#"toolgate_upstream_outcomes_total{server="s1",outcome="error",code="-32603"} 1"#,

@@ -463,7 +463,7 @@ impl Gateway {
                 decision = refused.outcome.as_str(), rule = %refused.rule,
                 "{}", refused.message
             );
-            server.metrics.decided(&refused);
+            server.metrics.decided(&refused, false);
             if let Some(record) = record {
                 audit::decided(record, &refused, false);
             }
@@ -484,7 +484,9 @@ impl Gateway {
             }),
         };
         let shadow = server.spec.shadow || policy.is_some_and(|p| p.policy.shadow());
-        let lookup = if decision.outcome == Outcome::Hide {
+        // In shadow mode a hidden tool is not hidden: whether it exists is asked, as for
+        // any other call that may be forwarded.
+        let lookup = if decision.outcome == Outcome::Hide && !shadow {
             Lookup::Absent
         } else {
             server
@@ -567,15 +569,17 @@ impl Gateway {
             record.approval_id = approval.clone().or_else(|| held_as.clone());
         }
         // Step 7: limits are reserved only for a call that will really be forwarded, so
-        // that only admitted calls consume quota (shadow mode consumes nothing).
+        // that only admitted calls consume quota. Shadow mode reserves on shadow counters
+        // (quota.rs), to find what its limits would refuse without touching real budgets.
         let mut reservation = None;
         let mut store_note = None;
-        let decision = if decision.is_allowed() && !shadow && exists != Some(false) {
+        let decision = if decision.is_allowed() && exists != Some(false) {
             let scope = CallScope {
                 server: &server.spec.name,
                 grant: &grant.name,
                 identity: &identity.grant,
                 session: &session.id,
+                shadow,
             };
             let quota = match (&self.ledger, record.as_ref()) {
                 (Some(store), Some(record)) if !decision.limits.is_empty() => {
@@ -645,7 +649,9 @@ impl Gateway {
         } else {
             decision_line!(tracing::Level::INFO);
         }
-        server.metrics.decided(&decision);
+        server
+            .metrics
+            .decided(&decision, shadow && exists != Some(false));
         if let Some(record) = record {
             audit::decided(record, &decision, shadow);
             if let Some(note) = &store_note {
@@ -655,8 +661,11 @@ impl Gateway {
                 });
             }
         }
-        if shadow && decision.outcome != Outcome::Hide {
+        // Shadow mode: decided, audited, not enforced. The shadow reservation is held like
+        // a real one, so that a call that never ran gives it back.
+        if shadow && exists != Some(false) {
             return Verdict::Forward(Hold {
+                reservation,
                 running: Some(running),
                 ..Hold::default()
             });
@@ -691,13 +700,15 @@ impl Gateway {
         }
     }
 
-    /// How `tools/list` results are filtered for `grant` on `server`.
+    /// How `tools/list` results are filtered for `grant` on `server`: a policy in shadow
+    /// mode hides nothing (withheld tools stay hidden: pins guard against the server).
     fn list_filter(&self, server: &Arc<Server>, grant: &GrantSpec) -> ListFilter {
         ListFilter {
             server: Arc::clone(server),
             policy: grant
                 .policies
                 .get(&server.spec.name)
+                .filter(|p| !server.spec.shadow && !p.policy.shadow())
                 .map(|p| Arc::clone(&p.policy)),
         }
     }

@@ -4,6 +4,10 @@
 //! budgets — except under `scope: "global"`, which is one budget for the whole gateway.
 //! Within a server the scope picks whose budget it is (grant, identity, session, or the
 //! server itself). A counter name shared by several tools of one policy is one budget.
+//!
+//! Shadow mode counts apart: a policy on trial consumes a shadow copy of each counter (its
+//! key prefixed `shadow`), so that it can say when its limits would have refused a call
+//! without spending, or being stopped by, the budgets in force.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,21 +25,24 @@ pub struct CallScope<'a> {
     pub identity: &'a str,
     /// The MCP session id.
     pub session: &'a str,
+    /// Whether the decision is a shadow one (counted apart, see the module documentation).
+    pub shadow: bool,
 }
 
 /// The store key of a limit's counter for this call. Parts are separated by U+001F (unit
 /// separator), which cannot occur in a JSON-decoded counter or server name by accident of
 /// formatting and keeps `a|b` + `c` distinct from `a` + `b|c`.
 pub fn counter_key(limit: &LimitCharge, scope: &CallScope<'_>) -> String {
+    let shadow = if scope.shadow { "shadow\u{1f}" } else { "" };
     let (kind, who) = match limit.scope {
         Scope::Grant => ("grant", scope.grant),
         Scope::Identity => ("identity", scope.identity),
         Scope::Session => ("session", scope.session),
         Scope::Server => ("server", ""),
-        Scope::Global => return format!("global\u{1f}{}", limit.counter),
+        Scope::Global => return format!("{shadow}global\u{1f}{}", limit.counter),
     };
     format!(
-        "{kind}\u{1f}{}\u{1f}{who}\u{1f}{}",
+        "{shadow}{kind}\u{1f}{}\u{1f}{who}\u{1f}{}",
         scope.server, limit.counter
     )
 }
@@ -174,6 +181,7 @@ mod tests {
             grant: "alice",
             identity: "alice",
             session: "tgs-1",
+            shadow: false,
         };
         let other_server = CallScope {
             server: "s2",
@@ -197,5 +205,19 @@ mod tests {
         assert!(g[1].key.contains("tgs-1"));
         assert_eq!(g[1].amount, 2.5);
         assert_eq!(g[1].window_ms, 3_600_000);
+        let shadowed = CallScope {
+            shadow: true,
+            ..one
+        };
+        for tool in ["a", "g"] {
+            let real = charges(&limits(policy, tool, serde_json::json!({"n": 1})), &one);
+            let trial = charges(
+                &limits(policy, tool, serde_json::json!({"n": 1})),
+                &shadowed,
+            );
+            for (real, trial) in real.iter().zip(&trial) {
+                assert_eq!(trial.key, format!("shadow\u{1f}{}", real.key));
+            }
+        }
     }
 }
