@@ -377,6 +377,10 @@ pub struct Settings {
     pub withhold_flagged: bool,
     /// Warnings to log at start-up (e.g. clear-text tokens).
     pub warnings: Vec<String>,
+    /// Whether this gateway is the only one on `data_dir` and keeps its counters in memory
+    /// (see toolgate-store's owned.rs); `false` for `toolgate stdio`, of which a desktop runs
+    /// several at once on one directory: they count together through SQLite.
+    pub exclusive_data_dir: bool,
     /// The file these settings were read from (none in quick mode): a live reload reads it
     /// again.
     pub config_path: Option<PathBuf>,
@@ -394,6 +398,11 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// `toolgate stdio --server NAME`: only this server is run.
+    pub only_server: Option<String>,
+    /// `toolgate stdio`: the grant its client acts as, and the SHA-256 of the private token
+    /// the in-process gateway accepts for it (in place of the grant's own).
+    pub local_token: Option<(String, [u8; 32])>,
 }
 
 impl Settings {
@@ -405,6 +414,14 @@ impl Settings {
         }
         if let Some(dir) = &overrides.data_dir {
             self.data_dir = dir.clone();
+        }
+        if let Some(only) = &overrides.only_server {
+            self.servers.retain(|s| &s.name == only);
+        }
+        if let Some((grant, token_sha256)) = &overrides.local_token {
+            for spec in self.grants.iter_mut().filter(|g| &g.name == grant) {
+                spec.token_sha256 = *token_sha256;
+            }
         }
         self.overrides = overrides;
     }
@@ -436,6 +453,7 @@ impl Settings {
             config_path: None,
             telemetry: None,
             overrides: Overrides::default(),
+            exclusive_data_dir: true,
         }
     }
 }

@@ -424,11 +424,16 @@ pub fn mint_token() -> String {
     )
 }
 
+/// The SHA-256 of a bearer token, as grants keep it.
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 /// A grant for quick mode: every server, one policy.
 pub fn quick_grant(name: &str, token: &str, server: &str, policy: PolicyRef) -> GrantSpec {
     GrantSpec {
         name: name.to_owned(),
-        token_sha256: Sha256::digest(token.as_bytes()).into(),
+        token_sha256: token_sha256(token),
         policies: BTreeMap::from([(server.to_owned(), policy)]),
         servers: BTreeSet::from([server.to_owned()]),
         expires_unix: None,

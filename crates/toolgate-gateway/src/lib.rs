@@ -12,6 +12,7 @@ pub mod answer;
 pub mod approvals;
 mod audit;
 pub mod body;
+pub mod bridge;
 pub mod catalogue;
 mod concurrency;
 pub mod config;
@@ -284,6 +285,27 @@ impl Running {
         self.reload_now.notify_one();
     }
 
+    /// Has every stdio child sent `signal` when it is stopped (then its input is closed):
+    /// `toolgate stdio` passes on the signal that stops it.
+    pub fn stop_children_with(&self, signal: stdio_upstream::StopSignal) {
+        for server in self.servers.all().values() {
+            if let Upstream::Stdio(up) = &server.upstream {
+                up.stop_with(signal);
+            }
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown), then how the stdio child of `server` exited (none for
+    /// an HTTP server, or a child that never started).
+    pub async fn shutdown_reporting_exit(self, server: &str) -> Option<std::process::ExitStatus> {
+        let server = self.servers.get(server);
+        self.shutdown().await;
+        match &server?.upstream {
+            Upstream::Stdio(up) => up.last_exit(),
+            Upstream::Http(_) => None,
+        }
+    }
+
     /// Stops accepting, drains in-flight requests, stops stdio children, and returns.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
@@ -450,9 +472,14 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
     if recovered > 0 {
         tracing::warn!(target: "toolgate::audit", "recovered {recovered} audit entries from the journal of a gateway that did not stop cleanly");
     }
+    if !settings.exclusive_data_dir && settings.redis_url.is_none() {
+        // Several `toolgate stdio` share the directory's counters through SQLite; none may
+        // start beside a gateway that keeps them in memory, nor such a gateway beside them.
+        store.share_counters().map_err(|e| e.to_string())?;
+    }
     if embedded_audit && !settings.audit.fsync {
         store.journal_audit().map_err(|e| e.to_string())?;
-        if settings.redis_url.is_none() {
+        if settings.redis_url.is_none() && settings.exclusive_data_dir {
             // Counter reservations are journaled like the records they come with, so a
             // limited call commits nothing on its way; this gateway is then the only writer
             // of the directory's counters, and a second one on it does not start.

@@ -39,6 +39,16 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long a child may take to exit after its stdin is closed before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
 
+/// A signal the child is sent when it is stopped, before its input is closed: the one the
+/// gateway itself got (`toolgate stdio` passes its client's signals on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGTERM.
+    Terminate,
+    /// SIGINT.
+    Interrupt,
+}
+
 /// How a request forwarded to the child ended.
 #[derive(Debug)]
 pub enum Reply {
@@ -200,6 +210,10 @@ pub struct StdioUpstream {
     /// Why the child's last unreadable line was not JSON-RPC (e.g. nested too deeply), for
     /// the error of a request whose answer it may have been.
     unreadable: Mutex<Option<String>>,
+    /// The signal to send the child when it is stopped, if any (else its input is closed).
+    stop_signal: Mutex<Option<StopSignal>>,
+    /// How the last child exited.
+    last_exit: Mutex<Option<std::process::ExitStatus>>,
 }
 
 impl std::fmt::Debug for StdioUpstream {
@@ -229,6 +243,8 @@ impl StdioUpstream {
             tools_changed: watch::channel(0).0,
             turn_free: tokio::sync::Notify::new(),
             unreadable: Mutex::new(None),
+            stop_signal: Mutex::new(None),
+            last_exit: Mutex::new(None),
         }))
     }
 
@@ -239,6 +255,16 @@ impl StdioUpstream {
     /// The server's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sends the child `signal` when it is stopped.
+    pub fn stop_with(&self, signal: StopSignal) {
+        *self.stop_signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(signal);
+    }
+
+    /// How the last child exited, once one has.
+    pub fn last_exit(&self) -> Option<std::process::ExitStatus> {
+        *self.last_exit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Requests sent to the child and not yet answered.
@@ -380,7 +406,10 @@ impl StdioUpstream {
             return Err(format!("initialize failed: {e}"));
         }
         let outcome = tokio::select! {
-            status = child.wait() => describe(status),
+            status = child.wait() => {
+                self.exited(&status);
+                describe(status)
+            }
             _ = crate::stopped(shutdown) => {
                 self.stop(&mut child).await;
                 "stopped".to_owned()
@@ -391,8 +420,23 @@ impl StdioUpstream {
         Ok(outcome)
     }
 
-    /// Closes stdin, waits a little, then kills.
+    /// Sends the stop signal if one is set, closes stdin, waits a little, then kills.
     async fn stop(&self, child: &mut Child) {
+        let signal = *self.stop_signal.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(signal), Some(pid)) = (signal, child.id()) {
+            let signal = match signal {
+                StopSignal::Terminate => rustix::process::Signal::TERM,
+                StopSignal::Interrupt => rustix::process::Signal::INT,
+            };
+            let pid = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                if let Err(e) = rustix::process::kill_process(pid, signal) {
+                    tracing::warn!(server = %self.name, "could not pass the signal on: {e}");
+                }
+            }
+        }
         self.mux().stdin = None;
         if tokio::time::timeout(EXIT_GRACE, child.wait())
             .await
@@ -400,7 +444,14 @@ impl StdioUpstream {
         {
             let _ = child.kill().await;
         }
-        let _ = child.wait().await;
+        let status = child.wait().await;
+        self.exited(&status);
+    }
+
+    fn exited(&self, status: &std::io::Result<std::process::ExitStatus>) {
+        if let Ok(status) = status {
+            *self.last_exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(*status);
+        }
     }
 
     /// Fails every in-flight request (the child is gone) so no caller hangs.

@@ -8,6 +8,7 @@ mod grant_cmd;
 mod policy_cmd;
 mod progress;
 mod scan_cmd;
+mod stdio_cmd;
 mod tools_cmd;
 mod yaml;
 
@@ -66,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: grant_cmd::GrantCommand,
     },
+    /// Speak MCP over stdin/stdout to a client that launched us, enforcing the policy on the
+    /// server we run (a command after `--`, or a configured server).
+    Stdio(stdio_cmd::StdioArgs),
+    /// Speak MCP over stdin/stdout to a client, relaying to a remote toolgate's URL.
+    Connect(stdio_cmd::ConnectArgs),
 }
 
 /// `toolgate serve`.
@@ -107,6 +113,8 @@ fn main() -> ExitCode {
         Command::Scan(args) => scan_cmd::run(args),
         Command::Tools { command } => tools_cmd::run(command),
         Command::Approvals { command } => approvals_cmd::run(command),
+        Command::Stdio(args) => stdio_cmd::stdio(args),
+        Command::Connect(args) => stdio_cmd::connect(args),
     }
 }
 
@@ -124,7 +132,10 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person: a desktop client that launched `toolgate stdio` keeps
+        // stderr in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -197,6 +208,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                         s.override_with(config::Overrides {
                             listen: args.listen,
                             data_dir: args.data_dir.clone(),
+                            ..config::Overrides::default()
                         });
                         (s, None)
                     })

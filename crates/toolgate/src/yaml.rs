@@ -57,14 +57,14 @@ impl MarkedEventReceiver for Builder {
         if self.error.is_some() {
             return;
         }
-        if let Err(e) = self.take(event, mark) {
+        if let Err(e) = self.take(event) {
             self.error = Some(format!("line {}: {e}", mark.line()));
         }
     }
 }
 
 impl Builder {
-    fn take(&mut self, event: Event, mark: Marker) -> Result<(), String> {
+    fn take(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Scalar(text, style, _, tag) => {
                 if tag.is_some() {
@@ -89,10 +89,7 @@ impl Builder {
             | Event::StreamStart
             | Event::StreamEnd
             | Event::DocumentStart
-            | Event::DocumentEnd => {
-                let _ = mark;
-                Ok(())
-            }
+            | Event::DocumentEnd => Ok(()),
         }
     }
 

@@ -55,33 +55,7 @@ impl EmbeddedStore {
     /// and reservations stay synchronous. Fails, naming the directory, if another store —
     /// another gateway — owns them.
     pub fn own_counters(&self) -> Result<(), StoreError> {
-        const WHAT: &str = "own the counters";
-        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
-        let path = dir.join("counters.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| self.error(WHAT, format!("{}: {e}", path.display())))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(self.error(
-                    WHAT,
-                    format!(
-                        "another gateway is serving from {}: counters in one data directory \
-                         are exact for one gateway at a time (gateways share counters through \
-                         [store] redis_url)",
-                        dir.display()
-                    ),
-                ))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(self.error(WHAT, format!("{}: {e}", path.display())))
-            }
-        }
-        *self.counters_lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+        self.lock_counters(true)?;
         self.memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -92,6 +66,65 @@ impl EmbeddedStore {
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
         self.counters_journaled.store(journaled, Ordering::Release);
+        Ok(())
+    }
+
+    /// Declares this store one of several that share the data directory's counters through
+    /// SQLite (each reservation in its own transaction), for as long as it lives: a shared
+    /// lock on `counters.lock`, so that no store can own them meanwhile, and this one does
+    /// not start while another owns them. Fails, naming the directory, in that case.
+    pub fn share_counters(&self) -> Result<(), StoreError> {
+        self.lock_counters(false)
+    }
+
+    /// Takes `counters.lock`, exclusively or shared, and keeps it while the store lives.
+    fn lock_counters(&self, exclusive: bool) -> Result<(), StoreError> {
+        let what = if exclusive {
+            "own the counters"
+        } else {
+            "share the counters"
+        };
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        let path = dir.join("counters.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.error(what, format!("{}: {e}", path.display())))?;
+        let locked = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) if exclusive => {
+                return Err(self.error(
+                    what,
+                    format!(
+                        "another gateway is serving from {}: counters in one data directory \
+                         are exact for one gateway at a time (gateways share counters through \
+                         [store] redis_url)",
+                        dir.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(self.error(
+                    what,
+                    format!(
+                        "a gateway is serving from {}: connect to it (`toolgate connect`), or \
+                         give this one its own --data-dir",
+                        dir.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(self.error(what, format!("{}: {e}", path.display())))
+            }
+        }
+        *self.counters_lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
         Ok(())
     }
 
