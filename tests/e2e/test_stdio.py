@@ -1,6 +1,7 @@
 """Desktop agents (issue 11; SPEC §2): `toolgate stdio` and `toolgate connect`, driven by the
 official Python SDK's stdio client, as Claude Desktop, Cursor or VS Code would launch them.
 
+- quick mode in front of an HTTP upstream;
 - quick mode around the Python SDK server: allowed, denied, hidden and rate-limited calls;
   the client's environment reaches the child; a child that crashes is restarted and the
   same session goes on; every decision is in the audit log of the data directory;
@@ -110,6 +111,24 @@ def test_stdio_quick_mode_enforces_the_policy_on_the_child(tmp_path: Path) -> No
     assert all(r["grant"] == "stdio" for r in audit(data) if r["method"] == "tools/call")
 
 
+def test_stdio_quick_mode_in_front_of_an_http_upstream(procs: Procs, tmp_path: Path) -> None:
+    """`toolgate stdio --policy P --upstream URL`: a stdio client, an HTTP server."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    upstream = start_py_upstream_http(procs, name="py_upstream-stdio-http")[0]
+    argv = [str(gateway_binary()), "stdio", "--data-dir", str(tmp_path / "data"), "--policy", str(policy),
+            "--upstream", upstream]
+
+    async def body() -> None:
+        async with stdio_client(argv) as client:
+            assert_allowed(await client.call_tool("echo", {"text": "over http"}))
+            assert_denied(await client.call_tool("charge", {"amount": 500, "reason": "r"}),
+                          "/tools/charge/deny_if/args.amount-gt", "too much")
+
+    run(body, timeout=60)
+    assert tool_calls(tmp_path / "data") == [("echo", "allow"), ("charge", "deny")]
+
+
 EVERYTHING_POLICY: dict[str, Any] = {"version": "1", "default": "deny", "hide": ["get-env"], "tools": {
     "echo": {"limits": [{"counter": "echoes", "window": "day", "max": 2}]},
     "get-sum": {"deny_if": [{"path": "args.a", "op": "gt", "value": 10, "on_deny": "small sums only"}]},
@@ -150,6 +169,9 @@ policies = {{ everything = "everything.json" }}
             names = {t.name for t in (await client.list_tools()).tools}
             assert "echo" in names and "get-env" not in names, names
             assert_allowed(await client.call_tool("echo", {"message": "one"}))
+            assert_allowed(await client.call_tool("echo", {"message": "two"}))
+            assert_rate_limited(await client.call_tool("echo", {"message": "three"}), "/tools/echo/limits/echoes",
+                                "2", "day", "echoes", DAY_MS)
             assert_denied(await client.call_tool("get-sum", {"a": 50, "b": 1}),
                           "/tools/get-sum/deny_if/args.a-gt", "small sums only")
             assert_allowed(await client.call_tool("get-sum", {"a": 5, "b": 1}))
@@ -160,10 +182,11 @@ policies = {{ everything = "everything.json" }}
     run(body, timeout=90)
     assert not marker.exists(), "stdio --server everything started another server too"
     data = tmp_path / "state"
-    assert tool_calls(data) == [("echo", "allow"), ("get-sum", "deny"), ("get-sum", "allow"), ("get-env", "hide")]
+    assert tool_calls(data) == [("echo", "allow"), ("echo", "allow"), ("echo", "rate_limited"), ("get-sum", "deny"),
+                                ("get-sum", "allow"), ("get-env", "hide")]
 
-    # The HTTP gateway on the same configuration: the same counters (one echo of two left),
-    # the same audit log. Meanwhile a `stdio` on its directory is refused, with the way out.
+    # The HTTP gateway on the same configuration: the same counters (the day's two echoes
+    # are spent), the same audit log. Meanwhile a `stdio` on its directory is refused, with the way out.
     port = free_port()
     serve = procs.start("toolgate-stdio-serve", [str(gateway_binary()), "serve", "--config", str(config),
                                                  "--listen", f"127.0.0.1:{port}"], cwd=tmp_path)
@@ -175,13 +198,13 @@ policies = {{ everything = "everything.json" }}
 
     async def over_http() -> None:
         async with http_client(f"http://127.0.0.1:{port}/mcp/everything", token) as client:
-            assert_allowed(await client.call_tool("echo", {"message": "two"}))
-            assert_rate_limited(await client.call_tool("echo", {"message": "three"}), "/tools/echo/limits/echoes",
+            assert_rate_limited(await client.call_tool("echo", {"message": "four"}), "/tools/echo/limits/echoes",
                                 "2", "day", "echoes", DAY_MS)
+            assert_allowed(await client.call_tool("get-sum", {"a": 1, "b": 1}))
 
     run(over_http, timeout=60)
     serve.stop()
-    assert tool_calls(data)[-2:] == [("echo", "allow"), ("echo", "rate_limited")]
+    assert tool_calls(data)[-2:] == [("echo", "rate_limited"), ("get-sum", "allow")]
     verify = subprocess.run([str(gateway_binary()), "audit", "verify", "--data-dir", str(data)],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -5,6 +5,7 @@
 mod approvals_cmd;
 mod audit_cmd;
 mod grant_cmd;
+mod install_cmd;
 mod policy_cmd;
 mod progress;
 mod scan_cmd;
@@ -72,6 +73,9 @@ enum Command {
     Stdio(stdio_cmd::StdioArgs),
     /// Speak MCP over stdin/stdout to a client, relaying to a remote toolgate's URL.
     Connect(stdio_cmd::ConnectArgs),
+    /// Route a desktop client's MCP server entry through `toolgate stdio`, or list which
+    /// entries are not yet.
+    Install(install_cmd::InstallArgs),
 }
 
 /// `toolgate serve`.
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
         Command::Approvals { command } => approvals_cmd::run(command),
         Command::Stdio(args) => stdio_cmd::stdio(args),
         Command::Connect(args) => stdio_cmd::connect(args),
+        Command::Install(args) => install_cmd::run(args),
     }
 }
 
