@@ -290,15 +290,10 @@ impl Reloader {
             return;
         }
         tracing::info!(holders = holders.len(), "admin tokens reloaded");
-        self.gateway
-            .auditor
-            .record_admin(vec![AuditEntry::Admin(AdminEvent {
-                ts: crate::time::format_rfc3339_ms(crate::time::now_unix_ms()),
-                action: "admin_tokens_reloaded".to_owned(),
-                actor: "gateway".to_owned(),
-                subject: self.config_name(),
-                detail: serde_json::json!({ "holders": holders }),
-            })]);
+        self.record(
+            "admin_tokens_reloaded",
+            serde_json::json!({ "holders": holders }),
+        );
     }
 
     /// Puts the configuration's servers in force: what changed is logged and recorded as
@@ -316,24 +311,26 @@ impl Reloader {
             .iter()
             .map(|c| serde_json::json!({"server": c.name(), "change": c.what()}))
             .collect();
+        self.record("servers_reloaded", serde_json::json!({ "servers": detail }));
+        Ok(())
+    }
+
+    /// Records `action` on the configuration file in the admin stream.
+    fn record(&self, action: &str, detail: serde_json::Value) {
+        let subject = self
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         self.gateway
             .auditor
             .record_admin(vec![AuditEntry::Admin(AdminEvent {
                 ts: crate::time::format_rfc3339_ms(crate::time::now_unix_ms()),
-                action: "servers_reloaded".to_owned(),
+                action: action.to_owned(),
                 actor: "gateway".to_owned(),
-                subject: self.config_name(),
-                detail: serde_json::json!({ "servers": detail }),
+                subject,
+                detail,
             })]);
-        Ok(())
-    }
-
-    /// The configuration file's name, as admin events give it.
-    fn config_name(&self) -> String {
-        self.config
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
     }
 
     /// Settings a reload does not apply: logged and recorded as `restart_required` at each
@@ -348,15 +345,10 @@ impl Reloader {
             "changed, applied at the next start: {} (a reload applies servers, grants, policies and admin tokens)",
             waiting.join(", ")
         );
-        self.gateway
-            .auditor
-            .record_admin(vec![AuditEntry::Admin(AdminEvent {
-                ts: crate::time::format_rfc3339_ms(crate::time::now_unix_ms()),
-                action: "restart_required".to_owned(),
-                actor: "gateway".to_owned(),
-                subject: self.config_name(),
-                detail: serde_json::json!({ "settings": waiting }),
-            })]);
+        self.record(
+            "restart_required",
+            serde_json::json!({ "settings": waiting }),
+        );
     }
 }
 

@@ -90,18 +90,26 @@ struct ServeArgs {
     /// Quick mode: the policy for the single server `default`.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Quick mode: the Streamable HTTP URL of the upstream.
-    #[arg(long)]
-    upstream: Option<String>,
     /// Listen address (quick mode default 127.0.0.1:8080; overrides the config).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Quick mode: per-request upstream timeout.
-    #[arg(long, default_value = "60s")]
-    timeout: String,
     /// Log lines as text, or as one JSON object per line for log pipelines.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Quick mode's upstream.
+    #[command(flatten)]
+    quick: QuickUpstream,
+}
+
+/// Quick mode's one server (`serve` and `stdio`): an HTTP URL, or a command after `--`.
+#[derive(Args)]
+struct QuickUpstream {
+    /// Quick mode: the Streamable HTTP URL of the upstream.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Quick mode: per-request upstream timeout.
+    #[arg(long, default_value = "60s")]
+    timeout: String,
     /// Quick mode: the stdio upstream command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -147,23 +155,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Builds the settings of quick mode: one server `default`, one freshly minted grant.
-fn quick_settings(
-    args: &ServeArgs,
-    policy: &std::path::Path,
-) -> Result<(Settings, String), String> {
-    let listen = args
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let mut settings = Settings::new(listen);
-    if let Some(dir) = &args.data_dir {
-        settings.data_dir = dir.clone();
-    }
+/// The one server of quick mode (`serve` and `stdio`), named `default`.
+fn quick_server(quick: &QuickUpstream) -> Result<ServerSpec, String> {
     let timeout =
-        toolgate_policy::duration::parse(&args.timeout).map_err(|e| format!("--timeout: {e}"))?;
-    let upstream = match (&args.upstream, args.command.split_first()) {
+        toolgate_policy::duration::parse(&quick.timeout).map_err(|e| format!("--timeout: {e}"))?;
+    let upstream = match (quick.upstream.as_deref(), quick.command.split_first()) {
         (Some(url), None) => UpstreamSpec::Http {
-            url: url.clone(),
+            url: url.to_owned(),
             headers: Vec::new(),
             ca_file: None,
             connect_timeout: Duration::from_secs(10),
@@ -179,19 +177,37 @@ fn quick_settings(
             )
         }
     };
-    settings.servers.push(ServerSpec {
-        name: "default".into(),
+    Ok(ServerSpec {
+        name: QUICK_SERVER.into(),
         upstream,
         timeout,
         shadow: false,
         fail_open: false,
         max_message_bytes: toolgate_gateway::config::DEFAULT_MAX_MESSAGE_BYTES,
-    });
+    })
+}
+
+/// The server of quick mode.
+const QUICK_SERVER: &str = "default";
+
+/// Builds the settings of quick mode: one server `default`, one freshly minted grant.
+fn quick_settings(
+    args: &ServeArgs,
+    policy: &std::path::Path,
+) -> Result<(Settings, String), String> {
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let mut settings = Settings::new(listen);
+    if let Some(dir) = &args.data_dir {
+        settings.data_dir = dir.clone();
+    }
+    settings.servers.push(quick_server(&args.quick)?);
     let policy = config::load_policy(policy).map_err(|errors| errors.join("\n"))?;
     let token = grants::mint_token();
     settings
         .grants
-        .push(grants::quick_grant("quick", &token, "default", policy));
+        .push(grants::quick_grant("quick", &token, QUICK_SERVER, policy));
     Ok((settings, token))
 }
 
@@ -201,7 +217,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let prepared = match &quick {
         Some(policy) => quick_settings(&args, policy).map(|(s, t)| (s, Some(t))),
         None => {
-            if args.upstream.is_some() || !args.command.is_empty() {
+            if args.quick.upstream.is_some() || !args.quick.command.is_empty() {
                 Err("--upstream and -- COMMAND need --policy (quick mode); with a config file, configure [servers] instead".to_owned())
             } else {
                 let path = args

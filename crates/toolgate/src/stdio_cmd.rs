@@ -21,9 +21,8 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use toolgate_gateway::bridge::{self, Target};
-use toolgate_gateway::config::{self, Overrides, ServerSpec, Settings, UpstreamSpec};
+use toolgate_gateway::config::{self, Overrides, Settings};
 use toolgate_gateway::grants;
 use toolgate_gateway::stdio_upstream::StopSignal;
 
@@ -44,22 +43,16 @@ pub(crate) struct StdioArgs {
     /// Quick mode: the policy for the server given after `--` (or by --upstream).
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// Quick mode: a Streamable HTTP upstream instead of a command.
-    #[arg(long)]
-    upstream: Option<String>,
     /// Where the store lives (default: the configuration's data_dir; in quick mode
     /// $XDG_DATA_HOME/toolgate, or ~/.local/share/toolgate).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Quick mode: per-request upstream timeout.
-    #[arg(long, default_value = "60s")]
-    timeout: String,
     /// Log lines (on stderr) as text, or as one JSON object per line.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Quick mode: the server's command and its arguments, after `--`.
-    #[arg(last = true)]
-    command: Vec<String>,
+    /// Quick mode's upstream.
+    #[command(flatten)]
+    quick: crate::QuickUpstream,
 }
 
 /// `toolgate connect`.
@@ -78,9 +71,6 @@ pub(crate) struct ConnectArgs {
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 }
-
-/// The server a quick-mode `stdio` runs (as in `serve`'s quick mode).
-const QUICK_SERVER: &str = "default";
 
 pub(crate) fn connect(args: ConnectArgs) -> ExitCode {
     init_logging(args.log_format);
@@ -159,43 +149,18 @@ fn prepare(args: &StdioArgs) -> Result<(Settings, String, String), String> {
                 Some(dir) => dir.clone(),
                 None => default_data_dir()?,
             };
-            let timeout = toolgate_policy::duration::parse(&args.timeout)
-                .map_err(|e| format!("--timeout: {e}"))?;
-            let upstream = match (&args.upstream, args.command.split_first()) {
-                (Some(url), None) => UpstreamSpec::Http {
-                    url: url.clone(),
-                    headers: Vec::new(),
-                    ca_file: None,
-                    connect_timeout: Duration::from_secs(10),
-                },
-                (None, Some((command, rest))) => UpstreamSpec::Stdio {
-                    command: command.clone(),
-                    args: rest.to_vec(),
-                    env: Vec::new(),
-                },
-                _ => {
-                    return Err(
-                        "quick mode needs exactly one of --upstream URL and -- COMMAND ARGS…"
-                            .into(),
-                    )
-                }
-            };
-            settings.servers.push(ServerSpec {
-                name: QUICK_SERVER.into(),
-                upstream,
-                timeout,
-                shadow: false,
-                fail_open: false,
-                max_message_bytes: config::DEFAULT_MAX_MESSAGE_BYTES,
-            });
+            settings.servers.push(crate::quick_server(&args.quick)?);
             let policy = config::load_policy(policy).map_err(|errors| errors.join("\n"))?;
-            settings
-                .grants
-                .push(grants::quick_grant("stdio", &token, QUICK_SERVER, policy));
+            settings.grants.push(grants::quick_grant(
+                "stdio",
+                &token,
+                crate::QUICK_SERVER,
+                policy,
+            ));
             settings
         }
         None => {
-            if !args.command.is_empty() || args.upstream.is_some() {
+            if !args.quick.command.is_empty() || args.quick.upstream.is_some() {
                 return Err("-- COMMAND and --upstream need --policy (quick mode); with a configuration, name its server with --server".into());
             }
             let path = args
