@@ -24,6 +24,7 @@ pub mod grants;
 pub mod http_upstream;
 mod inband;
 mod metrics;
+mod modern;
 pub mod oauth;
 pub mod pins;
 mod proxy;

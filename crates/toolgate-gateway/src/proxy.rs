@@ -108,7 +108,7 @@ impl Gateway {
             .into_response(Value::Null);
         }
         if let Some(v) = header_str(request.headers(), mcp_headers::MCP_PROTOCOL_VERSION) {
-            if !version::is_supported(v) {
+            if !version::is_supported(v) && !crate::modern::is_stateless_version(v) {
                 return unsupported_version(format!("MCP-Protocol-Version {v:?} is not supported"));
             }
         }
@@ -273,17 +273,33 @@ impl Gateway {
             let id = e.id.clone().unwrap_or(Value::Null);
             (client_error(StatusCode::BAD_REQUEST, e.code, e.message), id)
         })?;
+        let payload = match payload {
+            Payload::Single(message) if crate::modern::is_stateless(&headers, &message) => {
+                return self
+                    .post_stateless(server, grant, &headers, message, bytes)
+                    .await;
+            }
+            Payload::Batch(items)
+                if items
+                    .iter()
+                    .any(|m| crate::modern::is_stateless(&headers, m)) =>
+            {
+                return Err((
+                    client_error(
+                        StatusCode::BAD_REQUEST,
+                        codes::INVALID_REQUEST,
+                        "Invalid Request: protocol 2026-07-28 has no JSON-RPC batches",
+                    ),
+                    Value::Null,
+                ));
+            }
+            payload => payload,
+        };
         if let Payload::Single(message) = &payload {
-            match message.method() {
-                Some("initialize") if message.kind() == Kind::Request => {
-                    return self
-                        .initialize(server, grant, &headers, message, bytes)
-                        .await;
-                }
-                Some("server/discover") => {
-                    return Err((unsupported_version_error("server/discover belongs to protocol 2026-07-28, which this gateway does not serve yet".into()), message.id().cloned().unwrap_or(Value::Null)));
-                }
-                _ => {}
+            if message.method() == Some("initialize") && message.kind() == Kind::Request {
+                return self
+                    .initialize(server, grant, &headers, message, bytes)
+                    .await;
             }
         }
         let session = self
@@ -343,6 +359,59 @@ impl Gateway {
         .await
     }
 
+    /// A stateless (2026-07-28) request: checked against its headers, then decided and
+    /// forwarded like any other, in a session that exists for this request alone. Such a
+    /// request has no client-to-server notifications or responses on this wire: they are
+    /// acknowledged and dropped, as the MCP reference servers do.
+    ///
+    /// A stdio server is initialized by the gateway in the session-based protocol, so its
+    /// stateless requests are refused with `-32022` naming the revisions it is reached
+    /// with: a dual-era client falls back to `initialize`. (Translating would mean answering
+    /// `server/discover` for it and carrying `input_required` rounds over a protocol that
+    /// has none; a refusal that says where to go is the honest answer.) An HTTP upstream
+    /// gets the request as it came and answers in its own era: one that speaks only the
+    /// session-based protocol refuses it itself, and the client falls back the same way.
+    async fn post_stateless(
+        self: &Arc<Self>,
+        server: &Arc<Server>,
+        grant: &Arc<GrantSpec>,
+        headers: &HeaderMap,
+        message: Message,
+        bytes: Bytes,
+    ) -> Result<Response<Body>, (GatewayError, Value)> {
+        let id = message.id().cloned().unwrap_or(Value::Null);
+        if message.kind() != Kind::Request {
+            return Ok(body::status(StatusCode::ACCEPTED));
+        }
+        let envelope = crate::modern::check(headers, &message).map_err(|e| (e, id.clone()))?;
+        if !matches!(server.upstream, Upstream::Http(_)) {
+            let mut refusal = crate::modern::unsupported(&envelope.version, version::SUPPORTED);
+            refusal.message = format!(
+                "server \"{}\" is a local process the gateway reaches in the session-based protocol: initialize (protocol {})",
+                server.spec.name,
+                version::LATEST
+            );
+            return Err((refusal, id));
+        }
+        let session = Arc::new(Session::stateless(
+            &grant.principal(),
+            &server.spec.name,
+            &envelope.version,
+            envelope.capabilities,
+        ));
+        self.dispatch(
+            server,
+            grant,
+            &session,
+            headers,
+            vec![message],
+            false,
+            bytes,
+            false,
+        )
+        .await
+    }
+
     /// Whether a held call is put to the human in-band: the client can be asked (it declared
     /// `elicitation`) on the call's own answer (it reads SSE).
     fn asks_in_band(&self, session: &Session, headers: &HeaderMap) -> bool {
@@ -386,9 +455,10 @@ impl Gateway {
         session: &Session,
         message: &Message,
     ) -> Checked {
+        let session_id = (!session.is_stateless()).then_some(session.id.as_str());
         let mut record = (message.kind() == Kind::Request).then(|| {
             self.auditor
-                .record(grant, &server.spec.name, Some(&session.id), message)
+                .record(grant, &server.spec.name, session_id, message)
         });
         let mut recorded = false;
         let mut held = None;
@@ -406,6 +476,12 @@ impl Gateway {
         if let (Verdict::Respond(_), Some(record)) = (&verdict, &mut record) {
             record.forwarded = false;
         }
+        let verdict = match verdict {
+            Verdict::Respond(answer) if session.is_stateless() => {
+                Verdict::Respond(crate::modern::completed(answer))
+            }
+            verdict => verdict,
+        };
         Checked {
             verdict,
             record,

@@ -85,6 +85,30 @@ impl Session {
         })
     }
 
+    /// The stand-in for a session that a stateless (2026-07-28) request runs in: never
+    /// stored, gone with the request. Its id names the caller, so that a `session`-scoped
+    /// limit counts per caller in that era, where no session exists to count in.
+    pub fn stateless(
+        principal: &str,
+        server: &str,
+        protocol_version: &str,
+        client_capabilities: Value,
+    ) -> Session {
+        Session::restore(SessionRecord {
+            id: format!("stateless:{principal}"),
+            grant: principal.to_owned(),
+            server: server.to_owned(),
+            protocol_version: protocol_version.to_owned(),
+            upstream_session: None,
+            client_capabilities,
+        })
+    }
+
+    /// Whether this stands in for a stateless request (see [`Session::stateless`]).
+    pub fn is_stateless(&self) -> bool {
+        self.record.id.starts_with("stateless:")
+    }
+
     /// A session from its stored record (streams start empty: events of a previous gateway
     /// process cannot be replayed).
     pub fn restore(record: SessionRecord) -> Session {

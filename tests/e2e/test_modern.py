@@ -1,0 +1,204 @@
+"""The stateless protocol, 2026-07-28, through the gateway (issue 12; SPEC §4, §5).
+
+- the official Python SDK client in modern mode (pinned, and `auto`, which discovers)
+  through toolgate to the Python SDK server speaking 2026-07-28: discover, list (hidden tools
+  removed), allowed, denied, hidden and rate-limited calls; toolgate's own refusals are valid
+  2026-07-28 results (`resultType`); the audit log records each call, with no session;
+- mixed eras on one upstream: a legacy client and a modern client of one grant at once,
+  sharing its counters;
+- a modern client in front of a stdio upstream (which the gateway reaches in the
+  session-based protocol): `auto` falls back to `initialize` and works; a client pinned to
+  2026-07-28 is refused with `-32022` naming the revisions it is reached with;
+- header rules, with raw HTTP: `Mcp-Method` and `Mcp-Name` (plain and base64) checked against
+  the body — a mismatch is 400 with `-32020` and reaches neither the policy nor the upstream;
+  a missing envelope is 400 `-32602`; an unsupported revision is 400 `-32022` with the
+  supported list; `Mcp-Param-*` headers are forwarded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import MCPError
+
+from e2e_helpers import (
+    PY_UPSTREAM,
+    PYTHON,
+    Procs,
+    assert_allowed,
+    assert_denied,
+    assert_rate_limited,
+    assert_unknown_tool,
+    gateway_binary,
+    http_client,
+    run,
+    start_gateway_config,
+    start_py_upstream_http,
+)
+
+TOKEN = "tg-e2e-modern-0123456789"
+MODERN = "2026-07-28"
+DAY_MS = 86_400_000
+POLICY: dict[str, Any] = {"version": "1", "default": "deny", "hide": ["secret_admin"], "tools": {
+    "echo": {}, "echo_headers": {}, "record_run": {},
+    "add": {"limits": [{"counter": "adds", "window": "day", "max": 2}]},
+    "charge": {"deny_if": [{"path": "args.amount", "op": "gt", "value": 100, "on_deny": "too much"}]},
+}}
+
+
+def start(procs: Procs, tmp_path: Path, ran: Path | None = None) -> Any:
+    upstream = start_py_upstream_http(procs, name="py_upstream-modern", ran_file=ran)[0]
+    return start_gateway_config(procs, tmp_path, f"""
+[gateway]
+
+[servers.py]
+url = "{upstream}"
+
+[servers.local]
+command = "{PYTHON}"
+args = ["{PY_UPSTREAM}", "--transport", "stdio"]
+
+[[grants]]
+name = "modern"
+token = "{TOKEN}"
+policies = {{ py = "policy.json", local = "policy.json" }}
+""", policies={"policy.json": POLICY}, name="toolgate-modern")
+
+
+def audit(data: Path) -> list[dict[str, Any]]:
+    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--data-dir", str(data)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_a_modern_client_through_the_gateway(procs: Procs, tmp_path: Path) -> None:
+    gw = start(procs, tmp_path)
+    url = gw.server_url("py")
+
+    async def body() -> None:
+        for mode in (MODERN, "auto"):
+            async with http_client(url, TOKEN, mode=mode) as client:
+                assert client.protocol_version == MODERN, (mode, client.protocol_version)
+                names = {t.name for t in (await client.list_tools()).tools}
+                assert "echo" in names and "secret_admin" not in names, names
+                echo = await client.call_tool("echo", {"text": mode})
+                assert_allowed(echo)
+                assert echo.result_type == "complete"
+                denied = await client.call_tool("charge", {"amount": 500, "reason": "r"})
+                assert_denied(denied, "/tools/charge/deny_if/args.amount-gt", "too much")
+                assert denied.result_type == "complete"
+                with pytest.raises(MCPError) as hidden:
+                    await client.call_tool("secret_admin", {})
+                assert_unknown_tool(hidden.value, "secret_admin")
+        # Mixed eras on one upstream, one grant, one budget of two adds a day.
+        async with http_client(url, TOKEN, mode="legacy") as legacy, \
+                http_client(url, TOKEN, mode=MODERN) as modern:
+            assert legacy.protocol_version != MODERN
+            assert_allowed(await legacy.call_tool("add", {"a": 1, "b": 2}))
+            assert_allowed(await modern.call_tool("add", {"a": 1, "b": 2}))
+            limited = await modern.call_tool("add", {"a": 1, "b": 2})
+            assert_rate_limited(limited, "/tools/add/limits/adds", "2", "day", "adds", DAY_MS)
+            assert limited.result_type == "complete"
+            assert_rate_limited(await legacy.call_tool("add", {"a": 1, "b": 2}), "/tools/add/limits/adds",
+                                "2", "day", "adds", DAY_MS)
+            assert_allowed(await legacy.call_tool("echo", {"text": "still legacy"}))
+
+    run(body, timeout=90)
+    calls = [r for r in audit(tmp_path / "toolgate-modern-data") if r["method"] == "tools/call"]
+    modern_calls = calls[:6]
+    assert [(r["tool"], r["decision"]) for r in modern_calls] == [
+        ("echo", "allow"), ("charge", "deny"), ("secret_admin", "hide")] * 2, modern_calls
+    assert all(r["session_id"] is None for r in modern_calls), modern_calls
+    discovered = [r for r in audit(tmp_path / "toolgate-modern-data") if r["method"] == "server/discover"]
+    assert discovered and all(r["decision"] == "allow" for r in discovered), discovered
+
+
+def test_modern_clients_in_front_of_a_stdio_upstream(procs: Procs, tmp_path: Path) -> None:
+    gw = start(procs, tmp_path)
+    url = gw.server_url("local")
+
+    async def auto() -> None:
+        async with http_client(url, TOKEN, mode="auto") as client:
+            assert client.protocol_version == "2025-11-25", client.protocol_version
+            assert_allowed(await client.call_tool("echo", {"text": "fell back to initialize"}))
+
+    async def pinned() -> None:
+        async with http_client(url, TOKEN, mode=MODERN) as client:
+            await client.call_tool("echo", {"text": "never"})
+
+    run(auto, timeout=60)
+    with pytest.raises(BaseException) as refused:
+        run(pinned, timeout=60)
+    assert "-32022" in repr(refused.value) or "session-based protocol" in repr(refused.value), repr(refused.value)
+
+    r = httpx.post(url, headers=modern_headers("tools/call", "echo"), content=json.dumps(call("echo")), timeout=10)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == -32022 and "2025-11-25" in error["data"]["supported"], error
+    assert "initialize" in error["message"], error
+
+
+def call(name: str, version: str = MODERN, arguments: dict[str, Any] | None = None,
+         meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    envelope = {"io.modelcontextprotocol/protocolVersion": version,
+                "io.modelcontextprotocol/clientCapabilities": {}} if meta is None else meta
+    return {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments or {}, "_meta": envelope}}
+
+
+def modern_headers(method: str, name: str | None, version: str = MODERN, **extra: str) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": version,
+               "Mcp-Method": method, **extra}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+def answer_of(r: httpx.Response) -> dict[str, Any]:
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        messages = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        return [m for m in messages if "result" in m or "error" in m][-1]
+    return r.json()
+
+
+def test_header_rules_are_checked_against_the_body(procs: Procs, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    gw = start(procs, tmp_path, ran=ran)
+    url = gw.server_url("py")
+
+    def post(body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(url, headers=headers, content=json.dumps(body), timeout=10)
+
+    # The header names an allowed tool, the body another: refused before any policy.
+    r = post(call("record_run", arguments={"tag": "smuggled"}), modern_headers("tools/call", "echo"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
+    assert "Mcp-Name" in r.json()["error"]["message"]
+    assert not ran.exists(), "a request whose headers disagree with its body ran"
+    r = post(call("echo", arguments={"text": "x"}), modern_headers("tools/list", "echo"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
+    # The base64 form of Mcp-Name is decoded before the comparison.
+    encoded = "=?base64?" + base64.b64encode(b"record_run").decode() + "?="
+    r = post(call("record_run", arguments={"tag": "b64"}), modern_headers("tools/call", encoded))
+    assert r.status_code == 200 and "result" in answer_of(r), r.text
+    assert ran.read_text().split() == ["b64"]
+    # Missing envelope; an unsupported revision.
+    r = post(call("echo", meta={}), modern_headers("tools/call", "echo"))
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32602, r.text
+    r = post(call("echo", version="2027-01-01"), modern_headers("tools/call", "echo", version="2027-01-01"))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == -32022 and error["data"] == {"supported": [MODERN], "requested": "2027-01-01"}, error
+    # Mcp-Param-* headers reach the upstream.
+    r = post(call("echo_headers"), modern_headers("tools/call", "echo_headers", **{"Mcp-Param-Region": "eu-west"}))
+    assert r.status_code == 200, r.text
+    seen = answer_of(r)["result"]["structuredContent"]
+    assert seen.get("mcp-param-region") == "eu-west" and seen.get("mcp-name") == "echo_headers", seen
+    assert "authorization" not in seen, seen
