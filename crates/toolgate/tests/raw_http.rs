@@ -409,8 +409,12 @@ fn bad_input_gets_specific_errors_and_the_gateway_keeps_serving() {
         200
     );
 
-    // The 2026-07-28 era is refused with the list of revisions served.
+    // A 2026-07-28 request must carry its envelope in params._meta; a revision of neither
+    // era is refused with the list of those served.
     let r = with_session(&["MCP-Protocol-Version: 2026-07-28"], body);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], -32602);
+    let r = with_session(&["MCP-Protocol-Version: 2024-01-01"], body);
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], -32022);
     assert_eq!(r.json()["error"]["data"]["supported"][0], "2025-11-25");
@@ -421,7 +425,7 @@ fn bad_input_gets_specific_errors_and_the_gateway_keeps_serving() {
         r#"{"jsonrpc":"2.0","id":9,"method":"server/discover","params":{}}"#,
     );
     assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"]["code"], -32022);
+    assert_eq!(r.json()["error"]["code"], -32602);
 
     // Malformed tools/call params: -32602 from the gateway, nothing forwarded.
     let r = with_session(
