@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,14 @@ policies = {{ enforced = "trial.json" }}
     run(lambda: shadowed("enforced", BOB, "t"))  # per policy
     assert tags() == ["e1", "e2", "bad", "w1", "w2", "w3", "bad", "t1", "t2", "t3"]
 
-    records = [r for r in audit(tmp_path / "toolgate-shadow-data") if r["method"] == "tools/call"]
+    # A record is durable in the gateway's journal before its call is forwarded, and in the
+    # database within ~20 ms: wait for the last ones (7 calls a shadow run, 6 enforced).
+    deadline = time.monotonic() + 10
+    while True:
+        records = [r for r in audit(tmp_path / "toolgate-shadow-data") if r["method"] == "tools/call"]
+        if len(records) >= 6 + 7 + 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
     def seen(server: str, grant: str) -> list[tuple[Any, ...]]:
         return [(r["tool"], r["decision"], r["rule"], r["shadow"])

@@ -7,6 +7,7 @@ mod grants;
 mod journal;
 mod owned;
 mod pins;
+mod secrets;
 
 pub use grants::GrantsStamp;
 
@@ -104,6 +105,12 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX approvals_by_key ON approvals (key_digest, created_ms);",
+    // 9: keys the gateway makes once and keeps (secrets.rs), e.g. the one that signs the
+    // state of an approval asked in-band in protocol 2026-07-28.
+    "CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// What a store remembers of the database so that its hot paths need not read it back:

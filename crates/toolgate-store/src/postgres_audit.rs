@@ -164,6 +164,7 @@ macro_rules! locked_transaction {
 mod approvals;
 mod grants;
 mod pins;
+mod secrets;
 
 /// Why an operation failed without a tokio runtime.
 const NO_RUNTIME: &str = "the postgres audit log needs a tokio runtime";
@@ -239,6 +240,11 @@ pub const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX {approvals}_by_key ON {approvals} (key_digest, created_ms);",
+    // 5: keys made once and shared by every replica (postgres_audit/secrets.rs).
+    "CREATE TABLE {secrets} (
+        name TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );",
 ];
 
 /// The audit log of a cluster deployment: entries in PostgreSQL, shared by every gateway that
@@ -284,6 +290,8 @@ struct Tables {
     pins: String,
     /// Approval requests.
     approvals: String,
+    /// Keys made once (see `secrets.rs`).
+    secrets: String,
     version: String,
     /// Held by every write transaction (see the module docs).
     write_lock: i64,
@@ -804,6 +812,7 @@ impl Tables {
             grants: format!("{prefix}grants"),
             pins: format!("{prefix}tool_pins"),
             approvals: format!("{prefix}approvals"),
+            secrets: format!("{prefix}secrets"),
             version: format!("{prefix}audit_schema_version"),
             log,
         }
@@ -829,6 +838,7 @@ impl Tables {
             .replace("{grants}", &self.grants)
             .replace("{pins}", &self.pins)
             .replace("{approvals}", &self.approvals)
+            .replace("{secrets}", &self.secrets)
     }
 }
 

@@ -63,7 +63,7 @@ async fn drop_tables(prefix: &str) {
         .await
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {prefix}audit_log, {prefix}audit_pruned, {prefix}grants, \
-             {prefix}audit_schema_version"
+             {prefix}tool_pins, {prefix}approvals, {prefix}secrets, {prefix}audit_schema_version"
         ))
         .await
         .unwrap();
@@ -111,6 +111,18 @@ async fn verified(log: &PostgresAuditLog, chain: &str) -> Result<Verified, Broke
             Err(b) => b.chain == chain,
         })
         .unwrap_or_else(|| panic!("chain {chain} was not verified"))
+}
+
+#[tokio::test]
+async fn a_secret_is_made_by_the_first_replica_and_shared_by_every_other() {
+    let prefix = unique_prefix();
+    let (one, two) = (log_on(&prefix).await, log_on(&prefix).await);
+    let (a, b) = tokio::join!(one.secret("approval-state"), two.secret("approval-state"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    assert_ne!(a, [0u8; 32]);
+    assert_ne!(one.secret("another").await.unwrap(), a);
+    drop_tables(&prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
