@@ -12,7 +12,11 @@
 - header rules, with raw HTTP: `Mcp-Method` and `Mcp-Name` (plain and base64) checked against
   the body — a mismatch is 400 with `-32020` and reaches neither the policy nor the upstream;
   a missing envelope is 400 `-32602`; an unsupported revision is 400 `-32022` with the
-  supported list; `Mcp-Param-*` headers are forwarded.
+  supported list; `Mcp-Param-*` headers are forwarded;
+- approvals asked in-band through `input_required` (SPEC §6): the SDK client's elicitation
+  callback approves (the call runs) or declines (it is refused); the `requestState` is bound
+  and signed — altered, issued for other arguments, or presented again after use, it is
+  refused with 400 `-32602` and nothing runs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from mcp import MCPError
 from e2e_helpers import (
     PY_UPSTREAM,
     PYTHON,
+    ClientCallbacks,
     Procs,
     assert_allowed,
     assert_denied,
@@ -52,7 +57,7 @@ POLICY: dict[str, Any] = {"version": "1", "default": "deny", "hide": ["secret_ad
 }}
 
 
-def start(procs: Procs, tmp_path: Path, ran: Path | None = None) -> Any:
+def start(procs: Procs, tmp_path: Path, ran: Path | None = None, policy: dict[str, Any] | None = None) -> Any:
     upstream = start_py_upstream_http(procs, name="py_upstream-modern", ran_file=ran)[0]
     return start_gateway_config(procs, tmp_path, f"""
 [gateway]
@@ -68,11 +73,11 @@ args = ["{PY_UPSTREAM}", "--transport", "stdio"]
 name = "modern"
 token = "{TOKEN}"
 policies = {{ py = "policy.json", local = "policy.json" }}
-""", policies={"policy.json": POLICY}, name="toolgate-modern")
+""", policies={"policy.json": policy or POLICY}, name="toolgate-modern")
 
 
-def audit(data: Path) -> list[dict[str, Any]]:
-    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--data-dir", str(data)],
+def audit(data: Path, *extra: str) -> list[dict[str, Any]]:
+    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--data-dir", str(data), *extra],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
@@ -202,3 +207,71 @@ def test_header_rules_are_checked_against_the_body(procs: Procs, tmp_path: Path)
     seen = answer_of(r)["result"]["structuredContent"]
     assert seen.get("mcp-param-region") == "eu-west" and seen.get("mcp-name") == "echo_headers", seen
     assert "authorization" not in seen, seen
+
+
+APPROVAL_POLICY: dict[str, Any] = {"version": "1", "default": "deny", "tools": {
+    "echo": {}, "record_run": {"action": "require_approval", "approval": {"timeout": "5m", "reuse": "once"}}}}
+
+
+def test_approvals_are_asked_with_input_required(procs: Procs, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    gw = start(procs, tmp_path, ran=ran, policy=APPROVAL_POLICY)
+    url = gw.server_url("py")
+
+    def tags() -> list[str]:
+        return ran.read_text().split() if ran.exists() else []
+
+    async def with_answer(action: str, tag: str) -> Any:
+        cb = ClientCallbacks(elicit_action=action, elicit_content={"approve": True}, sampling_model="m",
+                             sampling_text="t")
+        async with http_client(url, TOKEN, mode=MODERN, **cb.kwargs()) as client:
+            result = await client.call_tool("record_run", {"tag": tag})
+        assert len(cb.elicitations) == 1, cb.elicitations
+        question = cb.elicitations[0].message
+        assert "record_run" in question and tag in question and "py" in question, question
+        return result
+
+    async def flows() -> None:
+        approved = await with_answer("accept", "approved-run")
+        assert_allowed(approved)
+        assert tags() == ["approved-run"]
+        declined = await with_answer("decline", "declined-run")
+        assert declined.is_error and "declined by the approver" in declined.content[0].text, declined
+        assert tags() == ["approved-run"]
+
+    run(flows, timeout=60)
+
+    # The same flow by hand: the state is bound and signed, and good once.
+    capable = {"io.modelcontextprotocol/protocolVersion": MODERN,
+               "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+
+    def post(arguments: dict[str, Any], **extra: Any) -> httpx.Response:
+        body = call("record_run", arguments=arguments, meta=capable)
+        body["params"].update(extra)
+        return httpx.post(url, headers=modern_headers("tools/call", "record_run"), content=json.dumps(body), timeout=10)
+
+    asked = answer_of(post({"tag": "by-hand"}))["result"]
+    assert asked["resultType"] == "input_required", asked
+    question = asked["inputRequests"]["toolgate-approval"]
+    assert question["method"] == "elicitation/create" and "by-hand" in question["params"]["message"], question
+    state = asked["requestState"]
+    yes = {"toolgate-approval": {"action": "accept", "content": {"approve": True}}}
+
+    def refused(r: httpx.Response, says: str) -> None:
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == -32602 and says in error["message"], error
+
+    altered = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
+    refused(post({"tag": "by-hand"}, requestState=altered, inputResponses=yes), "altered")
+    refused(post({"tag": "other-arguments"}, requestState=state, inputResponses=yes), "issued for another call")
+    refused(post({"tag": "by-hand"}, requestState=state), "inputResponses lacks")
+    assert tags() == ["approved-run"], "a refused state let a call run"
+    ran_now = post({"tag": "by-hand"}, requestState=state, inputResponses=yes)
+    assert ran_now.status_code == 200 and answer_of(ran_now)["result"].get("isError") is not True, ran_now.text
+    assert tags() == ["approved-run", "by-hand"]
+    refused(post({"tag": "by-hand"}, requestState=state, inputResponses=yes), "used already")
+    assert tags() == ["approved-run", "by-hand"]
+    # The admin stream has the approvals' story: asked, decided in-band, used.
+    events = [e["action"] for e in audit(tmp_path / "toolgate-modern-data", "--admin")]
+    assert "approval_approved" in events and "approval_denied" in events and "approval_used" in events, events

@@ -59,7 +59,7 @@ fn requested_schema() -> Value {
 }
 
 /// The question, showing what would run.
-fn question(server: &str, held: &Held) -> Value {
+pub(crate) fn question(server: &str, held: &Held) -> Value {
     let params = held.message.params();
     let tool = params
         .and_then(|p| p.get("name"))
@@ -79,7 +79,7 @@ fn question(server: &str, held: &Held) -> Value {
 }
 
 /// What the human answered (`None`: the session ended first): approve, or why not.
-fn verdict(answer: Option<Value>) -> Result<(), String> {
+pub(crate) fn verdict(answer: Option<Value>) -> Result<(), String> {
     let Some(response) = answer else {
         return Err("the session ended before the approver answered".into());
     };

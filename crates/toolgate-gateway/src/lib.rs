@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod answer;
+mod approval_state;
 pub mod approvals;
 mod audit;
 pub mod body;
@@ -147,6 +148,8 @@ pub struct Gateway {
     ledger: Option<Arc<EmbeddedStore>>,
     /// Requests for human approval of held calls.
     approvals: approvals::Approvals,
+    /// Signs the state of approvals asked in-band in protocol 2026-07-28.
+    approval_state: approval_state::StateKey,
     /// Each caller's running calls (`[gateway] max_concurrent_calls`).
     running: concurrency::Concurrency,
     /// Gateway-wide metrics (`/metrics`); per-server ones are in each [`Server`].
@@ -590,6 +593,17 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         approvals =
             approvals.announced(webhook::Webhook::start(hook)?, settings.public_url.clone());
     }
+    // One key for every replica (and every process on a data directory), so that any of
+    // them can check a state another issued.
+    let state_secret = match &grant_store {
+        SharedStore::Embedded(store) => {
+            let store = Arc::clone(store);
+            blocking(move || store.secret("approval-state")).await
+        }
+        SharedStore::Postgres(log) => log.secret("approval-state").await,
+    }
+    .map_err(|e| format!("cannot read the approval-state key: {e}"))?;
+    let approval_state = approval_state::StateKey::new(&state_secret);
     let running = concurrency::Concurrency::new(settings.max_concurrent_calls);
     let admins = settings.admins.clone();
     let gateway = Arc::new(Gateway {
@@ -605,6 +619,7 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         auditor,
         ledger,
         approvals,
+        approval_state,
         running,
         metrics,
         redis,

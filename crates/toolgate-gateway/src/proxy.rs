@@ -399,6 +399,17 @@ impl Gateway {
             &envelope.version,
             envelope.capabilities,
         ));
+        let (message, bytes) = match self
+            .answered_in_band(server, grant, &message)
+            .await
+            .map_err(|e| (e, id.clone()))?
+        {
+            Some(answered) => {
+                let bytes = Bytes::from(answered.to_bytes());
+                (answered, bytes)
+            }
+            None => (message, bytes),
+        };
         self.dispatch(
             server,
             grant,
@@ -410,6 +421,133 @@ impl Gateway {
             false,
         )
         .await
+    }
+
+    /// A held call of a stateless client that can be asked (it declared `elicitation`),
+    /// answered with `input_required`: the question, and the signed state the client hands
+    /// back with the human's answer (see [`crate::approval_state`]).
+    fn ask_with_input_required(&self, server: &Server, grant: &GrantSpec, held: &Held) -> Value {
+        let (tool, arguments) = match held.message.tool_call() {
+            Some(Ok(call)) => (call.name.to_owned(), call.arguments),
+            _ => (String::new(), &Value::Null),
+        };
+        let now = crate::time::now_unix_ms();
+        let state = self.approval_state.seal(&crate::approval_state::Bound {
+            approval_id: held.approval_id.clone(),
+            principal: grant.principal().into_owned(),
+            server: server.spec.name.clone(),
+            tool,
+            args_sha256: approvals::args_sha256(arguments),
+            expires_ms: now
+                .saturating_add(i64::try_from(held.timeout.as_millis()).unwrap_or(i64::MAX)),
+        });
+        let mut question = crate::inband::question(&server.spec.name, held);
+        question["mode"] = json!("form");
+        json!({
+            "jsonrpc": "2.0",
+            "id": held.message.id().cloned().unwrap_or(Value::Null),
+            "result": {
+                "resultType": "input_required",
+                "inputRequests": {
+                    crate::approval_state::QUESTION: {"method": "elicitation/create", "params": question}
+                },
+                "requestState": state,
+            }
+        })
+    }
+
+    /// A stateless retry that carries the state of an approval asked in-band: the state is
+    /// checked (signature, expiry, the caller, server, tool and arguments it was issued
+    /// for), the human's answer recorded as the approval's decision, and the call returned
+    /// without the gateway's fields, to be decided — admitted by its approval, or refused —
+    /// like any other. A state whose approval was decided already (the call ran, or was
+    /// declined) is refused as used. `None`: the request carries no state of the gateway's.
+    async fn answered_in_band(
+        &self,
+        server: &Server,
+        grant: &GrantSpec,
+        message: &Message,
+    ) -> Result<Option<Message>, GatewayError> {
+        let refused =
+            |why: String| client_error(StatusCode::BAD_REQUEST, codes::INVALID_PARAMS, why);
+        let params = message.params().cloned().unwrap_or(Value::Null);
+        let Some(state) = params.get("requestState").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        if !state.starts_with(crate::approval_state::PREFIX) {
+            return Ok(None); // the upstream's own state
+        }
+        let bound = self
+            .approval_state
+            .open(state, crate::time::now_unix_ms())
+            .map_err(|e| refused(e.to_string()))?;
+        let (tool, arguments) = match message.tool_call() {
+            Some(Ok(call)) => (call.name, call.arguments),
+            _ => {
+                return Err(refused(
+                    "requestState of an approval belongs to a tools/call".into(),
+                ))
+            }
+        };
+        if bound.principal != grant.principal()
+            || bound.server != server.spec.name
+            || bound.tool != tool
+            || bound.args_sha256 != approvals::args_sha256(arguments)
+        {
+            return Err(refused(format!(
+                "requestState of approval {} was issued for another call (caller, server, tool or arguments differ)",
+                bound.approval_id
+            )));
+        }
+        let answer = params
+            .get("inputResponses")
+            .and_then(|r| r.get(crate::approval_state::QUESTION))
+            .cloned()
+            .ok_or_else(|| {
+                refused(format!(
+                    "inputResponses lacks {:?}, the approver's answer",
+                    crate::approval_state::QUESTION
+                ))
+            })?;
+        let (approve, reason) = match crate::inband::verdict(Some(json!({ "result": answer }))) {
+            Ok(()) => (true, None),
+            Err(why) => (false, Some(why)),
+        };
+        let actor = format!("elicitation:{}", grant.principal());
+        match self
+            .approvals
+            .decide(&bound.approval_id, approve, &actor, reason.as_deref())
+            .await
+        {
+            Ok(Ok(_)) => {}
+            // Approved elsewhere meanwhile (the CLI, the dashboard): the call meets that.
+            Ok(Err(toolgate_store::DecisionRefused::AlreadyDecided {
+                status: toolgate_store::ApprovalStatus::Approved,
+                ..
+            })) => {}
+            Ok(Err(why)) => {
+                return Err(refused(format!(
+                    "requestState was used already or lapsed: {why}"
+                )))
+            }
+            Err(e) => {
+                return Err(GatewayError::internal(format!(
+                    "approvals cannot be recorded right now: {e}"
+                )))
+            }
+        }
+        // The upstream never sees the gateway's question or state.
+        let mut body = Value::Object(message.as_map().clone());
+        if let Some(params) = body.get_mut("params").and_then(Value::as_object_mut) {
+            params.remove("requestState");
+            params.remove("inputResponses");
+        }
+        match parse_payload(body.to_string().as_bytes()) {
+            Ok(Payload::Single(message)) => Ok(Some(message)),
+            _ => Err(GatewayError::internal(
+                "the answered call could not be rebuilt",
+            )),
+        }
     }
 
     /// Whether a held call is put to the human in-band: the client can be asked (it declared
@@ -476,12 +614,17 @@ impl Gateway {
         if let (Verdict::Respond(_), Some(record)) = (&verdict, &mut record) {
             record.forwarded = false;
         }
-        let verdict = match verdict {
-            Verdict::Respond(answer) if session.is_stateless() => {
-                Verdict::Respond(crate::modern::completed(answer))
-            }
-            verdict => verdict,
-        };
+        let verdict =
+            match verdict {
+                Verdict::Respond(answer) if session.is_stateless() => Verdict::Respond(match held
+                    .as_ref()
+                    .filter(|_| session.has_capability("elicitation"))
+                {
+                    Some(held) => self.ask_with_input_required(server, grant, held),
+                    None => crate::modern::completed(answer),
+                }),
+                verdict => verdict,
+            };
         Checked {
             verdict,
             record,
