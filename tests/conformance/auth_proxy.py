@@ -59,11 +59,14 @@ def _hop_headers(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 class Proxy:
-    def __init__(self, target: str, inject: list[tuple[str, str]]):
-        parts = urlsplit(target)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"--target must be an http(s) URL, got {target!r}")
-        self.origin = f"{parts.scheme}://{parts.netloc}"
+    def __init__(self, targets: list[str], inject: list[tuple[str, str]]):
+        self.origins = []
+        for target in targets:
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"--target must be an http(s) URL, got {target!r}")
+            self.origins.append(f"{parts.scheme}://{parts.netloc}")
+        self.turn = 0
         self.inject = [(k.strip().lower().encode("latin-1"), v.strip().encode("latin-1")) for k, v in inject]
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=10.0),
@@ -103,7 +106,10 @@ class Proxy:
         sent_names = {k.lower() for k, _ in headers}
 
         path = scope.get("raw_path") or scope["path"].encode()
-        url = self.origin + path.decode("latin-1")
+        # Several targets (replicas): each request goes to the next one in turn.
+        origin = self.origins[self.turn % len(self.origins)]
+        self.turn += 1
+        url = origin + path.decode("latin-1")
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
 
@@ -116,7 +122,7 @@ class Proxy:
         try:
             upstream = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            await _plain(send, 502, f"auth_proxy: upstream {self.origin} unreachable: {exc!r}".encode())
+            await _plain(send, 502, f"auth_proxy: upstream {origin} unreachable: {exc!r}".encode())
             return
 
         try:
@@ -166,7 +172,9 @@ async def _plain(send, status: int, text: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Header-injecting streaming forward proxy (for the conformance run).")
-    p.add_argument("--target", required=True, help="URL to forward to; its origin receives every request")
+    p.add_argument("--target", required=True, action="append",
+                   help="URL to forward to; its origin receives every request (repeated: replicas with the same "
+                        "paths, each request to the next in turn)")
     p.add_argument("--port", type=int, default=0, help="listen port (0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="header to add (repeatable)")
@@ -186,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         app = Proxy(args.target, inject)
     except ValueError as exc:
         p.error(str(exc))
-    target_path = urlsplit(args.target).path or "/"
-    if urlsplit(args.target).query:
-        target_path += "?" + urlsplit(args.target).query
+    first = urlsplit(args.target[0])
+    target_path = first.path or "/"
+    if first.query:
+        target_path += "?" + first.query
     try:
         asyncio.run(serve_asgi(app, args.host, args.port, target_path, name="auth_proxy",
                                server_header=False, date_header=False))

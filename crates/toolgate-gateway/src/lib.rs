@@ -538,13 +538,6 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         Some(redis) => Arc::clone(redis) as Arc<dyn toolgate_store::CounterStore>,
         None => store.clone(),
     };
-    let configured: std::collections::HashSet<String> =
-        settings.servers.iter().map(|s| s.name.clone()).collect();
-    let sessions = Arc::new(Sessions::restore(store.clone(), |record| {
-        configured.contains(&record.server)
-    }));
-    // Grants minted with `toolgate grant` or the admin API live beside the audit log: in
-    // the embedded store, or in cluster mode in PostgreSQL, shared by every replica.
     let grant_store = match (&settings.postgres_url, &log_store) {
         (Some(_), Some(AuditStore::Postgres(log))) => SharedStore::Postgres(Arc::clone(log)),
         (Some(url), _) => SharedStore::Postgres(Arc::new(
@@ -552,6 +545,34 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         )),
         (None, _) => SharedStore::Embedded(Arc::clone(&store)),
     };
+    // One key for every replica (and every process on a data directory), so that any of
+    // them can check a state another issued.
+    let state_secret = match &grant_store {
+        SharedStore::Embedded(store) => {
+            let store = Arc::clone(store);
+            blocking(move || store.secret("approval-state")).await
+        }
+        SharedStore::Postgres(log) => log.secret("approval-state").await,
+    }
+    .map_err(|e| format!("cannot read the approval-state key: {e}"))?;
+    let approval_state = approval_state::StateKey::new(&state_secret);
+    let configured: std::collections::HashSet<String> =
+        settings.servers.iter().map(|s| s.name.clone()).collect();
+    let sessions = Sessions::restore(store.clone(), |record| configured.contains(&record.server));
+    // Replicas serve each other's sessions: the id carries the session, signed with a key
+    // they share (session.rs).
+    let sessions = Arc::new(match &grant_store {
+        SharedStore::Postgres(log) => {
+            let secret = log
+                .secret("session-ids")
+                .await
+                .map_err(|e| format!("cannot read the session-id key: {e}"))?;
+            sessions.sealed(session::SessionSeal::new(&secret))
+        }
+        SharedStore::Embedded(_) => sessions,
+    });
+    // Grants minted with `toolgate grant` or the admin API live beside the audit log: in
+    // the embedded store, or in cluster mode in PostgreSQL, shared by every replica.
     // Tool pins live with the grants: shared by every replica in cluster mode.
     let pins = Arc::new(
         pins::Pins::load(
@@ -593,17 +614,6 @@ pub async fn start_with(settings: Settings, overrides: StoreOverrides) -> Result
         approvals =
             approvals.announced(webhook::Webhook::start(hook)?, settings.public_url.clone());
     }
-    // One key for every replica (and every process on a data directory), so that any of
-    // them can check a state another issued.
-    let state_secret = match &grant_store {
-        SharedStore::Embedded(store) => {
-            let store = Arc::clone(store);
-            blocking(move || store.secret("approval-state")).await
-        }
-        SharedStore::Postgres(log) => log.secret("approval-state").await,
-    }
-    .map_err(|e| format!("cannot read the approval-state key: {e}"))?;
-    let approval_state = approval_state::StateKey::new(&state_secret);
     let running = concurrency::Concurrency::new(settings.max_concurrent_calls);
     let admins = settings.admins.clone();
     let gateway = Arc::new(Gateway {

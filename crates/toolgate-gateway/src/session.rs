@@ -1,9 +1,22 @@
 //! Client sessions: which grant owns them, what was negotiated, and (for upstreams the
 //! gateway serves itself) the SSE streams with a replay log for `Last-Event-ID` resumption.
+//!
+//! Replicas (cluster mode) share sessions without sharing a session table: a session's id
+//! carries what another replica needs to serve it — its record (grant, server, negotiated
+//! revision, the upstream's session id, the client's capabilities), signed with a key every
+//! replica reads from the shared store ([`SessionSeal`]). A replica that meets an id it does
+//! not know opens it and serves the session from then on; a forged or altered id is just an
+//! unknown session (404). What stays with one replica: the replay log of its SSE streams
+//! (a GET stream resumed on another replica starts afresh), and an ended session, which
+//! another replica that knew it may still serve — for an HTTP upstream the upstream's own
+//! 404 then ends it there too.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::Bytes;
 use rand::RngCore;
-use serde_json::Value;
+use ring::hmac;
+use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +28,67 @@ impl std::ops::Deref for Session {
     type Target = SessionRecord;
     fn deref(&self) -> &SessionRecord {
         &self.record
+    }
+}
+
+/// What a sealed session id starts with.
+const SEALED: &str = "tgs2.";
+
+/// Seals session records into ids that every replica can open (see the module docs).
+pub struct SessionSeal(hmac::Key);
+
+impl std::fmt::Debug for SessionSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSeal(..)")
+    }
+}
+
+impl SessionSeal {
+    /// The seal made from `secret` (32 random bytes shared by every replica).
+    pub fn new(secret: &[u8; 32]) -> SessionSeal {
+        SessionSeal(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// An id carrying `record` (its own `id` aside), and a nonce so that two sessions of the
+    /// same client never share one.
+    fn seal(&self, record: &SessionRecord) -> String {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let payload = json!({
+            "n": URL_SAFE_NO_PAD.encode(nonce),
+            "g": record.grant,
+            "s": record.server,
+            "v": record.protocol_version,
+            "u": record.upstream_session,
+            "c": record.client_capabilities,
+        });
+        let signed = format!(
+            "{SEALED}{}",
+            URL_SAFE_NO_PAD.encode(payload.to_string().as_bytes())
+        );
+        let tag = URL_SAFE_NO_PAD.encode(hmac::sign(&self.0, signed.as_bytes()).as_ref());
+        format!("{signed}.{tag}")
+    }
+
+    /// The record an id carries, if this seal made it unaltered.
+    fn open(&self, id: &str) -> Option<SessionRecord> {
+        let (signed, tag) = id.rsplit_once('.')?;
+        let payload = signed.strip_prefix(SEALED)?;
+        hmac::verify(
+            &self.0,
+            signed.as_bytes(),
+            &URL_SAFE_NO_PAD.decode(tag).ok()?,
+        )
+        .ok()?;
+        let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        Some(SessionRecord {
+            id: id.to_owned(),
+            grant: payload.get("g")?.as_str()?.to_owned(),
+            server: payload.get("s")?.as_str()?.to_owned(),
+            protocol_version: payload.get("v")?.as_str()?.to_owned(),
+            upstream_session: payload.get("u")?.as_str().map(str::to_owned),
+            client_capabilities: payload.get("c").cloned().unwrap_or(Value::Null),
+        })
     }
 }
 
@@ -327,6 +401,8 @@ pub struct Sessions {
     by_id: Mutex<HashMap<String, Arc<Session>>>,
     /// Where sessions are remembered (none in unit tests).
     store: Option<Arc<dyn SessionStore>>,
+    /// Cluster mode: ids carry their sessions, so that every replica can serve them.
+    seal: Option<SessionSeal>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -360,6 +436,15 @@ impl Sessions {
         Sessions {
             by_id: Mutex::new(by_id),
             store: Some(store),
+            seal: None,
+        }
+    }
+
+    /// The same sessions, with ids that every replica sharing `seal`'s key can open.
+    pub fn sealed(self, seal: SessionSeal) -> Sessions {
+        Sessions {
+            seal: Some(seal),
+            ..self
         }
     }
 
@@ -374,6 +459,13 @@ impl Sessions {
     /// Registers a session. A session that cannot be persisted still works; it just will not
     /// survive a restart (logged).
     pub fn insert(&self, session: Session) -> Arc<Session> {
+        let session = match &self.seal {
+            Some(seal) => Session::restore(SessionRecord {
+                id: seal.seal(session.record()),
+                ..session.record().clone()
+            }),
+            None => session,
+        };
         if let Some(store) = &self.store {
             if let Err(e) = store.save_session(session.record()) {
                 tracing::warn!(error = %e, session = %session.id, "could not persist a session");
@@ -389,14 +481,27 @@ impl Sessions {
 
     /// The session `id`, if it exists and belongs to `grant` on `server`. A session of
     /// another grant is reported as absent, so ids cannot be probed across grants.
+    /// A sealed id this replica has not met yet (another replica opened the session) is
+    /// opened and served from now on.
     pub fn get(&self, id: &str, grant: &str, server: &str) -> Option<Arc<Session>> {
-        self.by_id
+        let known = self
+            .by_id
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
+            .cloned();
+        let session = match known {
+            Some(session) => session,
+            None => {
+                let record = self.seal.as_ref()?.open(id)?;
+                let session = Arc::new(Session::restore(record));
+                let mut by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(by_id.entry(id.to_owned()).or_insert(session))
+            }
+        };
+        Some(session)
             .filter(|s| s.grant == grant && s.server == server)
             .inspect(|s| s.touch())
-            .cloned()
     }
 
     /// Removes and returns every session idle for longer than `limit`.
@@ -452,6 +557,60 @@ impl Sessions {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_sealed_session_is_served_by_every_replica_with_the_key_and_no_other() {
+        let replica = |key: u8| Sessions {
+            seal: Some(SessionSeal::new(&[key; 32])),
+            ..Sessions::default()
+        };
+        let (one, two, stranger) = (replica(1), replica(1), replica(2));
+        let opened = one.insert(Session::new(
+            "alice",
+            "files",
+            "2025-11-25",
+            Some("upstream-7".into()),
+            json!({"elicitation": {}}),
+        ));
+        assert!(opened.id.starts_with(SEALED), "{}", opened.id);
+        let served = two
+            .get(&opened.id, "alice", "files")
+            .expect("another replica opens it");
+        assert_eq!(served.record(), opened.record());
+        assert_eq!(two.len(), 1, "and keeps it");
+        assert!(
+            two.get(&opened.id, "bob", "files").is_none(),
+            "another grant"
+        );
+        assert!(
+            two.get(&opened.id, "alice", "other").is_none(),
+            "another server"
+        );
+        assert!(
+            stranger.get(&opened.id, "alice", "files").is_none(),
+            "another key"
+        );
+        let mut altered = opened.id.clone().into_bytes();
+        let at = SEALED.len() + 3;
+        altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).unwrap();
+        assert!(
+            replica(1).get(&altered, "alice", "files").is_none(),
+            "an altered id"
+        );
+        let again = one.insert(Session::new(
+            "alice",
+            "files",
+            "2025-11-25",
+            None,
+            json!({}),
+        ));
+        assert_ne!(again.id, opened.id, "two sessions never share an id");
+        // Without a seal, ids are plain and stay with their gateway.
+        let plain =
+            Sessions::default().insert(Session::new("a", "b", "2025-11-25", None, json!({})));
+        assert!(plain.id.starts_with("tgs-"));
+    }
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<String> {
         let mut out = Vec::new();

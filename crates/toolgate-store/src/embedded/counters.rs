@@ -689,7 +689,7 @@ mod tests {
         conn.execute_batch(
             "DROP TABLE counter_entries; DROP TABLE audit_log; DROP TABLE audit_pruned;
              DROP TABLE audit_journal; DROP TABLE grants; DROP TABLE tool_pins;
-             DROP TABLE approvals;
+             DROP TABLE approvals; DROP TABLE secrets;
              UPDATE schema_version SET version = 1;",
         )
         .unwrap();
