@@ -9,10 +9,15 @@
 - a modern client in front of a stdio upstream (which the gateway reaches in the
   session-based protocol): `auto` falls back to `initialize` and works; a client pinned to
   2026-07-28 is refused with `-32022` naming the revisions it is reached with;
+- in front of a legacy-only HTTP upstream (`server-everything`): the gateway does not
+  translate — the client meets exactly what it meets directly (`auto` falls back and works,
+  a pinned client gets the upstream's refusal);
 - header rules, with raw HTTP: `Mcp-Method` and `Mcp-Name` (plain and base64) checked against
   the body — a mismatch is 400 with `-32020` and reaches neither the policy nor the upstream;
   a missing envelope is 400 `-32602`; an unsupported revision is 400 `-32022` with the
   supported list; `Mcp-Param-*` headers are forwarded;
+- `subscriptions/listen` streams through the gateway, and outlive the server's request
+  timeout (which covers their start only);
 - approvals asked in-band through `input_required` (SPEC §6): the SDK client's elicitation
   callback approves (the call runs) or declines (it is refused); the `requestState` is bound
   and signed — altered, issued for other arguments, or presented again after use, it is
@@ -27,6 +32,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from mcp import MCPError
@@ -43,6 +49,7 @@ from e2e_helpers import (
     gateway_binary,
     http_client,
     run,
+    start_everything_http,
     start_gateway_config,
     start_py_upstream_http,
 )
@@ -57,13 +64,15 @@ POLICY: dict[str, Any] = {"version": "1", "default": "deny", "hide": ["secret_ad
 }}
 
 
-def start(procs: Procs, tmp_path: Path, ran: Path | None = None, policy: dict[str, Any] | None = None) -> Any:
+def start(procs: Procs, tmp_path: Path, ran: Path | None = None, policy: dict[str, Any] | None = None,
+          timeout: str = "60s") -> Any:
     upstream = start_py_upstream_http(procs, name="py_upstream-modern", ran_file=ran)[0]
     return start_gateway_config(procs, tmp_path, f"""
 [gateway]
 
 [servers.py]
 url = "{upstream}"
+timeout = "{timeout}"
 
 [servers.local]
 command = "{PYTHON}"
@@ -275,3 +284,59 @@ def test_approvals_are_asked_with_input_required(procs: Procs, tmp_path: Path) -
     # The admin stream has the approvals' story: asked, decided in-band, used.
     events = [e["action"] for e in audit(tmp_path / "toolgate-modern-data", "--admin")]
     assert "approval_approved" in events and "approval_denied" in events and "approval_used" in events, events
+
+
+def test_subscriptions_are_relayed_and_outlive_the_request_timeout(procs: Procs, tmp_path: Path) -> None:
+    policy = {"version": "1", "default": "deny", "tools": {"publish_tools_changed": {}}}
+    gw = start(procs, tmp_path, policy=policy, timeout="2s")
+    url = gw.server_url("py")
+
+    async def body() -> None:
+        async with http_client(url, TOKEN, mode=MODERN) as listener, \
+                http_client(url, TOKEN, mode=MODERN) as caller:
+            async with listener.listen(tools_list_changed=True) as subscription:
+                assert subscription.honored.tools_list_changed
+                await anyio.sleep(3)  # past the server's 2 s timeout
+                assert_allowed(await caller.call_tool("publish_tools_changed", {}))
+                with anyio.fail_after(10):
+                    async for event in subscription:
+                        assert type(event).__name__ == "ToolsListChanged", event
+                        break
+
+    run(body, timeout=60)
+
+
+def test_a_legacy_only_http_upstream_is_met_as_it_is(procs: Procs, tmp_path: Path) -> None:
+    everything = start_everything_http(procs)
+    gw = start_gateway_config(procs, tmp_path, f"""
+[servers.everything]
+url = "{everything}"
+
+[[grants]]
+name = "modern"
+token = "{TOKEN}"
+policies = {{ everything = "policy.json" }}
+""", policies={"policy.json": {"version": "1", "default": "allow"}}, name="toolgate-modern-everything")
+
+    async def outcome(url: str, token: str | None, mode: str) -> tuple[str, str]:
+        try:
+            async with http_client(url, token, mode=mode) as client:
+                echo = await client.call_tool("echo", {"message": "hi"})
+                return client.protocol_version, echo.content[0].text
+        except BaseException as e:  # the SDK raises it inside an exception group
+            while isinstance(e, BaseExceptionGroup) and e.exceptions:
+                e = e.exceptions[0]
+            assert isinstance(e, MCPError), repr(e)
+            return "refused", e.error.message
+
+    async def body() -> None:
+        for mode in ("auto", MODERN):
+            direct = await outcome(everything, None, mode)
+            through = await outcome(gw.server_url("everything"), TOKEN, mode)
+            assert through == direct, (mode, direct, through)
+            if mode == "auto":
+                assert direct == ("2025-11-25", "Echo: hi"), direct
+            else:
+                assert direct[0] == "refused", direct
+
+    run(body, timeout=90)

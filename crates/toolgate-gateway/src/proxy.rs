@@ -1128,6 +1128,14 @@ impl Gateway {
             .filter(|m| m.kind() == Kind::Request)
             .filter_map(|m| m.id().cloned())
             .collect();
+        // A `subscriptions/listen` (2026-07-28) is answered by a stream that lasts as long
+        // as the client listens: the timeout covers its start (the upstream's response
+        // head), not its life.
+        let timed: Vec<Value> = forward
+            .iter()
+            .filter(|m| m.kind() == Kind::Request && m.method() != Some("subscriptions/listen"))
+            .filter_map(|m| m.id().cloned())
+            .collect();
         let outgoing = if answers.is_empty() {
             raw // nothing removed: forward the exact bytes the decision was made on
         } else if batch {
@@ -1192,7 +1200,7 @@ impl Gateway {
             lists: self.list_filter(server, grant),
             watch,
             release: self.releaser(),
-            pending: request_ids,
+            pending: timed,
             deadline,
             timeout: up.timeout(),
             max_message_bytes: up.max_message_bytes(),
