@@ -2,7 +2,8 @@
 
 - the official Python SDK client in modern mode (pinned, and `auto`, which discovers)
   through toolgate to the Python SDK server speaking 2026-07-28: discover, list (hidden tools
-  removed), allowed, denied, hidden and rate-limited calls; toolgate's own refusals are valid
+  removed), allowed, denied, hidden and rate-limited calls; the upstream's own
+  `input_required` rounds (elicitation, sampling) carried through; toolgate's own refusals are valid
   2026-07-28 results (`resultType`); the audit log records each call, with no session;
 - mixed eras on one upstream: a legacy client and a modern client of one grant at once,
   sharing its counters;
@@ -58,7 +59,7 @@ TOKEN = "tg-e2e-modern-0123456789"
 MODERN = "2026-07-28"
 DAY_MS = 86_400_000
 POLICY: dict[str, Any] = {"version": "1", "default": "deny", "hide": ["secret_admin"], "tools": {
-    "echo": {}, "echo_headers": {}, "record_run": {},
+    "echo": {}, "echo_headers": {}, "record_run": {}, "ask_name": {}, "sample_haiku": {},
     "add": {"limits": [{"counter": "adds", "window": "day", "max": 2}]},
     "charge": {"deny_if": [{"path": "args.amount", "op": "gt", "value": 100, "on_deny": "too much"}]},
 }}
@@ -125,6 +126,23 @@ def test_a_modern_client_through_the_gateway(procs: Procs, tmp_path: Path) -> No
             assert_allowed(await legacy.call_tool("echo", {"text": "still legacy"}))
 
     run(body, timeout=90)
+
+    # The upstream's own input_required rounds pass through: its elicitation and sampling
+    # reach this client's callbacks, the retried call (the upstream's requestState, not the
+    # gateway's) is decided again and forwarded, and the final result comes back.
+    async def rounds() -> None:
+        cb = ClientCallbacks(elicit_action="accept", elicit_content={"name": "Ada"}, sampling_model="m",
+                             sampling_text="autumn gate / policy")
+        async with http_client(url, TOKEN, mode=MODERN, **cb.kwargs()) as client:
+            greeted = await client.call_tool("ask_name", {})
+            assert_allowed(greeted)
+            assert [c.text for c in greeted.content] == ["Hello, Ada"]
+            haiku = await client.call_tool("sample_haiku", {"topic": "gateways"})
+            assert_allowed(haiku)
+            assert [c.text for c in haiku.content] == ["autumn gate / policy"]
+        assert len(cb.elicitations) == 1 and len(cb.samplings) == 1, (cb.elicitations, cb.samplings)
+
+    run(rounds, timeout=60)
     calls = [r for r in audit(tmp_path / "toolgate-modern-data") if r["method"] == "tools/call"]
     modern_calls = calls[:6]
     assert [(r["tool"], r["decision"]) for r in modern_calls] == [

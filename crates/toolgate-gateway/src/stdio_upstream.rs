@@ -296,6 +296,10 @@ impl StdioUpstream {
         loop {
             let started = Instant::now();
             match self.run_child(&mut shutdown).await {
+                // Stopped on purpose (shutdown, a reload replaced it): nothing to warn about.
+                Ok(status) if *shutdown.borrow() => {
+                    tracing::info!(server = %self.name, %status, "stdio upstream stopped")
+                }
                 Ok(status) => tracing::warn!(server = %self.name, %status, "stdio upstream exited"),
                 Err(e) => tracing::error!(server = %self.name, error = %e, "stdio upstream failed"),
             }
