@@ -69,6 +69,15 @@ def gateway_binary() -> Path:
     return cargo_binary("toolgate", "TOOLGATE_BIN", "toolgate", "the end-to-end tests")
 
 
+def audit_records(data_dir: Path, *extra: str) -> list[dict[str, Any]]:
+    """`toolgate audit query --json --data-dir DATA_DIR [EXTRA…]`, one dict per record (with
+    `--admin`: the admin stream)."""
+    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--data-dir", str(data_dir), *extra],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
 def sendit_binary() -> Path:
     return cargo_binary("sendit-example", "SENDIT_BIN", "sendit-example", "the end-to-end tests")
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from e2e_helpers import (
     assert_denied,
     assert_rate_limited,
     assert_unknown_tool,
-    gateway_binary,
+    audit_records,
     http_client,
     run,
     start_everything_http,
@@ -84,13 +83,6 @@ name = "modern"
 token = "{TOKEN}"
 policies = {{ py = "policy.json", local = "policy.json" }}
 """, policies={"policy.json": policy or POLICY}, name="toolgate-modern")
-
-
-def audit(data: Path, *extra: str) -> list[dict[str, Any]]:
-    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--data-dir", str(data), *extra],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
 def test_a_modern_client_through_the_gateway(procs: Procs, tmp_path: Path) -> None:
@@ -143,12 +135,12 @@ def test_a_modern_client_through_the_gateway(procs: Procs, tmp_path: Path) -> No
         assert len(cb.elicitations) == 1 and len(cb.samplings) == 1, (cb.elicitations, cb.samplings)
 
     run(rounds, timeout=60)
-    calls = [r for r in audit(tmp_path / "toolgate-modern-data") if r["method"] == "tools/call"]
+    calls = [r for r in audit_records(tmp_path / "toolgate-modern-data") if r["method"] == "tools/call"]
     modern_calls = calls[:6]
     assert [(r["tool"], r["decision"]) for r in modern_calls] == [
         ("echo", "allow"), ("charge", "deny"), ("secret_admin", "hide")] * 2, modern_calls
     assert all(r["session_id"] is None for r in modern_calls), modern_calls
-    discovered = [r for r in audit(tmp_path / "toolgate-modern-data") if r["method"] == "server/discover"]
+    discovered = [r for r in audit_records(tmp_path / "toolgate-modern-data") if r["method"] == "server/discover"]
     assert discovered and all(r["decision"] == "allow" for r in discovered), discovered
 
 
@@ -300,7 +292,7 @@ def test_approvals_are_asked_with_input_required(procs: Procs, tmp_path: Path) -
     refused(post({"tag": "by-hand"}, requestState=state, inputResponses=yes), "used already")
     assert tags() == ["approved-run", "by-hand"]
     # The admin stream has the approvals' story: asked, decided in-band, used.
-    events = [e["action"] for e in audit(tmp_path / "toolgate-modern-data", "--admin")]
+    events = [e["action"] for e in audit_records(tmp_path / "toolgate-modern-data", "--admin")]
     assert "approval_approved" in events and "approval_denied" in events and "approval_used" in events, events
 
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from e2e_helpers import (
     assert_denied,
     assert_rate_limited,
     assert_unknown_tool,
-    gateway_binary,
+    audit_records,
     http_client,
     iter_sse,
     run,
@@ -96,10 +95,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 10) -> None:
 
 
 def admin_events(data_dir: Path) -> list[dict[str, Any]]:
-    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--admin", "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return audit_records(data_dir, "--admin")
 
 
 def listen(url: str) -> tuple[RawSession, list[dict[str, Any]]]:

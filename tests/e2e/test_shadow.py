@@ -13,8 +13,6 @@ calls as allowed and what was decided apart.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from e2e_helpers import (
     assert_denied,
     assert_rate_limited,
     assert_unknown_tool,
-    gateway_binary,
+    audit_records,
     http_client,
     run,
     start_gateway_config,
@@ -44,13 +42,6 @@ POLICY: dict[str, Any] = {"version": "1", "default": "deny", "hide": ["secret_ad
                    "limits": [{"counter": "runs", "window": "day", "max": 2}]},
     "charge": {"action": "require_approval"},
 }}
-
-
-def audit(data: Path) -> list[dict[str, Any]]:
-    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--data-dir", str(data)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
 def test_shadow_mode_decides_and_audits_but_does_not_enforce(procs: Procs, tmp_path: Path) -> None:
@@ -124,7 +115,7 @@ policies = {{ enforced = "trial.json" }}
     # database within ~20 ms: wait for the last ones (7 calls a shadow run, 6 enforced).
     deadline = time.monotonic() + 10
     while True:
-        records = [r for r in audit(tmp_path / "toolgate-shadow-data") if r["method"] == "tools/call"]
+        records = [r for r in audit_records(tmp_path / "toolgate-shadow-data") if r["method"] == "tools/call"]
         if len(records) >= 6 + 7 + 7 or time.monotonic() > deadline:
             break
         time.sleep(0.1)

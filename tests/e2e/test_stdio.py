@@ -18,7 +18,6 @@ official Python SDK's stdio client, as Claude Desktop, Cursor or VS Code would l
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -37,6 +36,7 @@ from e2e_helpers import (
     assert_denied,
     assert_rate_limited,
     assert_unknown_tool,
+    audit_records,
     everything_command,
     free_port,
     gateway_binary,
@@ -55,15 +55,8 @@ POLICY: dict[str, Any] = {"version": "1", "default": "deny", "hide": ["secret_ad
 }}
 
 
-def audit(data: Path) -> list[dict[str, Any]]:
-    done = subprocess.run([str(gateway_binary()), "audit", "query", "--json", "--data-dir", str(data)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-
-
 def tool_calls(data: Path) -> list[tuple[str, str]]:
-    return [(r["tool"], r["decision"]) for r in audit(data) if r["method"] == "tools/call"]
+    return [(r["tool"], r["decision"]) for r in audit_records(data) if r["method"] == "tools/call"]
 
 
 def test_stdio_quick_mode_enforces_the_policy_on_the_child(tmp_path: Path) -> None:
@@ -108,7 +101,7 @@ def test_stdio_quick_mode_enforces_the_policy_on_the_child(tmp_path: Path) -> No
     calls = tool_calls(data)
     assert calls[:6] == [("echo", "allow"), ("charge", "deny"), ("add", "allow"), ("add", "rate_limited"),
                          ("secret_admin", "hide"), ("record_run", "allow")], calls
-    assert all(r["grant"] == "stdio" for r in audit(data) if r["method"] == "tools/call")
+    assert all(r["grant"] == "stdio" for r in audit_records(data) if r["method"] == "tools/call")
 
 
 def test_stdio_quick_mode_in_front_of_an_http_upstream(procs: Procs, tmp_path: Path) -> None:
