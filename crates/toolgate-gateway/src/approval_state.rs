@@ -12,9 +12,7 @@
 //! its approval request can be decided once, a state presented again after its call ran
 //! (or was declined) is refused as used.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use ring::hmac;
+use crate::signed::Signer;
 use serde::{Deserialize, Serialize};
 
 /// What every state of this format starts with (a state without it is not ours, and goes to
@@ -47,6 +45,28 @@ pub(crate) struct Bound {
     pub(crate) expires_ms: i64,
 }
 
+impl Bound {
+    /// What a state about approval `approval_id` of call `message` binds, for `principal`
+    /// on `server`, until `expires_ms` (`None` for a message that is not a `tools/call`).
+    pub(crate) fn of_call(
+        approval_id: &str,
+        principal: &str,
+        server: &str,
+        message: &toolgate_mcp::Message,
+        expires_ms: i64,
+    ) -> Option<Bound> {
+        let call = message.tool_call()?.ok()?;
+        Some(Bound {
+            approval_id: approval_id.to_owned(),
+            principal: principal.to_owned(),
+            server: server.to_owned(),
+            tool: call.name.to_owned(),
+            args_sha256: crate::approvals::args_sha256(call.arguments),
+            expires_ms,
+        })
+    }
+}
+
 /// Why a state was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -66,38 +86,27 @@ impl std::fmt::Display for Refused {
 }
 
 /// Signs and checks states.
-pub(crate) struct StateKey(hmac::Key);
-
-impl std::fmt::Debug for StateKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StateKey(..)")
-    }
-}
+#[derive(Debug)]
+pub(crate) struct StateKey(Signer);
 
 impl StateKey {
     /// The key made from `secret` (32 random bytes shared by every replica).
     pub(crate) fn new(secret: &[u8; 32]) -> StateKey {
-        StateKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        StateKey(Signer::new(secret))
     }
 
     /// The state binding `bound`.
     pub(crate) fn seal(&self, bound: &Bound) -> String {
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(bound).unwrap_or_default());
-        let signed = format!("{PREFIX}{payload}");
-        let tag = URL_SAFE_NO_PAD.encode(hmac::sign(&self.0, signed.as_bytes()).as_ref());
-        format!("{signed}.{tag}")
+        self.0
+            .sign(PREFIX, &serde_json::to_vec(bound).unwrap_or_default())
     }
 
     /// What `state` binds, if this gateway issued it unaltered and it has not expired at
-    /// `now_ms`. The signature is checked (in constant time) before anything is decoded.
+    /// `now_ms`.
     pub(crate) fn open(&self, state: &str, now_ms: i64) -> Result<Bound, Refused> {
-        let (signed, tag) = state.rsplit_once('.').ok_or(Refused::Forged)?;
-        let payload = signed.strip_prefix(PREFIX).ok_or(Refused::Forged)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| Refused::Forged)?;
-        hmac::verify(&self.0, signed.as_bytes(), &tag).map_err(|_| Refused::Forged)?;
-        let bound: Bound = URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
+        let bound: Bound = self
+            .0
+            .open(PREFIX, state)
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or(Refused::Forged)?;
         if now_ms > bound.expires_ms {

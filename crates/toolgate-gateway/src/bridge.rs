@@ -19,7 +19,8 @@
 //! sent again, then the message. A failure on the HTTP side is answered to the client as a
 //! JSON-RPC error for its request, naming what failed; nothing is dropped silently.
 
-use crate::http_upstream::{build_client, HttpClient};
+use crate::http_upstream::{build_client, innermost_cause as cause, HttpClient};
+use crate::proxy::header_str;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -217,11 +218,10 @@ impl Link {
             .as_ref()
             .filter(|m| m.get("method").is_some())
             .and_then(|m| m.get("id").cloned());
-        if is_initialize(message.as_ref()) {
-            let mut conversation = self.conversation();
-            conversation.initialize = message.clone();
-        }
         let initialize = is_initialize(message.as_ref());
+        if initialize {
+            self.conversation().initialize = message.clone();
+        }
         let sent_in = self.conversation().session.clone();
         let mut answer = self.post(line.clone(), true, initialize).await;
         if sent_in.is_some()
@@ -233,7 +233,6 @@ impl Link {
         match answer {
             Ok(answer) if answer.status.is_success() => {
                 if let Some(json) = &answer.json {
-                    self.note_version(json);
                     self.relay(json);
                 }
                 if initialize {
@@ -299,7 +298,8 @@ impl Link {
     /// POSTs `body`. An event stream is read to its end here (a request's stream ends with
     /// its response), each event passed on as it arrives when `pass_on`, so that progress
     /// and server requests reach the client in time; a JSON body is returned whole.
-    /// With `keep`, the response of an event stream is returned too.
+    /// `keep`: the body is an initialize answer, whose protocol version is noted (and the
+    /// response of an event stream is returned too).
     async fn post(&self, body: Bytes, pass_on: bool, keep: bool) -> Result<Answer, String> {
         let request = self.request(Method::POST, body);
         let response = self
@@ -308,9 +308,11 @@ impl Link {
             .await
             .map_err(|e| format!("cannot reach the gateway at {}: {}", self.uri, cause(&e)))?;
         let status = response.status();
-        let content_type =
-            header_text(response.headers(), header::CONTENT_TYPE.as_str()).unwrap_or_default();
-        let session = header_text(response.headers(), mcp_headers::MCP_SESSION_ID);
+        let content_type = header_str(response.headers(), header::CONTENT_TYPE.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let session =
+            header_str(response.headers(), mcp_headers::MCP_SESSION_ID).map(str::to_owned);
         if status.is_success() && content_type.starts_with("text/event-stream") {
             let mut last_response = None;
             self.follow(response.into_body(), None, &mut |data| {
@@ -340,6 +342,9 @@ impl Link {
             .map_err(|e| format!("the gateway's answer broke off: {e}"))?
             .to_bytes();
         let json = content_type.starts_with("application/json") && status.is_success();
+        if json && keep {
+            self.note_version(&body);
+        }
         Ok(Answer {
             status,
             session,
@@ -388,12 +393,9 @@ impl Link {
         }
     }
 
-    /// Takes the protocol version from an initialize result, when `answer` is one: sent as
+    /// Takes the protocol version from an initialize result: sent as
     /// `MCP-Protocol-Version` from then on.
     fn note_version(&self, answer: &[u8]) {
-        if !answer.windows(17).any(|w| w == b"\"protocolVersion\"") {
-            return;
-        }
         if let Some(version) = serde_json::from_slice::<Value>(answer).ok().and_then(|a| {
             a.pointer("/result/protocolVersion")?
                 .as_str()
@@ -476,9 +478,6 @@ impl Link {
         let body = Bytes::from(serde_json::to_vec(&initialize).unwrap_or_default());
         match self.post(body, false, true).await {
             Ok(answer) if answer.status.is_success() && answer.session.is_some() => {
-                if let Some(json) = &answer.json {
-                    self.note_version(json);
-                }
                 self.new_session(answer.session);
             }
             _ => return false,
@@ -494,17 +493,18 @@ impl Link {
     /// Answers a request the gateway refused at the HTTP level (401, 403, 404, 400…) with a
     /// JSON-RPC error naming the status and the gateway's reason.
     fn refused(&self, id: Option<Value>, status: StatusCode, body: &Bytes) {
-        let reason = serde_json::from_slice::<Value>(body)
+        let error = serde_json::from_slice::<Value>(body)
             .ok()
-            .and_then(|b| {
-                b.pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
+            .and_then(|b| b.get("error").cloned())
+            .unwrap_or(Value::Null);
+        let reason = error
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
-        let code = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|b| b.pointer("/error/code").and_then(Value::as_i64))
+        let code = error
+            .get("code")
+            .and_then(Value::as_i64)
             .unwrap_or(codes::INTERNAL_ERROR);
         let message = format!(
             "toolgate refused the request (HTTP {}): {reason}",
@@ -534,20 +534,4 @@ fn is_response(data: &str) -> bool {
     serde_json::from_str::<Value>(data).is_ok_and(|m| {
         m.get("method").is_none() && (m.get("result").is_some() || m.get("error").is_some())
     })
-}
-
-fn header_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// The innermost cause of a client error (hyper's outer one says little).
-fn cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut inner: &dyn std::error::Error = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    inner.to_string()
 }

@@ -403,6 +403,9 @@ pub struct Overrides {
     /// `toolgate stdio`: the grant its client acts as, and the SHA-256 of the private token
     /// the in-process gateway accepts for it (in place of the grant's own).
     pub local_token: Option<(String, [u8; 32])>,
+    /// `toolgate stdio`: no admin API or dashboard on the private port (they stay with the
+    /// operator's gateway).
+    pub without_admin: bool,
 }
 
 impl Settings {
@@ -422,6 +425,9 @@ impl Settings {
             for spec in self.grants.iter_mut().filter(|g| &g.name == grant) {
                 spec.token_sha256 = *token_sha256;
             }
+        }
+        if overrides.without_admin {
+            self.admins.clear();
         }
         self.overrides = overrides;
     }
@@ -1249,6 +1255,58 @@ fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_overrides_apply_again_to_settings_read_anew() {
+        // What a live reload does: the file's settings, then the command line's again.
+        let from_file = || {
+            let mut s = Settings::new("127.0.0.1:8080".parse().unwrap());
+            for name in ["a", "b"] {
+                s.servers.push(ServerSpec {
+                    name: name.into(),
+                    upstream: UpstreamSpec::Stdio {
+                        command: "x".into(),
+                        args: vec![],
+                        env: vec![],
+                    },
+                    timeout: Duration::from_secs(1),
+                    shadow: false,
+                    fail_open: false,
+                    max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                });
+            }
+            s.admins.push(AdminSpec {
+                name: "admin".into(),
+                role: AdminRole::Admin,
+                token_sha256: [1; 32],
+            });
+            s
+        };
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(PathBuf::from("/d")),
+            only_server: Some("b".into()),
+            local_token: None,
+            without_admin: true,
+        };
+        let mut started = from_file();
+        started.override_with(overrides.clone());
+        let mut reloaded = from_file();
+        reloaded.override_with(started.overrides.clone());
+        for s in [&started, &reloaded] {
+            assert_eq!(s.listen.port(), 0);
+            assert_eq!(s.data_dir, PathBuf::from("/d"));
+            assert_eq!(
+                s.servers
+                    .iter()
+                    .map(|x| x.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["b"]
+            );
+            assert!(s.admins.is_empty());
+            assert_eq!(s.overrides, overrides);
+        }
+    }
 
     fn lookup(name: &str) -> Option<String> {
         (name == "KEY").then(|| "s3cret".to_owned())

@@ -39,6 +39,16 @@ const FORWARDED: &[&str] = &[
     "tracestate",
 ];
 
+/// The innermost cause of a client error (hyper's outer one says little: "client error
+/// (Connect)"), or the error itself when it has none.
+pub(crate) fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
 /// One HTTP upstream.
 #[derive(Debug)]
 pub struct HttpUpstream {
@@ -243,25 +253,10 @@ impl HttpUpstream {
         }
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Err(self.timed_out()),
-            Ok(Err(e)) => {
-                let mut cause = String::new();
-                let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    cause = s.to_string();
-                    source = s.source();
-                }
-                Err(GatewayError::upstream(
-                    &self.name,
-                    format_args!(
-                        "is unreachable: {}",
-                        if cause.is_empty() {
-                            e.to_string()
-                        } else {
-                            cause
-                        }
-                    ),
-                ))
-            }
+            Ok(Err(e)) => Err(GatewayError::upstream(
+                &self.name,
+                format_args!("is unreachable: {}", innermost_cause(&e)),
+            )),
             Ok(Ok(response)) => Ok(response),
         }
     }

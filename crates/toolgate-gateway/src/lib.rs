@@ -34,6 +34,7 @@ mod reload;
 pub mod scan;
 mod servers;
 pub mod session;
+mod signed;
 pub mod stdio_upstream;
 mod telemetry;
 mod throttle;
@@ -118,6 +119,19 @@ pub struct Server {
     /// Stops its stdio child (none for HTTP): shared by the servers a reload builds around
     /// the same running child.
     stop: Option<Arc<watch::Sender<bool>>>,
+}
+
+impl Server {
+    /// Ends, in the background, the upstream's own session behind a client `session` that
+    /// the gateway closed (HTTP upstreams; a stdio child has no sessions of its own).
+    pub(crate) fn end_upstream_session(&self, session: &session::Session) {
+        if let (Upstream::Http(up), Some(upstream_session)) =
+            (&self.upstream, &session.upstream_session)
+        {
+            let (up, upstream_session) = (Arc::clone(up), upstream_session.clone());
+            tokio::spawn(async move { up.end_session(&upstream_session).await });
+        }
+    }
 }
 
 /// The gateway's shared state.
@@ -339,15 +353,8 @@ async fn expire_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bo
         }
         for session in gateway.sessions.expire_idle(limit) {
             tracing::info!(session = %session.id, server = %session.server, "session closed after {} s idle", limit.as_secs());
-            let Some(server) = gateway.servers.get(&session.server) else {
-                continue;
-            };
-            if let (Upstream::Http(up), Some(upstream_session)) =
-                (&server.upstream, &session.upstream_session)
-            {
-                let up = Arc::clone(up);
-                let upstream_session = upstream_session.clone();
-                tokio::spawn(async move { up.end_session(&upstream_session).await });
+            if let Some(server) = gateway.servers.get(&session.server) {
+                server.end_upstream_session(&session);
             }
         }
     }

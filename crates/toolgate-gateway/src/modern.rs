@@ -13,6 +13,7 @@
 //! revisions that are).
 
 use crate::error::GatewayError;
+use crate::proxy::header_str as header;
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use toolgate_mcp::{codes, headers as mcp_headers, Message};
@@ -50,10 +51,6 @@ pub(crate) fn is_stateless(headers: &HeaderMap, message: &Message) -> bool {
             .and_then(|m| m.get(PROTOCOL_VERSION_KEY))
             .is_some()
         || header(headers, mcp_headers::MCP_PROTOCOL_VERSION).is_some_and(is_stateless_version)
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn refused(code: i64, message: impl Into<String>) -> GatewayError {

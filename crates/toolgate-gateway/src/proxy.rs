@@ -37,7 +37,8 @@ const RELAYED: &[&str] = &[
     mcp_headers::MCP_PROTOCOL_VERSION,
 ];
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A header's value, when it is text.
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -427,20 +428,18 @@ impl Gateway {
     /// answered with `input_required`: the question, and the signed state the client hands
     /// back with the human's answer (see [`crate::approval_state`]).
     fn ask_with_input_required(&self, server: &Server, grant: &GrantSpec, held: &Held) -> Value {
-        let (tool, arguments) = match held.message.tool_call() {
-            Some(Ok(call)) => (call.name.to_owned(), call.arguments),
-            _ => (String::new(), &Value::Null),
-        };
-        let now = crate::time::now_unix_ms();
-        let state = self.approval_state.seal(&crate::approval_state::Bound {
-            approval_id: held.approval_id.clone(),
-            principal: grant.principal().into_owned(),
-            server: server.spec.name.clone(),
-            tool,
-            args_sha256: approvals::args_sha256(arguments),
-            expires_ms: now
-                .saturating_add(i64::try_from(held.timeout.as_millis()).unwrap_or(i64::MAX)),
-        });
+        let expires_ms = crate::time::now_unix_ms()
+            .saturating_add(i64::try_from(held.timeout.as_millis()).unwrap_or(i64::MAX));
+        // A held message is a tools/call, so it has a binding.
+        let state = crate::approval_state::Bound::of_call(
+            &held.approval_id,
+            &grant.principal(),
+            &server.spec.name,
+            &held.message,
+            expires_ms,
+        )
+        .map(|bound| self.approval_state.seal(&bound))
+        .unwrap_or_default();
         let mut question = crate::inband::question(&server.spec.name, held);
         question["mode"] = json!("form");
         json!({
@@ -470,7 +469,9 @@ impl Gateway {
     ) -> Result<Option<Message>, GatewayError> {
         let refused =
             |why: String| client_error(StatusCode::BAD_REQUEST, codes::INVALID_PARAMS, why);
-        let params = message.params().cloned().unwrap_or(Value::Null);
+        let Some(params) = message.params() else {
+            return Ok(None);
+        };
         let Some(state) = params.get("requestState").and_then(Value::as_str) else {
             return Ok(None);
         };
@@ -481,19 +482,15 @@ impl Gateway {
             .approval_state
             .open(state, crate::time::now_unix_ms())
             .map_err(|e| refused(e.to_string()))?;
-        let (tool, arguments) = match message.tool_call() {
-            Some(Ok(call)) => (call.name, call.arguments),
-            _ => {
-                return Err(refused(
-                    "requestState of an approval belongs to a tools/call".into(),
-                ))
-            }
-        };
-        if bound.principal != grant.principal()
-            || bound.server != server.spec.name
-            || bound.tool != tool
-            || bound.args_sha256 != approvals::args_sha256(arguments)
-        {
+        let this_call = crate::approval_state::Bound::of_call(
+            &bound.approval_id,
+            &grant.principal(),
+            &server.spec.name,
+            message,
+            bound.expires_ms,
+        )
+        .ok_or_else(|| refused("requestState of an approval belongs to a tools/call".into()))?;
+        if bound != this_call {
             return Err(refused(format!(
                 "requestState of approval {} was issued for another call (caller, server, tool or arguments differ)",
                 bound.approval_id
@@ -1123,19 +1120,19 @@ impl Gateway {
             };
             return Ok(body::json(StatusCode::OK, &value));
         }
-        let request_ids: Vec<Value> = forward
-            .iter()
-            .filter(|m| m.kind() == Kind::Request)
-            .filter_map(|m| m.id().cloned())
-            .collect();
+        let mut request_ids = Vec::new();
         // A `subscriptions/listen` (2026-07-28) is answered by a stream that lasts as long
         // as the client listens: the timeout covers its start (the upstream's response
         // head), not its life.
-        let timed: Vec<Value> = forward
-            .iter()
-            .filter(|m| m.kind() == Kind::Request && m.method() != Some("subscriptions/listen"))
-            .filter_map(|m| m.id().cloned())
-            .collect();
+        let mut timed = Vec::new();
+        for message in forward.iter().filter(|m| m.kind() == Kind::Request) {
+            if let Some(id) = message.id() {
+                if message.method() != Some("subscriptions/listen") {
+                    timed.push(id.clone());
+                }
+                request_ids.push(id.clone());
+            }
+        }
         let outgoing = if answers.is_empty() {
             raw // nothing removed: forward the exact bytes the decision was made on
         } else if batch {

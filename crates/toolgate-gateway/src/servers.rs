@@ -346,12 +346,7 @@ impl ServerTable {
         tracing::info!(server = %server.spec.name, sessions = sessions.len(), "ending the sessions of a server moved or removed by a reload");
         for session in sessions {
             self.sessions.remove(&session.id);
-            if let (Upstream::Http(up), Some(upstream_session)) =
-                (&server.upstream, &session.upstream_session)
-            {
-                let (up, upstream_session) = (Arc::clone(up), upstream_session.clone());
-                tokio::spawn(async move { up.end_session(&upstream_session).await });
-            }
+            server.end_upstream_session(&session);
         }
     }
 

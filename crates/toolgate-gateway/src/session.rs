@@ -11,11 +11,9 @@
 //! another replica that knew it may still serve — for an HTTP upstream the upstream's own
 //! 404 then ends it there too.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use crate::signed::Signer;
 use bytes::Bytes;
 use rand::RngCore;
-use ring::hmac;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,18 +33,13 @@ impl std::ops::Deref for Session {
 const SEALED: &str = "tgs2.";
 
 /// Seals session records into ids that every replica can open (see the module docs).
-pub struct SessionSeal(hmac::Key);
-
-impl std::fmt::Debug for SessionSeal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionSeal(..)")
-    }
-}
+#[derive(Debug)]
+pub struct SessionSeal(Signer);
 
 impl SessionSeal {
     /// The seal made from `secret` (32 random bytes shared by every replica).
     pub fn new(secret: &[u8; 32]) -> SessionSeal {
-        SessionSeal(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        SessionSeal(Signer::new(secret))
     }
 
     /// An id carrying `record` (its own `id` aside), and a nonce so that two sessions of the
@@ -55,32 +48,19 @@ impl SessionSeal {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let payload = json!({
-            "n": URL_SAFE_NO_PAD.encode(nonce),
+            "n": toolgate_store::audit::hex(&nonce),
             "g": record.grant,
             "s": record.server,
             "v": record.protocol_version,
             "u": record.upstream_session,
             "c": record.client_capabilities,
         });
-        let signed = format!(
-            "{SEALED}{}",
-            URL_SAFE_NO_PAD.encode(payload.to_string().as_bytes())
-        );
-        let tag = URL_SAFE_NO_PAD.encode(hmac::sign(&self.0, signed.as_bytes()).as_ref());
-        format!("{signed}.{tag}")
+        self.0.sign(SEALED, payload.to_string().as_bytes())
     }
 
     /// The record an id carries, if this seal made it unaltered.
     fn open(&self, id: &str) -> Option<SessionRecord> {
-        let (signed, tag) = id.rsplit_once('.')?;
-        let payload = signed.strip_prefix(SEALED)?;
-        hmac::verify(
-            &self.0,
-            signed.as_bytes(),
-            &URL_SAFE_NO_PAD.decode(tag).ok()?,
-        )
-        .ok()?;
-        let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        let payload: Value = serde_json::from_slice(&self.0.open(SEALED, id)?).ok()?;
         Some(SessionRecord {
             id: id.to_owned(),
             grant: payload.get("g")?.as_str()?.to_owned(),

@@ -186,16 +186,12 @@ fn prepare(args: &StdioArgs) -> Result<(Settings, String, String), String> {
                 data_dir: args.data_dir.clone(),
                 only_server: Some(server),
                 local_token: Some((grant, grants::token_sha256(&token))),
+                without_admin: true,
             });
-            // The admin API and dashboard stay with the operator's gateway, not a private port.
-            settings.admins.clear();
             settings
         }
     };
     settings.exclusive_data_dir = false;
-    if settings.overrides.listen.is_none() {
-        settings.listen = loopback;
-    }
     let server = settings
         .servers
         .first()
